@@ -1,0 +1,178 @@
+"""ATS for any backbone: which rows of scores form a sample, and how kept tokens are laid out.
+
+Every backbone keeps its patch tokens on a grid `(B, T, L)`: T frames (1 for images) and L slots that
+are the same spatial locations in every frame, so temporal attention (TimeSformer) and the frame shift
+(X-ViT) stay aligned. A boolean `valid` mask of that shape says which tokens are present. After an ATS
+block samples, the grid is either masked (training: every slot stays, dropped tokens become absent) or
+pruned (inference: only slots kept in some frame stay, padded to the largest count in the batch). Both
+compute the same function, since absent tokens are never keys, never queries that matter, never shifted.
+
+Variants (what one inverse transform sample covers):
+- `image`: one per image (T = 1), the official DeiT-S setting.
+- `tube`: one per clip over the L locations, with each location's per-frame scores (normalised per frame)
+  summed, so the same locations are kept in every frame: dense temporal attention and shift, the
+  cheapest to run (no padding); the budget counts locations.
+- `frame`: one per frame from its own CLS row; frames keep different locations, pruned to the union of
+  locations, absent tokens masked; the budget counts tokens per frame.
+- `joint`: one per clip over all T x L tokens, so frames with more content keep more tokens; laid out
+  like `frame`; the budget counts tokens over the clip.
+A budget ("tokens") always counts the CLS token too, as in the official code (DeiT-S: 197 = all).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..errors import VideoATSError
+from .sampler import inverse_transform_sample, num_samples
+
+VARIANTS = ("image", "tube", "frame", "joint")
+
+
+@dataclass
+class ATSConfig:
+    blocks: Sequence[int]
+    tokens: Union[float, Sequence[float]] = 197
+    variant: Optional[str] = None  # None: image for image models, tube for video models
+    drop_tokens: bool = True  # prune in eval mode; training always masks
+    min_tokens: int = 8
+
+    @classmethod
+    def from_any(cls, ats) -> "ATSConfig":
+        if isinstance(ats, ATSConfig):
+            return ats
+        if isinstance(ats, dict):
+            unknown = set(ats) - {"blocks", "tokens", "variant", "drop_tokens", "min_tokens"}
+            if unknown:
+                raise VideoATSError(f"unknown ATS option(s) {sorted(unknown)}; known: blocks, tokens, variant, "
+                                    "drop_tokens, min_tokens")
+            return cls(**ats)
+        raise VideoATSError(f"ats must be a dict or ATSConfig, got {type(ats).__name__}")
+
+    def budget(self, block: int) -> float:
+        if isinstance(self.tokens, (list, tuple)):
+            return self.tokens[list(self.blocks).index(block)]
+        return self.tokens
+
+    def check(self, depth: int, num_frames: int, num_patches: int, video: bool) -> "ATSConfig":
+        """Resolve the default variant and refuse values that cannot work, naming them."""
+        variant = self.variant or ("tube" if video else "image")
+        if variant not in VARIANTS:
+            raise VideoATSError(f"unknown ATS variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+        if not video and variant != "image":
+            raise VideoATSError(f"ATS variant {variant!r} needs a video model; image models use 'image'")
+        if video and variant == "image":
+            variant = "frame"  # an image sampler per frame is the frame variant
+        blocks = [int(b) for b in self.blocks]
+        if not blocks:
+            raise VideoATSError("ATS needs at least one block in `blocks`")
+        bad = [b for b in blocks if not 0 <= b < depth]
+        if bad:
+            raise VideoATSError(f"ATS blocks {bad} out of range: the model has blocks 0..{depth - 1}")
+        if len(set(blocks)) != len(blocks):
+            raise VideoATSError(f"ATS blocks {blocks} repeat a block")
+        tokens = self.tokens
+        if isinstance(tokens, (list, tuple)) and len(tokens) != len(blocks):
+            raise VideoATSError(f"ATS tokens {list(tokens)}: give one value or one per block ({len(blocks)})")
+        most = group_size(variant, num_frames, num_patches) + 1
+        for t in tokens if isinstance(tokens, (list, tuple)) else [tokens]:
+            if not isinstance(t, (int, float)) or t <= 0 or t > most:
+                raise VideoATSError(f"ATS token budget {t!r} must be a ratio in (0, 1] or a count up to "
+                                    f"{most} (the tokens of one {variant} sample, CLS included)")
+        return ATSConfig(sorted(blocks), tokens if not isinstance(tokens, tuple) else list(tokens), variant,
+                         bool(self.drop_tokens), int(self.min_tokens))
+
+
+def group_size(variant: str, num_frames: int, num_patches: int) -> int:
+    """Candidates in one sample at the first ATS stage."""
+    return num_frames * num_patches if variant == "joint" else num_patches
+
+
+@dataclass
+class StageRecord:
+    block: int
+    mask: Tensor  # (B, T, L0) bool over the original locations: tokens present after this stage
+    padded_slots: int  # slots per frame actually computed after this stage (batch maximum)
+
+    @property
+    def kept(self) -> Tensor:
+        """Patch tokens kept per sample, over all frames."""
+        return self.mask.flatten(1).sum(dim=1)
+
+
+class SamplingRun:
+    """The state of one forward pass: which original location each slot holds, and what was kept."""
+
+    def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool):
+        self.config, self.prune = config, prune
+        self.batch, self.frames, self.slots0 = batch, frames, slots
+        self.location = torch.arange(slots, device=device).expand(batch, slots)  # (B, L)
+        self.records: List[StageRecord] = []
+
+    def select(self, block: int, scores: Tensor, valid: Optional[Tensor]) -> Tensor:
+        """scores: (B, T, L) significance (0 for absent tokens). Returns keep (B, T, L) bool."""
+        cfg, (b, t, l) = self.config, scores.shape
+        if valid is not None:
+            scores = scores * valid
+        variant = cfg.variant
+        present = torch.ones(b, t, l, dtype=torch.bool, device=scores.device) if valid is None else valid
+        if variant == "tube":
+            per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
+            rows, present, ref = per_frame.sum(dim=1), present.any(dim=1), self.slots0 + 1
+        elif variant == "joint":
+            rows, present, ref = scores.reshape(b, t * l), present.reshape(b, t * l), t * self.slots0 + 1
+        else:  # image, frame
+            rows, present, ref = scores.reshape(b * t, l), present.reshape(b * t, l), self.slots0 + 1
+        n = num_samples(cfg.budget(block), present.sum(dim=1) + 1, ref, cfg.min_tokens)
+        index, keep = inverse_transform_sample(rows, n, present)
+        # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
+        chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
+        chosen = chosen.scatter_add_(1, index, keep.int()) > 0
+        if variant == "tube":
+            chosen = chosen[:, None, :].expand(b, t, l)
+        keep_grid = chosen.reshape(b, t, l)
+        if valid is not None:
+            keep_grid = keep_grid & valid
+        return keep_grid
+
+    def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """Where kept tokens go next. Returns (slot index (B, L') to gather, or None to keep the grid;
+        the new valid mask, or None when every token of the grid is present)."""
+        index = None
+        if self.prune:
+            any_frame = keep.any(dim=1)  # (B, L)
+            width = int(any_frame.sum(dim=1).max())
+            # kept slots first, in their current order (a stable sort of the dropped flags)
+            index = torch.sort((~any_frame).to(torch.uint8), dim=1, stable=True)[1][:, :width]
+            keep = keep.gather(2, index[:, None, :].expand(-1, keep.shape[1], -1))
+            self.location = self.location.gather(1, index)
+        mask = torch.zeros(self.batch, self.frames, self.slots0, dtype=torch.bool, device=keep.device)
+        mask.scatter_(2, self.location[:, None, :].expand_as(keep), keep)
+        self.records.append(StageRecord(block, mask, keep.shape[2]))
+        valid = None if bool(keep.all()) else keep
+        return index, valid
+
+
+def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:
+    """Select slots of a grid tensor (B, T, L, ...) by index (B, L')."""
+    if index is None:
+        return x
+    idx = index[:, None, :].reshape(index.shape[0], 1, index.shape[1], *([1] * (x.dim() - 3)))
+    return x.gather(2, idx.expand(x.shape[0], x.shape[1], index.shape[1], *x.shape[3:]))
+
+
+def kept_tokens(model) -> Dict[int, Tensor]:
+    """Per-sample kept patch tokens (all frames together) at every ATS stage of the last forward pass.
+
+    Returns {block index: LongTensor (B,)}; empty for a dense model. This is what the GFLOPs accounting
+    and the histograms use.
+    """
+    return {r.block: r.kept for r in getattr(model, "ats_trace", [])}
+
+
+def token_masks(model) -> Dict[int, Tensor]:
+    """Per-stage masks (B, T, L0) over the original patch locations: True where a token was kept."""
+    return {r.block: r.mask for r in getattr(model, "ats_trace", [])}

@@ -1,0 +1,150 @@
+"""Key layouts of the published checkpoints and how they map onto ours.
+
+Our TimeSformer keys are the original's (minus its `model.` wrapper prefix), our X-ViT keys are the
+original's backbone keys without `base_model.` plus a renamed temporal head, and our image ViTs are timm's
+own. So only Hugging Face and X-ViT need renaming; timm ImageNet weights need the TimeSformer authors'
+initialisation recipe on top (`timm_to_video`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor
+
+# (our name, HF name) for the parts of one TimeSformer block; HF keeps qkv fused, as the original
+_HF_BLOCK = [
+    ("norm1", "layernorm_before"),
+    ("attn.qkv", "attention.attention.qkv"),
+    ("attn.proj", "attention.output.dense"),
+    ("temporal_norm1", "temporal_layernorm"),
+    ("temporal_attn.qkv", "temporal_attention.attention.qkv"),
+    ("temporal_attn.proj", "temporal_attention.output.dense"),
+    ("temporal_fc", "temporal_dense"),
+    ("norm2", "layernorm_after"),
+    ("mlp.fc1", "intermediate.dense"),
+    ("mlp.fc2", "output.dense"),
+]
+_HF_TOP = [
+    ("cls_token", "timesformer.embeddings.cls_token"),
+    ("pos_embed", "timesformer.embeddings.position_embeddings"),
+    ("time_embed", "timesformer.embeddings.time_embeddings"),
+    ("patch_embed.proj", "timesformer.embeddings.patch_embeddings.projection"),
+    ("norm", "timesformer.layernorm"),
+    ("head", "classifier"),
+]
+_HF_LAYER = "timesformer.encoder.layer."
+
+# (our prefix, official X-ViT prefix), most specific first
+_XVIT_PREFIXES = [
+    ("temporal_head.cls_token", "consensus.cls_token"),
+    ("temporal_head.encoder.", "consensus.temporal_encoder.0."),
+    ("temporal_head.mlp.", "consensus.mlp_head."),
+    ("", "base_model."),
+]
+XVIT_IGNORED = ("new_fc.",)  # the original builds it but its 'vit' consensus never calls it
+TIMM_IGNORED = ("pre_logits.",)  # ImageNet-21k representation layer, which TimeSformer does not have
+
+
+def _split_param(name: str) -> Tuple[str, str]:
+    """'blocks.0.attn.qkv.weight' -> ('blocks.0.attn.qkv', 'weight')."""
+    module, _, param = name.rpartition(".")
+    return (module, param) if module else (name, "")
+
+
+def _join(module: str, param: str) -> str:
+    return f"{module}.{param}" if param else module
+
+
+def _hf_name(ours: str) -> str:
+    module, param = _split_param(ours)
+    m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    if m:
+        for a, b in _HF_BLOCK:
+            if m.group(2) == a:
+                return _join(f"{_HF_LAYER}{m.group(1)}.{b}", param)
+        return ours
+    for a, b in _HF_TOP:
+        if module == a:
+            return _join(b, param)
+    return ours
+
+
+def _our_name_from_hf(hf: str) -> str:
+    for a, b in _HF_TOP:  # whole-key matches (cls_token, ...) and module prefixes
+        if hf == b:
+            return a
+        if hf.startswith(b + ".") and hf[len(b) + 1:] in ("weight", "bias"):
+            return f"{a}.{hf[len(b) + 1:]}"
+    m = re.fullmatch(re.escape(_HF_LAYER) + r"(\d+)\.(.+)\.(weight|bias)", hf)
+    if m:
+        for a, b in _HF_BLOCK:
+            if m.group(2) == b:
+                return f"blocks.{m.group(1)}.{a}.{m.group(3)}"
+    return hf  # unknown: keep the name so the strict check can show it
+
+
+def to_hf_timesformer(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Our (= the original's) TimeSformer keys -> Hugging Face `TimesformerForVideoClassification` keys."""
+    return {_hf_name(k): v for k, v in state_dict.items()}
+
+
+def from_hf_timesformer(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    sd = dict(state_dict)
+    if not any(k.startswith("timesformer.") for k in sd) and any(k.startswith("encoder.layer.") for k in sd):
+        sd = {f"timesformer.{k}": v for k, v in sd.items()}  # a bare TimesformerModel (no classifier)
+    return {_our_name_from_hf(k): v for k, v in sd.items()}
+
+
+def to_official_timesformer(state_dict: Dict[str, Tensor], prefix: str = "model.") -> Dict[str, Tensor]:
+    """Our TimeSformer keys -> the keys of an official `.pyth` `model_state` (the wrapper adds `model.`)."""
+    return {prefix + k: v for k, v in state_dict.items()}
+
+
+def to_official_xvit(state_dict: Dict[str, Tensor], with_new_fc: bool = True) -> Dict[str, Tensor]:
+    """Our X-ViT keys -> the original's. `with_new_fc` adds its unused `new_fc` (zeros), which the original
+    model owns, so that its strict `load_state_dict` accepts the result."""
+    out = {}
+    for k, v in state_dict.items():
+        for ours, theirs in _XVIT_PREFIXES:
+            if k.startswith(ours):
+                out[theirs + k[len(ours):]] = v
+                break
+    head = state_dict.get("temporal_head.mlp.4.weight")
+    if with_new_fc and head is not None:
+        out["new_fc.weight"] = torch.zeros_like(head)
+        out["new_fc.bias"] = torch.zeros(head.shape[0], dtype=head.dtype)
+    return out
+
+
+def from_official_xvit(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], List[str]]:
+    """Official X-ViT keys -> ours, and the keys it has that we knowingly drop."""
+    out, ignored = {}, []
+    for k, v in state_dict.items():
+        if k.startswith(XVIT_IGNORED):
+            ignored.append(k)
+            continue
+        for ours, theirs in _XVIT_PREFIXES:
+            if k.startswith(theirs):
+                out[ours + k[len(theirs):]] = v
+                break
+        else:
+            out[k] = v
+    return out, ignored
+
+
+def detect_layout(sd: Dict[str, Tensor]) -> str:
+    """Name the layout of a (prefix-stripped) state dict from its keys alone."""
+    keys = set(sd)
+    if any(k.startswith(("timesformer.", "classifier.", "embeddings.patch_embeddings")) for k in keys):
+        return "hf_timesformer"
+    if any(k.startswith(("base_model.", "consensus.", "new_fc.")) for k in keys):
+        return "xvit_official"
+    if "time_embed" in keys or any(".temporal_attn." in k or ".temporal_fc." in k for k in keys):
+        return "timesformer_official"
+    if "temp_embed" in keys or any(k.startswith("temporal_head.") for k in keys):
+        return "xvit_state_dict"
+    if "pos_embed" in keys and any(re.match(r"blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys):
+        return "timm_vit"
+    return "unknown"

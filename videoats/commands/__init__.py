@@ -1,0 +1,1 @@
+"""Subcommands of the `videoats` CLI, one module each (see `videoats.cli`)."""

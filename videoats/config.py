@@ -1,0 +1,235 @@
+"""YAML configs in the PySlowFast convention: `_BASE_` inheritance and `KEY VALUE` overrides.
+
+Every key a config may set is declared here with its default, so that a typo is an error that names
+the key instead of a setting that silently does nothing.
+"""
+from __future__ import annotations
+
+import ast
+import os
+from typing import Iterable, Optional, Sequence
+
+import yaml
+from fvcore.common.config import CfgNode as _FvCfgNode
+
+from .errors import VideoATSError
+
+
+class CfgNode(_FvCfgNode):
+    """fvcore's node (which resolves `_BASE_`) with errors a user can act on."""
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        if not os.path.isfile(cfg_filename):
+            raise VideoATSError(f"config file not found: {cfg_filename} (give the path to a YAML file)")
+        try:
+            loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise VideoATSError(f"config {cfg_filename}{where}: not valid YAML ({getattr(e, 'problem', e)})")
+        except FileNotFoundError as e:
+            raise VideoATSError(f"config {cfg_filename}: _BASE_ file not found: {e.filename}")
+        if not isinstance(loaded, dict):
+            raise VideoATSError(f"config {cfg_filename}: expected a mapping of keys at the top level")
+        _check_keys(self, loaded, cfg_filename)
+        try:
+            self.merge_from_other_cfg(type(self)(loaded))
+        except (KeyError, ValueError) as e:
+            raise VideoATSError(f"config {cfg_filename}: {_strip(e)}")
+
+
+def _strip(e: Exception) -> str:
+    return str(e.args[0]) if e.args else str(e)
+
+
+def _check_keys(node: CfgNode, loaded: dict, where: str, prefix: str = "") -> None:
+    for key, value in loaded.items():
+        full = prefix + key
+        if key not in node:
+            raise VideoATSError(
+                f"unknown config key {full!r} in {where}; known keys here: {', '.join(sorted(node.keys()))}"
+            )
+        if isinstance(node[key], CfgNode):
+            if not isinstance(value, dict):
+                raise VideoATSError(f"config key {full!r} in {where} is a section; give it a mapping")
+            _check_keys(node[key], value, where, full + ".")
+
+
+_C = CfgNode()
+_C.OUTPUT_DIR = "outputs"
+_C.SEED = 0
+_C.DEVICE = "auto"  # auto | cpu | cuda
+_C.LOG_PERIOD = 10
+
+_C.MODEL = CfgNode()
+_C.MODEL.NAME = "timesformer_8x224"
+_C.MODEL.NUM_CLASSES = 600
+# Overrides of the registered architecture; empty or 0 keeps the registered value.
+_C.MODEL.ATTENTION_TYPE = ""  # TimeSformer: divided_space_time | joint_space_time | space_only
+_C.MODEL.DROP_PATH_RATE = 0.0
+_C.MODEL.DROPOUT_RATE = 0.0
+_C.MODEL.ACT_CHECKPOINT = False
+
+_C.ATS = CfgNode()
+_C.ATS.ENABLE = False
+_C.ATS.BLOCKS = []  # 0-based block indices that sample tokens
+_C.ATS.TOKENS = [0.5]  # one value for all stages or one per stage; a value <= 1 is a ratio of the current tokens
+_C.ATS.VARIANT = "tube"  # image | tube | frame | joint
+_C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batch maximum)
+_C.ATS.MIN_TOKENS = 8
+
+_C.DATA = CfgNode()
+_C.DATA.PATH_TO_DATA_DIR = ""
+_C.DATA.PATH_PREFIX = ""  # videos are looked up under this folder (default: PATH_TO_DATA_DIR)
+_C.DATA.TRAIN_ANNOTATION = "train.csv"
+_C.DATA.VAL_ANNOTATION = "val.csv"
+_C.DATA.TEST_ANNOTATION = "test.csv"
+_C.DATA.ANNOTATION_FORMAT = "auto"  # auto | kinetics_csv | path_label | folders
+_C.DATA.LABELS_FILE = ""  # one label name a line; default: the sorted label names of the annotations
+_C.DATA.NUM_FRAMES = 8
+_C.DATA.SAMPLING_RATE = 32
+_C.DATA.TARGET_FPS = 30
+_C.DATA.TRAIN_JITTER_SCALES = [256, 320]
+_C.DATA.TRAIN_CROP_SIZE = 224
+_C.DATA.TEST_CROP_SIZE = 224
+_C.DATA.RANDOM_FLIP = True
+_C.DATA.MEAN = [0.45, 0.45, 0.45]
+_C.DATA.STD = [0.225, 0.225, 0.225]
+_C.DATA.DECODER = "decord"  # decord | pyav (the other is the fallback)
+_C.DATA.DECODE_SHORT_SIDE = 0  # >0: decode at this short side (decord), saves time on large videos
+_C.DATA.DECODE_TIMEOUT = 60.0  # seconds before a stuck decode is given up and reported
+_C.DATA.DECODE_THREADS = 1  # decoder threads per video (0: the decoder decides); loaders parallelise over workers
+_C.DATA.NUM_WORKERS = 2
+
+_C.TEST = CfgNode()
+_C.TEST.ENABLE = True
+_C.TEST.CHECKPOINT_FILE = ""
+_C.TEST.BATCH_SIZE = 8  # views per forward pass
+_C.TEST.NUM_ENSEMBLE_VIEWS = 1  # temporal clips per video
+_C.TEST.NUM_SPATIAL_CROPS = 3
+_C.TEST.CLIP_SAMPLING = "official"  # official (TimeSformer/X-ViT: clip k starts at (len-span)*k/n) | centered
+_C.TEST.AGGREGATION = "sum_logits"  # sum_logits | mean_softmax | max_logits
+_C.TEST.SPLIT = "test"  # which annotation file: train | val | test
+
+_C.TRAIN = CfgNode()
+_C.TRAIN.ENABLE = True
+_C.TRAIN.CHECKPOINT_FILE = ""  # initial weights (any format load_checkpoint knows)
+_C.TRAIN.BATCH_SIZE = 8  # per process
+_C.TRAIN.GLOBAL_BATCH_SIZE = 0  # >0: accumulate gradients up to this many clips per step over all processes
+_C.TRAIN.EPOCHS = 15
+_C.TRAIN.EVAL_PERIOD = 1
+_C.TRAIN.CHECKPOINT_PERIOD = 1
+_C.TRAIN.AUTO_RESUME = True
+_C.TRAIN.FINAL_TEST = True
+
+_C.SOLVER = CfgNode()
+_C.SOLVER.OPTIMIZER = "adamw"  # adamw | sgd
+_C.SOLVER.BASE_LR = 1e-4
+_C.SOLVER.MIN_LR = 1e-6
+_C.SOLVER.WEIGHT_DECAY = 0.05
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.WARMUP_EPOCHS = 1.0
+_C.SOLVER.LABEL_SMOOTHING = 0.1
+_C.SOLVER.CLIP_GRAD = 1.0  # max gradient norm, 0 to disable
+_C.SOLVER.MIXED_PRECISION = "none"  # none | bf16 | fp16 (fp16 on GPU only)
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the defaults."""
+    return _C.clone()
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cfg: CfgNode, opts: Sequence[str]) -> None:
+    """Apply `KEY VALUE` pairs (PySlowFast style), e.g. `TEST.BATCH_SIZE 4 ATS.ENABLE True`."""
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise VideoATSError(f"overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, CfgNode) or part not in node:
+                raise VideoATSError(f"unknown config key {key!r} (no {'.'.join(parts[:i + 1])!r} in the config)")
+            if i < len(parts) - 1:
+                node = node[part]
+        old, new = node[parts[-1]], _parse_value(text)
+        if isinstance(old, CfgNode):
+            raise VideoATSError(f"config key {key!r} is a section, not a value")
+        if isinstance(old, bool) and isinstance(new, str) and new.lower() in ("true", "false"):
+            new = new.lower() == "true"
+        if isinstance(old, (list, tuple)) and not isinstance(new, (list, tuple)):
+            new = [new]
+        if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        if old is not None and not isinstance(new, type(old)) and not (
+            isinstance(old, (list, tuple)) and isinstance(new, (list, tuple))
+        ):
+            raise VideoATSError(
+                f"config key {key!r} expects a {type(old).__name__} (like {old!r}), got {text!r}"
+            )
+        node[parts[-1]] = list(new) if isinstance(new, tuple) else new
+
+
+def load_config(path: Optional[str] = None, opts: Iterable[str] = ()) -> CfgNode:
+    """Defaults, then the YAML file (with its `_BASE_` chain), then the command-line overrides."""
+    cfg = get_cfg()
+    if path:
+        cfg.merge_from_file(path)
+    apply_overrides(cfg, list(opts))
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "ATS.VARIANT": ("image", "tube", "frame", "joint"),
+    "DATA.ANNOTATION_FORMAT": ("auto", "kinetics_csv", "path_label", "folders"),
+    "DATA.DECODER": ("decord", "pyav"),
+    "TEST.CLIP_SAMPLING": ("official", "centered"),
+    "TEST.AGGREGATION": ("sum_logits", "mean_softmax", "max_logits"),
+    "TEST.SPLIT": ("train", "val", "test"),
+    "SOLVER.OPTIMIZER": ("adamw", "sgd"),
+    "SOLVER.MIXED_PRECISION": ("none", "bf16", "fp16"),
+    "DEVICE": ("auto", "cpu", "cuda"),
+}
+
+
+def validate(cfg: CfgNode) -> None:
+    """Checks a value's range or choice, naming the key."""
+    for key, choices in _CHOICES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value not in choices:
+            raise VideoATSError(f"config key {key} = {value!r} is not one of {', '.join(choices)}")
+    for key in ("DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TEST_CROP_SIZE", "DATA.TRAIN_CROP_SIZE",
+                "TEST.BATCH_SIZE", "TEST.NUM_ENSEMBLE_VIEWS", "TEST.NUM_SPATIAL_CROPS", "TRAIN.BATCH_SIZE",
+                "MODEL.NUM_CLASSES"):
+        section, name = key.split(".")
+        if int(cfg[section][name]) < 1:
+            raise VideoATSError(f"config key {key} = {cfg[section][name]!r} must be at least 1")
+    if len(cfg.DATA.MEAN) != 3 or len(cfg.DATA.STD) != 3:
+        raise VideoATSError("config keys DATA.MEAN and DATA.STD need three values (one per RGB channel)")
+
+
+def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
+    """The `ats=` argument of `create_model` from the ATS section, or None when ATS is off."""
+    if not cfg.ATS.ENABLE:
+        return None
+    tokens = list(cfg.ATS.TOKENS)
+    return dict(
+        blocks=list(cfg.ATS.BLOCKS),
+        tokens=tokens[0] if len(tokens) == 1 else tokens,
+        variant=cfg.ATS.VARIANT,
+        drop_tokens=bool(cfg.ATS.DROP_TOKENS),
+        min_tokens=int(cfg.ATS.MIN_TOKENS),
+    )
+
+
+def cfg_to_yaml(cfg: CfgNode) -> str:
+    return cfg.dump()

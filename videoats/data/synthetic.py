@@ -1,0 +1,333 @@
+"""A synthetic action benchmark that stands in for Kinetics where Kinetics is not available.
+
+Every class is a motion of one main object (moving left, rotating clockwise, growing, ...), so no single
+frame reveals the class: translations wrap around the frame, rotations start at a random angle, size
+changes are cyclic with a random phase, oscillations and orbits start at a random phase. Scenes vary in
+complexity (flat or textured backgrounds, 0-3 static or moving distractors, object sizes and colours),
+which gives an adaptive-token model a reason to keep more tokens on some clips than others.
+
+The output is laid out like a Kinetics copy - `train.csv`/`val.csv`/`test.csv` in the official
+`label,youtube_id,time_start,time_end,split` format, H.264 mp4 clips named
+`{youtube_id}_{time_start:06d}_{time_end:06d}.mp4` in `<split>/<label>/` folders, and `labels.txt` - so the
+very same loaders read it. Everything derives from the seed: the same seed gives the same files.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import VideoATSError
+
+CLASS_NAMES = (
+    "moving left", "moving right", "moving up", "moving down",
+    "rotating clockwise", "rotating counterclockwise", "growing", "shrinking",
+    "bouncing", "swinging", "orbiting clockwise", "orbiting counterclockwise",
+)
+SPLIT_NAMES = ("train", "val", "test")
+BACKGROUNDS = ("flat", "gradient", "stripes", "checker", "noise")
+SHAPES = ("arrow", "pacman")
+_ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
+_BRIGHT = np.array([(255, 70, 70), (70, 255, 70), (90, 140, 255), (255, 255, 80), (255, 90, 255),
+                    (80, 255, 255), (255, 255, 255), (255, 170, 50)], dtype=np.float32)
+_CHUNK = 32  # frames rendered at once, to bound memory on long videos
+
+
+# ---------------------------------------------------------------------------------------------- scenes
+
+
+def _scene(rng: np.random.Generator, class_name: str, height: int, width: int) -> dict:
+    """All random choices of one clip, drawn up front so that rendering is a pure function of them."""
+    side = min(height, width)
+    scene = {"class": class_name, "height": height, "width": width}
+    scene["background"] = str(rng.choice(BACKGROUNDS))
+    dark = rng.uniform(15, 110, size=3)
+    scene["bg_colors"] = [dark.tolist(), np.clip(dark + rng.uniform(-45, 45, size=3), 0, 140).tolist()]
+    scene["bg_freq"] = float(rng.uniform(2, 6))
+    scene["bg_angle"] = float(rng.uniform(0, np.pi))
+    scene["bg_noise_seed"] = int(rng.integers(2**31))
+    radius = float(rng.uniform(0.14, 0.22) * side)
+    scene["object"] = {
+        "shape": str(rng.choice(SHAPES)), "radius": radius,
+        "color": _BRIGHT[rng.integers(len(_BRIGHT))].tolist(),
+        "angle": float(rng.uniform(0, 2 * np.pi)),
+    }
+    m = {"x0": float(rng.uniform(radius, width - radius)), "y0": float(rng.uniform(radius, height - radius)),
+         "amount": float(rng.uniform(0.45, 0.7)), "phase": float(rng.uniform(0, 1)),
+         "turns": float(rng.uniform(0.8, 1.2)), "freq": float(rng.uniform(1.5, 2.5)),
+         "orbit": float(rng.uniform(0.18, 0.26) * side)}
+    # centres that keep non-wrapping motions inside the frame
+    m["cx"] = float(rng.uniform(0.4, 0.6) * width)
+    m["cy"] = float(rng.uniform(0.4, 0.6) * height)
+    scene["motion"] = m
+    distractors = []
+    for _ in range(int(rng.integers(0, 4))):
+        distractors.append({
+            "shape": str(rng.choice(("disk", "square"))), "radius": float(rng.uniform(0.04, 0.08) * side),
+            "color": rng.uniform(60, 230, size=3).tolist(),
+            "x0": float(rng.uniform(0, width)), "y0": float(rng.uniform(0, height)),
+            "moving": bool(rng.random() < 0.5),
+            "vx": float(rng.uniform(-0.4, 0.4) * width), "vy": float(rng.uniform(-0.4, 0.4) * height),
+        })
+    scene["distractors"] = distractors
+    return scene
+
+
+def _trajectory(scene: dict, t: np.ndarray):
+    """(cx, cy, angle, scale, wraps) per frame; t runs from 0 to 1 over the clip."""
+    name, m, obj = scene["class"], scene["motion"], scene["object"]
+    h, w = scene["height"], scene["width"]
+    n = len(t)
+    cx, cy = np.full(n, m["cx"]), np.full(n, m["cy"])
+    angle = np.full(n, obj["angle"])
+    scale = np.ones(n)
+    wraps = False
+    if name in ("moving left", "moving right"):
+        sign = -1 if name == "moving left" else 1
+        cx, cy, wraps = m["x0"] + sign * m["amount"] * w * t, np.full(n, m["y0"]), True
+    elif name in ("moving up", "moving down"):
+        sign = -1 if name == "moving up" else 1
+        cx, cy, wraps = np.full(n, m["x0"]), m["y0"] + sign * m["amount"] * h * t, True
+    elif name in ("rotating clockwise", "rotating counterclockwise"):
+        sign = 1 if name == "rotating clockwise" else -1  # image y points down: +angle turns clockwise
+        angle = obj["angle"] + sign * 2 * np.pi * m["turns"] * t
+    elif name in ("growing", "shrinking"):
+        sign = 1 if name == "growing" else -1
+        scale = 0.45 + 0.85 * np.mod(m["phase"] + sign * t, 1.0)
+    elif name == "bouncing":
+        floor = h - obj["radius"] * 1.05
+        cy = floor - m["amount"] * (h - 2 * obj["radius"]) * np.abs(np.sin(np.pi * (m["freq"] * t + m["phase"])))
+    elif name == "swinging":  # side to side across most of the frame, about one period per clip
+        reach = (0.5 * w - obj["radius"]) * (0.5 + m["amount"] / 2)
+        cx = 0.5 * w + reach * np.sin(2 * np.pi * (m["freq"] * 0.6 * t + m["phase"]))
+    elif name in ("orbiting clockwise", "orbiting counterclockwise"):
+        sign = 1 if name == "orbiting clockwise" else -1
+        a = 2 * np.pi * (m["phase"] + sign * m["turns"] * 0.8 * t)
+        cx, cy = m["cx"] + m["orbit"] * np.cos(a), m["cy"] + m["orbit"] * np.sin(a)
+    else:
+        raise ValueError(f"unknown synthetic class {name!r}")
+    return cx, cy, angle, scale, wraps
+
+
+def _background(scene: dict) -> np.ndarray:
+    h, w = scene["height"], scene["width"]
+    c0, c1 = (np.array(c, dtype=np.float32) for c in scene["bg_colors"])
+    kind = scene["background"]
+    if kind == "flat":
+        return np.broadcast_to(c0, (h, w, 3)).copy()
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    side = float(min(h, w))
+    a = scene["bg_angle"]
+    along = (x * np.cos(a) + y * np.sin(a)) / side
+    if kind == "gradient":
+        mix = np.clip(along - along.min(), 0, None) / max(float(np.ptp(along)), 1e-6)
+    elif kind == "stripes":
+        mix = 0.5 + 0.5 * np.sin(2 * np.pi * scene["bg_freq"] * along)
+    elif kind == "checker":
+        cell = side / (2 * scene["bg_freq"])
+        mix = ((np.floor(x / cell) + np.floor(y / cell)) % 2).astype(np.float32)
+    else:  # smooth noise: a coarse random grid, bilinearly upsampled
+        rng = np.random.default_rng(scene["bg_noise_seed"])
+        gh, gw = max(2, int(h / side * scene["bg_freq"] * 2)), max(2, int(w / side * scene["bg_freq"] * 2))
+        grid = rng.random((gh + 1, gw + 1)).astype(np.float32)
+        gy, gx = y / max(h - 1, 1) * gh, x / max(w - 1, 1) * gw
+        y0, x0 = np.minimum(gy.astype(int), gh - 1), np.minimum(gx.astype(int), gw - 1)
+        fy, fx = gy - y0, gx - x0
+        mix = (grid[y0, x0] * (1 - fy) * (1 - fx) + grid[y0 + 1, x0] * fy * (1 - fx)
+               + grid[y0, x0 + 1] * (1 - fy) * fx + grid[y0 + 1, x0 + 1] * fy * fx)
+    return c0 + (c1 - c0) * mix[..., None]
+
+
+def _offsets(xs: np.ndarray, ys: np.ndarray, cx: np.ndarray, cy: np.ndarray, w: int, h: int, wrap: bool):
+    dx = xs[None] - cx[:, None, None]
+    dy = ys[None] - cy[:, None, None]
+    if wrap:
+        dx = np.mod(dx + w / 2, w) - w / 2
+        dy = np.mod(dy + h / 2, h) - h / 2
+    return dx, dy
+
+
+def _main_alpha(shape: str, dx, dy, angle, size) -> np.ndarray:
+    """Anti-aliased coverage of a shape without rotational symmetry, so that rotation shows."""
+    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
+    size = size[:, None, None]
+    u = (cos * dx + sin * dy) / size
+    v = (-sin * dx + cos * dy) / size
+    if shape == "arrow":  # isosceles triangle pointing along +u: tip (1, 0), base at u = -0.7
+        edge = (1.7 * np.abs(v) + 0.6 * u - 0.6) / 1.803
+        dist = np.maximum(-0.7 - u, edge) * size
+        return np.clip(0.5 - dist, 0, 1)
+    rho = np.sqrt(u * u + v * v)  # pacman: a disk with a 70 degree wedge cut out along +u
+    disk = np.clip(0.5 - (rho - 1) * size, 0, 1)
+    wedge = np.clip(0.5 - (np.abs(np.arctan2(v, u)) - np.radians(35)) * rho * size, 0, 1)
+    return disk * (1 - wedge)
+
+
+def render_frames(scene: dict, num_frames: int, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+    """Frames [start, stop) of a scene as uint8 (N, H, W, 3), vectorised over frames and pixels."""
+    stop = num_frames if stop is None else stop
+    h, w = scene["height"], scene["width"]
+    t = np.arange(start, stop, dtype=np.float64) / max(num_frames - 1, 1)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    frames = np.repeat(_background(scene)[None], len(t), axis=0)
+    for d in scene["distractors"]:
+        tt = t if d["moving"] else np.zeros_like(t)
+        dx, dy = _offsets(xs, ys, d["x0"] + d["vx"] * tt, d["y0"] + d["vy"] * tt, w, h, True)
+        if d["shape"] == "disk":
+            dist = np.sqrt(dx * dx + dy * dy) - d["radius"]
+        else:
+            dist = np.maximum(np.abs(dx), np.abs(dy)) - d["radius"]
+        alpha = np.clip(0.5 - dist, 0, 1)[..., None].astype(np.float32)
+        frames += (np.array(d["color"], dtype=np.float32) - frames) * alpha
+    obj = scene["object"]
+    cx, cy, angle, scale, wraps = _trajectory(scene, t)
+    dx, dy = _offsets(xs, ys, cx, cy, w, h, wraps)
+    alpha = _main_alpha(obj["shape"], dx, dy, angle, obj["radius"] * scale)[..., None].astype(np.float32)
+    frames += (np.array(obj["color"], dtype=np.float32) - frames) * alpha
+    return np.clip(frames + 0.5, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def write_mp4(path: str, chunks, height: int, width: int, fps: int = 30, crf: int = 18,
+              codec: str = "libx264", pix_fmt: str = "yuv420p") -> None:
+    """H.264 with one encoder thread, so that the same frames give the same bytes."""
+    import av
+
+    tmp = path + ".part"
+    with av.open(tmp, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        stream.codec_context.thread_count = 1
+        for chunk in chunks:
+            for array in chunk:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(_ID_ALPHABET, size=11))
+
+
+def _plan(num_classes: int, per_class: Dict[str, int], seed: int) -> List[dict]:
+    """Names and scene seeds of every clip, in a fixed order; ids are unique across splits."""
+    plan, used = [], set()
+    for split_code, split in enumerate(SPLIT_NAMES):
+        for class_index in range(num_classes):
+            for k in range(per_class.get(split, 0)):
+                rng = np.random.default_rng([seed, split_code, class_index, k])
+                yid = _youtube_id(rng)
+                while yid in used:
+                    yid = _youtube_id(rng)
+                used.add(yid)
+                start = int(rng.integers(0, 290))
+                plan.append({"split": split, "label": CLASS_NAMES[class_index], "youtube_id": yid,
+                             "time_start": start, "time_end": start + 10,
+                             "scene_seed": [seed, split_code, class_index, k, 1]})
+    return plan
+
+
+def _make_one(job: dict) -> dict:
+    rng = np.random.default_rng(job["scene_seed"])
+    scene = _scene(rng, job["label"], job["height"], job["width"])
+    n = job["num_frames"]
+    chunks = (render_frames(scene, n, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK))
+    os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
+    write_mp4(job["path"], chunks, job["height"], job["width"], job["fps"], job["crf"])
+    return {"name": os.path.basename(job["path"]), "split": job["split"], "label": job["label"],
+            "background": scene["background"], "distractors": len(scene["distractors"]),
+            "moving_distractors": sum(d["moving"] for d in scene["distractors"]),
+            "shape": scene["object"]["shape"], "object_radius": round(scene["object"]["radius"], 2)}
+
+
+def _per_class(videos_per_class: Union[int, Sequence[int], Dict[str, int]]) -> Dict[str, int]:
+    if isinstance(videos_per_class, dict):
+        unknown = set(videos_per_class) - set(SPLIT_NAMES)
+        if unknown:
+            raise VideoATSError(f"unknown split(s) {sorted(unknown)} in videos_per_class; use train, val, test")
+        return {s: int(videos_per_class.get(s, 0)) for s in SPLIT_NAMES}
+    if isinstance(videos_per_class, int):
+        return {"train": videos_per_class, "val": max(1, videos_per_class // 4),
+                "test": max(1, videos_per_class // 4)}
+    counts = list(videos_per_class) + [0] * 3
+    return dict(zip(SPLIT_NAMES, (int(c) for c in counts[:3])))
+
+
+def make_synthetic(out_dir: str, num_classes: int = 10,
+                   videos_per_class: Union[int, Sequence[int], Dict[str, int]] = (16, 4, 4),
+                   num_frames: int = 32, size: Union[int, Tuple[int, int]] = 64, fps: int = 30,
+                   seed: int = 0, crf: int = 18, workers: int = 1) -> dict:
+    """Write the benchmark under `out_dir` and return a summary (paths, counts per split, seconds).
+
+    videos_per_class: per split, as an int (train; val and test get a quarter, at least 1), a
+    (train, val, test) sequence or a {split: count} dict. size: square side or (height, width), even
+    numbers (yuv420p). workers > 1 renders and encodes in that many processes; the output is the same.
+    """
+    if not 1 <= num_classes <= len(CLASS_NAMES):
+        raise VideoATSError(f"num_classes must be 1..{len(CLASS_NAMES)} (there are {len(CLASS_NAMES)} "
+                            f"motion classes), got {num_classes}")
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if height % 2 or width % 2 or min(height, width) < 16:
+        raise VideoATSError(f"synthetic video size {height}x{width}: give even sizes of at least 16 "
+                            f"(H.264 yuv420p needs even sizes)")
+    if num_frames < 2:
+        raise VideoATSError(f"num_frames must be at least 2, got {num_frames}")
+    per_class = _per_class(videos_per_class)
+    started = time.perf_counter()
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    plan = _plan(num_classes, per_class, seed)
+    for job in plan:
+        job.update(height=height, width=width, num_frames=num_frames, fps=fps, crf=crf,
+                   path=os.path.join(out_dir, job["split"], job["label"],
+                                     f"{job['youtube_id']}_{job['time_start']:06d}_{job['time_end']:06d}.mp4"))
+    if workers > 1 and len(plan) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            scenes = list(pool.map(_make_one, plan, chunksize=max(1, len(plan) // (workers * 8))))
+    else:
+        scenes = [_make_one(job) for job in plan]
+
+    names = sorted(CLASS_NAMES[:num_classes])
+    files = {}
+    for split in SPLIT_NAMES:
+        rows = [j for j in plan if j["split"] == split]
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+        for j in rows:
+            writer.writerow([j["label"], j["youtube_id"], j["time_start"], j["time_end"], split])
+        files[split] = _write_text(os.path.join(out_dir, f"{split}.csv"), buf.getvalue())
+    files["labels"] = _write_text(os.path.join(out_dir, "labels.txt"), "".join(n + "\n" for n in names))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(scenes[0]) if scenes else ["name"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(scenes)
+    files["scenes"] = _write_text(os.path.join(out_dir, "scenes.csv"), buf.getvalue())
+    summary = {"out_dir": out_dir, "num_classes": num_classes, "label_names": names,
+               "videos": {s: sum(1 for j in plan if j["split"] == s) for s in SPLIT_NAMES},
+               "num_frames": num_frames, "height": height, "width": width, "fps": fps, "seed": seed,
+               "files": files, "seconds": round(time.perf_counter() - started, 3)}
+    _write_text(os.path.join(out_dir, "synthetic.json"),
+                json.dumps({k: v for k, v in summary.items() if k not in ("seconds", "out_dir", "files")},
+                           indent=1) + "\n")
+    return summary
+
+
+def _write_text(path: str, text: str) -> str:
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,172 @@
+"""Pieces shared by every backbone: attention over a token grid with absent tokens, ATS attention, and
+token-wise layers that only touch present tokens (so pruned tokens cost nothing).
+
+Attention modules follow timm's layout (`qkv`, `proj`) so timm and original checkpoints map onto them.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ats.core import SamplingRun, gather_slots
+from ..ats.sampler import cls_significance
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+        q, k, v = split_heads(self.qkv(x), self.num_heads)
+        return self.proj(attend(q, k, v, key_valid))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """(G, N, 3*D) -> three (G, H, N, d); the qkv layout is [q heads | k heads | v heads]."""
+    g, n, three_d = qkv.shape
+    qkv = qkv.reshape(g, n, 3, num_heads, three_d // (3 * num_heads)).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+    """Fused attention; absent keys (key_valid False) get no weight. Returns (G, Nq, H*d)."""
+    mask = None
+    if key_valid is not None:
+        # a row with no present key (a padding slot) attends to everything; its output is never used
+        key_valid = key_valid | ~key_valid.any(dim=-1, keepdim=True)
+        mask = key_valid[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    g, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(g, n, h * d)
+
+
+def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Optional[Tensor]) -> Tensor:
+    """Apply a per-token function to present tokens only; absent positions come back as zeros."""
+    if valid is None:
+        return fn(x)
+    y = fn(x[valid])
+    out = y.new_zeros(*valid.shape, y.shape[-1])
+    out[valid] = y
+    return out
+
+
+def with_cls(cls: Tensor, x: Tensor) -> Tensor:
+    """Prepend a per-frame CLS: cls (B, T or 1, D), x (B, T, L, D) -> (B*T, 1 + L, D)."""
+    b, t, l, d = x.shape
+    return torch.cat([cls.expand(b, t, d).reshape(b * t, 1, d), x.reshape(b * t, l, d)], dim=1)
+
+
+def cls_valid(valid: Optional[Tensor]) -> Optional[Tensor]:
+    """(B, T, L) patch mask -> (B*T, 1 + L) key mask with the CLS present."""
+    if valid is None:
+        return None
+    b, t, l = valid.shape
+    flat = valid.reshape(b * t, l)
+    return torch.cat([flat.new_ones(b * t, 1), flat], dim=1)
+
+
+def frame_attention(
+    attn: nn.Module,
+    h: Tensor,
+    grid: Tuple[int, int, int],
+    valid: Optional[Tensor],
+    run: Optional[SamplingRun] = None,
+    block: int = -1,
+    kv_hook: Optional[Callable[[Tensor, Tensor, Optional[Tensor]], Tuple[Tensor, Tensor]]] = None,
+):
+    """Attention within each frame of a grid, with a CLS per frame, optionally sampling tokens (ATS).
+
+    h: normalised tokens (B*T, 1 + L, D); `kv_hook` may rewrite keys/values (X-ViT's frame shift).
+    Without a run, returns (out (B*T, 1 + L, D), None, valid). With one, the CLS row decides the sample
+    first, then only the kept queries are computed: returns (out for CLS + the new slots, slot index,
+    new valid mask).
+    """
+    b, t, l = grid
+    key_valid = cls_valid(valid)
+    qkv = tokenwise(attn.qkv, h, key_valid)
+    q, k, v = split_heads(qkv, attn.num_heads)
+    if kv_hook is not None:
+        k, v = kv_hook(k, v, key_valid)
+    index, new_valid = None, valid
+    if run is not None:
+        scores = cls_significance(q[:, :, :1], k, v, attn.scale, key_valid)
+        keep = run.select(block, scores.reshape(b, t, l), valid)
+        index, new_valid = run.layout(block, keep)
+        if index is not None:
+            patches = q[:, :, 1:].reshape(b, t, *q.shape[1:2], l, q.shape[-1]).permute(0, 1, 3, 2, 4)
+            patches = gather_slots(patches, index).permute(0, 1, 3, 2, 4).reshape(b * t, q.shape[1], -1,
+                                                                               q.shape[-1])
+            q = torch.cat([q[:, :, :1], patches], dim=2)
+    out = attend(q, k, v, key_valid)
+    out = tokenwise(attn.proj, out, cls_valid(new_valid))
+    return out, index, new_valid
+
+
+def drop_path(x: Tensor, p: float, training: bool, batch: int) -> Tensor:
+    """Stochastic depth with one draw per sample; x's first dim is the batch, or batch x frames."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty(batch).bernoulli_(1.0 - p) / (1.0 - p)
+    return x * keep.repeat_interleave(x.shape[0] // batch).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class PlainBlock(nn.Module):
+    """A pre-norm ViT block (timm's attribute names, so timm blocks run through the same code)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 eps: float = 1e-6, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_prob = drop_path
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + drop_path(self.attn(self.norm1(x)), self.drop_prob, self.training, x.shape[0])
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_prob, self.training, x.shape[0])
+
+
+def _branch(block: nn.Module, name: str) -> Callable[[Tensor], Tensor]:
+    scale = getattr(block, name, None)
+    return scale if scale is not None else (lambda t: t)
+
+
+def grid_block(block: nn.Module, cls: Tensor, x: Tensor, valid: Optional[Tensor],
+               run: Optional[SamplingRun] = None, index_block: int = -1, kv_hook=None):
+    """A pre-norm ViT block where every frame attends within itself with its own CLS.
+
+    cls: (B, T or 1, D); x: (B, T, L, D); valid: (B, T, L) or None. Runs our PlainBlock and timm's Block
+    alike (LayerScale `ls1`/`ls2` and drop path are honoured). Returns (cls (B, T, D), x, valid).
+    """
+    b, t, l, d = x.shape
+    ls1, ls2 = _branch(block, "ls1"), _branch(block, "ls2")
+    p = getattr(block, "drop_prob", 0.0) or getattr(getattr(block, "drop_path1", None), "drop_prob", 0.0)
+    xs = with_cls(cls, x)
+    h = tokenwise(block.norm1, xs, cls_valid(valid))
+    out, index, valid = frame_attention(block.attn, h, (b, t, l), valid, run, index_block, kv_hook)
+    x = gather_slots(x, index)
+    xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
+    xs = xs + drop_path(ls1(out), p, block.training, b)
+    xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, cls_valid(valid)), p,
+                        block.training, b)
+    return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), valid

@@ -1,0 +1,154 @@
+"""X-ViT (Bulat et al., 2021): ViT-B/16 on every frame with space-time mixing, and a temporal head.
+
+Each frame has its own CLS. In every block a quarter of the key/value channels come from the next
+(first eighth) and previous (second eighth) frame at the same location, within segments of 8 frames;
+queries are not shifted. A one-block transformer over the per-frame CLS features gives the logits.
+With ATS a token whose neighbour frame dropped that location receives zeros for those channels, as at
+a segment boundary, so a dropped token never leaks into attention.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ats.core import SamplingRun
+from ..errors import VideoATSError
+from .layers import PlainBlock, grid_block
+from .registry import register_model
+from .timesformer import PatchEmbed
+
+
+def shift_frames(x: Tensor, segments: int, fold: int, present: Optional[Tensor]) -> Tensor:
+    """x: (B, S*G, N, C) per-frame tokens. Channels [0, fold) take frame t+1, [fold, 2 fold) frame t-1."""
+    b, t, n, c = x.shape
+    if present is not None:
+        x = x * present[..., None].to(x.dtype)
+    x = x.reshape(b * t // segments, segments, n, c)
+    out = torch.zeros_like(x)
+    out[:, :-1, :, :fold] = x[:, 1:, :, :fold]
+    out[:, 1:, :, fold:2 * fold] = x[:, :-1, :, fold:2 * fold]
+    out[..., 2 * fold:] = x[..., 2 * fold:]
+    return out.reshape(b, t, n, c)
+
+
+class TemporalHead(nn.Module):
+    """X-ViT's 'vit' consensus: a learnable CLS, one transformer block over frames, then an MLP head."""
+
+    def __init__(self, dim: int, num_heads: int, num_classes: int, dropout: float):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.encoder = PlainBlock(dim, num_heads, qkv_bias=False, eps=1e-5)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim, eps=1e-5), nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(dim, num_classes))
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = torch.cat([self.cls_token.expand(frames.shape[0], -1, -1), frames], dim=1)
+        return self.mlp(self.encoder(x)[:, 0])
+
+
+class XViT(nn.Module):
+    is_video = True
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 16, num_classes: int = 600,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 num_segments: int = 8, shift_div: int = 8, pos_grid: int = 14, dropout_rate: float = 0.5,
+                 drop_path_rate: float = 0.0):
+        super().__init__()
+        if num_frames % num_segments:
+            raise VideoATSError(f"X-ViT needs num_frames ({num_frames}) divisible by num_segments ({num_segments})")
+        self.num_frames, self.num_segments, self.img_size = num_frames, num_segments, img_size
+        self.patch_size, self.depth, self.num_classes = patch_size, depth, num_classes
+        self.fold = embed_dim // shift_div
+        self.pos_grid = pos_grid  # the original's PatchEmbed is fixed at 224 px: a 14 x 14 position grid
+        self.num_patches = (img_size // patch_size) ** 2
+        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid ** 2 + 1, embed_dim))
+        self.temp_embed = nn.Parameter(torch.zeros(1, num_segments, 1, embed_dim))
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(PlainBlock(embed_dim, num_heads, mlp_ratio, True, drop_path=r) for r in rates)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.frame_drop = nn.Dropout(dropout_rate)
+        self.temporal_head = TemporalHead(embed_dim, num_heads, num_classes, dropout_rate)
+        self.ats = None
+        self.ats_trace = []
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias) if m.bias is not None else None
+        for p in (self.pos_embed, self.cls_token, self.temporal_head.cls_token):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def _kv_shift(self, k: Tensor, v: Tensor, key_valid: Optional[Tensor], frames: int):
+        g, h, n, d = k.shape
+        present = None if key_valid is None else key_valid.reshape(g // frames, frames, n)
+
+        def shift(z):
+            z = z.permute(0, 2, 1, 3).reshape(g // frames, frames, n, h * d)
+            z = shift_frames(z, self.num_segments, self.fold, present)
+            return z.reshape(g, n, h, d).permute(0, 2, 1, 3)
+
+        return shift(k), shift(v)
+
+    def embed(self, video: Tensor):
+        if video.dim() != 5 or video.shape[1] != 3:
+            raise VideoATSError(f"X-ViT expects a video tensor (B, 3, T, H, W), got {tuple(video.shape)}")
+        b, _, t, hgt, wid = video.shape
+        if t % self.num_segments:
+            raise VideoATSError(f"X-ViT needs a frame count divisible by {self.num_segments}, got {t}")
+        x = self.patch_embed(video.transpose(1, 2).reshape(b * t, 3, hgt, wid))
+        gh, gw, d = x.shape[1:]
+        pos = self.pos_embed
+        if (gh, gw) != (self.pos_grid, self.pos_grid):  # bicubic resize of the 14 x 14 grid
+            grid = pos[:, 1:].reshape(1, self.pos_grid, self.pos_grid, d).permute(0, 3, 1, 2)
+            grid = F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False)
+            pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, gh * gw, d)], dim=1)
+        time = self.temp_embed.repeat(1, t // self.num_segments, 1, 1)  # frame t gets entry t mod segments
+        x = x.reshape(b, t, gh * gw, d) + pos[:, None, 1:] + time
+        cls = (self.cls_token + pos[:, :1]).reshape(1, 1, d) + time[:, :, 0]
+        return cls.expand(b, t, d), x
+
+    def forward_features(self, video: Tensor) -> Tensor:
+        """Per-frame features (B, T, D)."""
+        cls, x = self.embed(video)
+        b, t, l, _ = x.shape
+        run = None
+        if self.ats is not None:
+            run = SamplingRun(self.ats, b, t, l, x.device, prune=self.ats.drop_tokens and not self.training)
+        ats_blocks = set(self.ats.blocks) if self.ats is not None else set()
+
+        def hook(k, v, key_valid):
+            return self._kv_shift(k, v, key_valid, t)
+
+        valid = None
+        for i, blk in enumerate(self.blocks):
+            cls, x, valid = grid_block(blk, cls, x, valid, run if i in ats_blocks else None, i, hook)
+        self.ats_trace = run.records if run is not None else []
+        return self.norm(cls)
+
+    def forward(self, video: Tensor) -> Tensor:
+        return self.temporal_head(self.frame_drop(self.forward_features(video)))
+
+
+@register_model
+def xvit_b16_16x224(num_classes: int = 600, **kw):
+    """X-ViT B/16, 16 frames at 224 px (K600 release: 84.5 top-1 at 1x3 views)."""
+    return XViT(**{"num_frames": 16, "num_classes": num_classes, **kw})
+
+
+@register_model
+def xvit_b16_8x224(num_classes: int = 600, **kw):
+    """X-ViT B/16, 8 frames at 224 px."""
+    return XViT(**{"num_frames": 8, "num_classes": num_classes, **kw})
+
+
+@register_model
+def xvit_tiny_8x32(num_classes: int = 10, **kw):
+    """A 4-block, 64-wide X-ViT on 32 px frames (8 px patches), for tests and the demo."""
+    arch = dict(img_size=32, patch_size=8, num_frames=8, num_classes=num_classes, embed_dim=64, depth=4,
+                num_heads=4, pos_grid=4, dropout_rate=0.0)
+    return XViT(**{**arch, **kw})
