@@ -119,6 +119,7 @@ _C.TRAIN.GLOBAL_BATCH_SIZE = 0  # >0: accumulate gradients up to this many clips
 _C.TRAIN.EPOCHS = 15
 _C.TRAIN.EVAL_PERIOD = 1
 _C.TRAIN.CHECKPOINT_PERIOD = 1
+_C.TRAIN.CHECKPOINT_STEPS = 0  # >0: also save `last` every this many optimizer steps inside an epoch
 _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.FINAL_TEST = True
 

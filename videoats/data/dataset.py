@@ -33,7 +33,7 @@ from .sampling import (normalize, protocol_clip_indices, random_clip_indices, re
 logger = logging.getLogger("videoats.data")
 
 SPLITS = ("train", "val", "test")
-TRAIN_RETRIES = 10
+TRAIN_RETRIES = 20
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ class VideoClipDataset(Dataset):
                                 "reason": e.reason, "detail": e.detail})
             return item
         # protocol order: float, /255, normalise, resize the short side, crop
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-        video = normalize(video, s.mean, s.std, channel_dim=0)
+        video = normalize(torch.from_numpy(frames).permute(3, 0, 1, 2).contiguous(), s.mean, s.std, channel_dim=0)
         if self.split == "test":
             views = spatial_crops(video, s.test_crop_size, crops)
         else:
@@ -196,12 +195,16 @@ class VideoClipDataset(Dataset):
                             f"{self.videos[candidate].path}); run `videoats check-videos` on the annotation")
 
     def replacement_index(self, index: int, attempt: int) -> int:
-        """Deterministic in (seed, index, attempt), so a run can be repeated with the same substitutes."""
-        rng = random.Random(f"{self.settings.seed}:{index}:{attempt}")
+        """The `attempt`-th substitute for video `index`: a walk from a start drawn from (seed, index).
+
+        Deterministic, so a run can be repeated with the same substitutes, and without repeats, so that a
+        good video is found within as many attempts as there are bad ones in a row.
+        """
         if self.num_videos == 1:
             return 0
-        choice = rng.randrange(self.num_videos - 1)
-        return choice + 1 if choice >= index else choice
+        offset = random.Random(f"{self.settings.seed}:{index}").randrange(1, self.num_videos)
+        step = 1 + (offset - 1 + attempt) % (self.num_videos - 1)  # 1..N-1: never the video itself
+        return (index + step) % self.num_videos
 
 
 # ---------------------------------------------------------------------------------------------- batches

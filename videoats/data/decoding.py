@@ -174,9 +174,13 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
 
 
 def _to_rgb(frame, height: int, width: int) -> np.ndarray:
+    """RGB in display orientation, as decord gives it (decord applies the display matrix, PyAV does not)."""
     if (frame.height, frame.width) != (height, width):
-        return frame.to_ndarray(format="rgb24", height=height, width=width)
-    return frame.to_ndarray(format="rgb24")
+        array = frame.to_ndarray(format="rgb24", height=height, width=width)
+    else:
+        array = frame.to_ndarray(format="rgb24")
+    quarter_turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(array, quarter_turns)) if quarter_turns else array
 
 
 def _first_line(e: BaseException) -> str:

@@ -99,7 +99,7 @@ def _trajectory(scene: dict, t: np.ndarray):
         angle = obj["angle"] + sign * 2 * np.pi * m["turns"] * t
     elif name in ("growing", "shrinking"):
         sign = 1 if name == "growing" else -1
-        scale = 0.45 + 0.85 * np.mod(m["phase"] + sign * t, 1.0)
+        scale = 0.45 + 0.85 * np.mod(m["phase"] + sign * 0.75 * t, 1.0)  # cyclic, random phase
     elif name == "bouncing":
         floor = h - obj["radius"] * 1.05
         cy = floor - m["amount"] * (h - 2 * obj["radius"]) * np.abs(np.sin(np.pi * (m["freq"] * t + m["phase"])))

@@ -90,7 +90,7 @@ class TimeSformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim))
         if attention_type != "space_only":
             self.time_embed = nn.Parameter(torch.zeros(1, num_frames, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         if attention_type == "divided_space_time":
             self.blocks = nn.ModuleList(DividedBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, r) for r in rates)
         else:

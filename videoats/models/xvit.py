@@ -69,7 +69,7 @@ class XViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid ** 2 + 1, embed_dim))
         self.temp_embed = nn.Parameter(torch.zeros(1, num_segments, 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(PlainBlock(embed_dim, num_heads, mlp_ratio, True, drop_path=r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.frame_drop = nn.Dropout(dropout_rate)

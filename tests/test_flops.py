@@ -1,0 +1,296 @@
+"""GFLOPs accounting: hand-derived counts, fvcore vs analytic, published baselines, adaptive counts, CLI.
+
+Big models are only counted analytically here, built without weight initialisation (the count reads
+shapes, not values); fvcore traces run on tiny models and DeiT-S (4.6 GFLOPs).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import videoats
+from videoats.cli import main
+from videoats.engine.flops import (GFlopsMeter, analytic_gflops, dense_gflops, fvcore_count, padded_gflops,
+                                   parse_views, sample_gflops)
+
+TINY_VIDEO = (1, 3, 8, 32, 32)
+
+
+@contextmanager
+def no_init():
+    """Skip random initialisation while building (seconds for ViT-B on a CPU); shapes are all we count."""
+    import timm.models.vision_transformer as tv
+    import torch.nn.init as init
+
+    names = ["trunc_normal_", "kaiming_uniform_", "uniform_", "normal_", "zeros_", "ones_", "constant_"]
+    saved = {n: getattr(init, n) for n in names}
+    saved_timm = {n: getattr(tv, n) for n in ("trunc_normal_", "lecun_normal_") if hasattr(tv, n)}
+    try:
+        for n in names:
+            setattr(init, n, lambda t, *a, **k: t)
+        for n in saved_timm:
+            setattr(tv, n, lambda t, *a, **k: t)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+        for n, f in saved_timm.items():
+            setattr(tv, n, f)
+
+
+def fv(model, x):
+    return fvcore_count(model, x).gflops
+
+
+# ---------------------------------------------------------------------------------------------- by hand
+
+
+def test_one_block_timesformer_by_hand():
+    """1 divided block, T=8 frames, L=16 patches (32 px / 8 px), D=64, MLP 256, 10 classes."""
+    model = videoats.create_model("timesformer_tiny_8x32", depth=1).eval()
+    T, L, D, P, H, C = 8, 16, 64, 8, 256, 10
+    patch = T * L * (3 * P * P) * D                      # conv, one MAC per weight per output position
+    temporal = (5 * D * T * L                            # temporal_norm1 (fvcore: 5 flops per element)
+                + T * L * D * 3 * D                      # qkv
+                + 2 * L * T * T * D                      # q.k and attn.v over frames, per location
+                + T * L * D * D + T * L * D * D)         # proj, temporal_fc
+    n = L + 1                                            # spatial: CLS copied into every frame
+    spatial = (5 * D * T * n + T * n * D * 3 * D         # norm1, qkv
+               + 2 * T * n * n * D                       # q.k and attn.v within each frame
+               + T * n * D * D)                          # proj
+    mlp = (T * L + 1) * (5 * D + D * H + H * D)          # norm2 + fc1 + fc2 on patches and the CLS
+    head = 5 * D + D * C                                 # final norm on the CLS, linear head
+    expected = (patch + temporal + spatial + mlp + head) / 1e9
+    assert analytic_gflops(model) == pytest.approx(expected, rel=1e-12)
+    assert fv(model, torch.randn(TINY_VIDEO)) == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- dense
+
+
+@pytest.mark.parametrize("name,kw,shape", [
+    ("timesformer_tiny_8x32", {}, TINY_VIDEO),
+    ("timesformer_tiny_8x32", {"attention_type": "space_only"}, TINY_VIDEO),
+    ("timesformer_tiny_8x32", {"attention_type": "joint_space_time"}, TINY_VIDEO),
+    ("timesformer_tiny_8x32", {"img_size": 48}, (1, 3, 8, 48, 48)),  # pos-embed resize
+    ("xvit_tiny_8x32", {}, TINY_VIDEO),
+    ("deit_tiny_patch8_32", {}, (1, 3, 32, 32)),
+])
+def test_analytic_equals_fvcore_dense(name, kw, shape):
+    model = videoats.create_model(name, **kw).eval()
+    count = fvcore_count(model, torch.randn(shape))
+    assert not count.missing
+    assert analytic_gflops(model, shape[1:]) == pytest.approx(count.gflops, rel=5e-3)
+    assert dense_gflops(model, shape[1:]) == pytest.approx(count.gflops, rel=1e-12)
+
+
+def test_unsupported_ops_are_reported():
+    model = videoats.create_model("xvit_tiny_8x32").eval()
+    count = fvcore_count(model, torch.randn(TINY_VIDEO))
+    assert "aten::gelu" in count.not_counted and not count.missing
+    assert "scaled_dot_product_attention" in count.by_operator  # counted by our handle, not skipped
+
+
+PUBLISHED_PER_VIEW = [
+    ("timesformer_8x224", 196.1, 0.005),
+    ("timesformer_hr_16x448", 1704.5, 0.005),
+    ("timesformer_l_96x224", 2382.5, 0.005),
+    ("xvit_b16_16x224", 850 / 3, 0.01),
+    ("deit_small_patch16_224", 4.6, 0.005),
+]
+
+
+@pytest.mark.parametrize("name,published,tol", PUBLISHED_PER_VIEW)
+def test_published_baselines_analytic(name, published, tol):
+    with no_init():
+        model = videoats.create_model(name)
+    assert analytic_gflops(model) == pytest.approx(published, rel=tol)
+
+
+def test_published_totals():
+    with no_init():
+        hr = videoats.create_model("timesformer_hr_16x448")
+        xvit = videoats.create_model("xvit_b16_16x224")
+        base = videoats.create_model("timesformer_8x224")
+    assert 3 * analytic_gflops(hr) == pytest.approx(5110, rel=5e-3)
+    assert 3 * analytic_gflops(xvit) == pytest.approx(850, rel=1e-2)
+    assert 3 * analytic_gflops(base) == pytest.approx(590, rel=5e-3)
+
+
+def test_deit_small_fvcore_matches_published():
+    with no_init():
+        model = videoats.create_model("deit_small_patch16_224").eval()
+    assert dense_gflops(model) == pytest.approx(4.6, rel=5e-3)
+    assert dense_gflops(model) == pytest.approx(analytic_gflops(model), rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- ATS
+
+
+def ats_model(name="timesformer_tiny_8x32", variant="tube", blocks=(1, 2), tokens=0.5, drop=True, **kw):
+    torch.manual_seed(0)
+    return videoats.create_model(name, ats=dict(blocks=list(blocks), tokens=tokens, variant=variant,
+                                                drop_tokens=drop), **kw).eval()
+
+
+@pytest.mark.parametrize("name,variant", [
+    ("timesformer_tiny_8x32", "tube"), ("timesformer_tiny_8x32", "frame"), ("timesformer_tiny_8x32", "joint"),
+    ("xvit_tiny_8x32", "tube"), ("xvit_tiny_8x32", "frame"), ("deit_tiny_patch8_32", "image"),
+])
+def test_ats_analytic_equals_fvcore_batch1_pruned(name, variant):
+    model = ats_model(name, variant)
+    x = torch.randn(TINY_VIDEO if model.is_video else (1, 3, 32, 32))
+    traced = fv(model, x)  # the trace runs the forward, so ats_trace is this input's
+    assert videoats.ats.kept_tokens(model)[1].item() < (8 if model.is_video else 1) * 16
+    assert padded_gflops(model, x) == pytest.approx(traced, rel=5e-3)
+    per_sample = float(sample_gflops(model, x)[0])
+    if variant in ("tube", "image"):  # same locations in every frame: no padding anywhere
+        assert per_sample == pytest.approx(traced, rel=5e-3)
+    else:  # frames keep different locations; attention pads them to their union
+        assert per_sample <= traced
+    assert per_sample < analytic_gflops(model)
+
+
+@pytest.mark.parametrize("variant,drop", [("frame", True), ("joint", True), ("tube", False)])
+def test_padded_equals_what_a_batch_computes(variant, drop):
+    model = ats_model(variant=variant, drop=drop)
+    x = torch.randn(3, *TINY_VIDEO[1:])
+    traced = fv(model, x)  # per sample of the batch of 3
+    assert padded_gflops(model, x) == pytest.approx(traced, rel=1e-9)
+    assert float(sample_gflops(model, x).mean()) <= padded_gflops(model, x) + 1e-12
+
+
+def _keep_all(scores, n_samples, present=None):
+    r, m = scores.shape
+    index = torch.arange(m, device=scores.device).expand(r, m)
+    keep = torch.ones(r, m, dtype=torch.bool) if present is None else present.bool()
+    return index, keep
+
+
+def _keep_top(scores, n_samples, present=None):
+    return scores.argmax(dim=1, keepdim=True), torch.ones(scores.shape[0], 1, dtype=torch.bool)
+
+
+def test_keep_everything_costs_dense_plus_scoring_rows(monkeypatch):
+    import videoats.ats.core as core
+
+    monkeypatch.setattr(core, "inverse_transform_sample", _keep_all)
+    model = ats_model(blocks=(1, 2))
+    x = torch.randn(2, *TINY_VIDEO[1:])
+    model(x)
+    T, L, D = 8, 16, 64
+    scoring = 2 * T * (1 + L) * D / 1e9  # per ATS block and frame: the CLS row q_cls . K (heads x dim = D)
+    dense = analytic_gflops(model)
+    assert sample_gflops(model, x).tolist() == pytest.approx([dense + scoring] * 2, rel=1e-12)
+    assert padded_gflops(model, x) == pytest.approx(dense + scoring, rel=1e-12)
+    assert fv(model, x[:1]) == pytest.approx(dense + scoring, rel=1e-9)
+
+
+def test_per_sample_between_minimum_and_dense(monkeypatch):
+    import videoats.ats.core as core
+
+    x = torch.randn(4, *TINY_VIDEO[1:])
+    with monkeypatch.context() as m:
+        m.setattr(core, "inverse_transform_sample", _keep_top)
+        low_model = ats_model(blocks=(1,))
+        low = fv(low_model, x[:1])  # one location kept after block 1: the least ATS can keep
+        assert float(sample_gflops(low_model, x[:1])[0]) == pytest.approx(low, rel=1e-9)
+    model = ats_model(blocks=(1,), tokens=0.3)
+    model(x)
+    per = sample_gflops(model, x)
+    dense = analytic_gflops(model)
+    assert per.shape == (4,)
+    assert bool((per > low).all()) and bool((per < dense).all())
+
+
+def test_sample_gflops_dense_model_and_meter():
+    model = videoats.create_model("timesformer_tiny_8x32").eval()
+    x = torch.randn(2, *TINY_VIDEO[1:])
+    model(x)
+    assert sample_gflops(model, x).tolist() == pytest.approx([analytic_gflops(model)] * 2)
+    ats = ats_model()
+    meter = GFlopsMeter()
+    for _ in range(2):
+        ats(x)
+        meter.update(ats, x)
+    s = meter.summary((1, 3))
+    assert s["per_view"]["count"] == 4
+    assert s["per_view"]["min"] <= s["per_view"]["mean"] <= s["per_view"]["max"] < analytic_gflops(ats)
+    assert s["total"]["mean"] == pytest.approx(3 * s["per_view"]["mean"])
+    assert s["padded_per_view"] >= s["per_view"]["mean"] - 1e-12
+
+
+def test_sample_gflops_needs_a_forward_pass():
+    with pytest.raises(videoats.VideoATSError):
+        sample_gflops(ats_model())
+
+
+def test_parse_views():
+    assert parse_views("1x3") == (1, 3) and parse_views("10X3") == (10, 3)
+    for bad in ("3", "1x", "0x3", "axb"):
+        with pytest.raises(videoats.VideoATSError):
+            parse_views(bad)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _json(capsys, argv):
+    assert main(argv + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_published_model_json(capsys):
+    with no_init():
+        out = _json(capsys, ["flops", "--model", "timesformer_hr_16x448", "--views", "1x3"])
+    assert out["views"] == "1x3" and out["view_shape"] == [3, 16, 448, 448]
+    assert out["dense"]["per_view"]["analytic"] == pytest.approx(1704.5, rel=5e-3)
+    assert out["dense"]["total"]["analytic"] == pytest.approx(5110, rel=5e-3)
+    assert abs(out["published"]["diff_per_view_pct"]) < 0.5
+    assert out["ats"] is None and "multiply-add" in out["convention"]
+
+
+def test_cli_dense_tiny_both_counters(capsys):
+    out = _json(capsys, ["flops", "--model", "xvit_tiny_8x32", "--views", "2x3", "--counter", "both"])
+    per = out["dense"]["per_view"]
+    assert per["fvcore"] == pytest.approx(per["analytic"], rel=5e-3)
+    assert out["dense"]["total"]["analytic"] == pytest.approx(6 * per["analytic"])
+
+
+def test_cli_ats_synthetic(capsys):
+    out = _json(capsys, ["flops", "--model", "timesformer_tiny_8x32", "--ats-blocks", "1,2", "--ats-tokens", "0.5",
+                         "--batch-size", "3", "--counter", "both"])
+    ats = out["ats"]
+    assert ats["samples"] == 3 and "synthetic" in ats["input"]
+    ps = ats["per_sample_per_view"]
+    assert ps["min"] <= ps["mean"] <= ps["max"] < out["dense"]["per_view"]["analytic"]
+    assert ats["per_sample_total"]["mean"] == pytest.approx(3 * ps["mean"])
+    assert ats["padded_per_view"] >= ps["mean"] - 1e-12
+    check = ats["fvcore_check_first_sample"]
+    assert check["padded_analytic"] == pytest.approx(check["fvcore"], rel=5e-3)
+    assert set(ats["kept_tokens"]) == {"1", "2"}
+
+
+def test_cli_ats_random_is_labelled_and_human_table(capsys):
+    assert main(["flops", "--model", "deit_tiny_patch8_32", "--ats-blocks", "1", "--input", "random",
+                 "--batches", "2", "--batch-size", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "NOT real content" in text and "per view" in text and "padded" in text and "total (1x1)" in text
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "timesformer_tiny_8x32", "--views", "1y3"], "views"),
+    (["--model", "timesformer_tiny_8x32", "--ats-tokens", "0.5"], "--ats-blocks"),
+    (["--model", "timesformer_tiny_8x32", "--ats-blocks", "9"], "out of range"),
+    (["--model", "timesformer_tiny_8x32", "--ats-blocks", "1", "--ats-variant", "spiral"], "variant"),
+    (["--model", "deit_tiny_patch8_32", "--frames", "8"], "image model"),
+    (["--model", "no_such_model"], "unknown model"),
+    (["--model", "xvit_tiny_8x32", "--ats-blocks", "1", "--input", "/no/such.mp4"], "no such file"),
+])
+def test_cli_bad_arguments_one_line(capsys, argv, needle):
+    assert main(["flops"] + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err and err.startswith("videoats flops: error:")

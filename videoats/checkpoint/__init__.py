@@ -1,0 +1,11 @@
+"""Checkpoints: load every published layout into our models, and save our own.
+
+Recognised (by content, not by file name): official TimeSformer `.pyth` (`model_state`, `model.` keys),
+`module.`-prefixed and bare state dicts, Hugging Face Timesformer (`model.safetensors` / `pytorch_model.bin`,
+file or folder), official X-ViT `.pth`, timm ImageNet ViT weights (used to initialise video models as the
+TimeSformer authors do), and videoats checkpoints (`.safetensors` with JSON metadata, or a torch dict).
+"""
+from .files import RawCheckpoint, read_checkpoint, save_checkpoint  # noqa: F401
+from .layouts import (detect_layout, from_hf_timesformer, from_official_xvit, to_hf_timesformer,  # noqa: F401
+                      to_official_timesformer, to_official_xvit)
+from .loading import LoadReport, inspect_checkpoint, load_checkpoint, resize_pos_1d, resize_time  # noqa: F401

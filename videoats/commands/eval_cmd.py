@@ -1,0 +1,60 @@
+"""`videoats eval`: the multi-view test of a config + checkpoint on a dataset (see videoats.engine.evaluate).
+
+Launch with torchrun for several processes; the process group is started here from the torchrun variables,
+and only rank 0 prints and writes files.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..cli import add_common, add_config_args
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "eval", help="multi-view test: top-1/top-5, coverage, GFLOPs per view and total",
+        description="Evaluate a checkpoint on the config's test split with the config's views (clips x crops) "
+                    "and aggregation. Writes results.json, predictions.jsonl, summary.txt and, for ATS models, "
+                    "kept_tokens.png. Run under torchrun to shard the videos over processes.")
+    add_config_args(p, required=True)
+    p.add_argument("--checkpoint", help="weights to evaluate (default: TEST.CHECKPOINT_FILE)")
+    p.add_argument("--output", metavar="DIR", help="where to write the results (default: OUTPUT_DIR)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_common(p)
+    p.set_defaults(func=run, human=fmt)
+
+
+def run(args) -> dict:
+    from ..config import load_config
+    from ..engine.evaluate import evaluate, init_distributed_from_env
+
+    cfg = load_config(args.config, args.opts)
+    started = init_distributed_from_env(cfg)
+    rank = 0
+    try:
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        result = evaluate(cfg, checkpoint=args.checkpoint or None, output_dir=args.output,
+                          progress=not (args.json or args.no_progress))
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if rank != 0:
+        return None  # rank 0 speaks for all
+    result["config_file"] = args.config
+    result["exit_code"] = 0 if result["coverage"]["evaluated_videos"] else 1
+    return result
+
+
+def fmt(result: dict) -> str:
+    from ..engine.report import format_summary
+
+    return format_summary(result)
+
+
+def main(argv=None) -> int:
+    """PySlowFast-style entry (`tools/test_net.py --cfg FILE KEY VALUE ...`) sharing this command's code."""
+    from ..cli import main as cli_main
+
+    return cli_main(["eval"] + list(sys.argv[1:] if argv is None else argv))

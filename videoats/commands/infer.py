@@ -1,0 +1,146 @@
+"""`videoats infer`: top-k labels of the user's own videos, with the GFLOPs and tokens they cost.
+
+Bad inputs are answered one by one (missing, not a video, corrupt, zero frames, timeout) and the good ones
+still get their predictions; the exit status is non-zero only when nothing could be processed, so a
+script over a messy folder does not stop on the first broken file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..cli import add_common
+from ..errors import VideoATSError
+
+
+def allow_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let positionals come before, between and after options.
+
+    `videoats infer clip.mp4 --config c.yaml TEST.BATCH_SIZE 4` puts videos first and overrides last
+    (PySlowFast style); plain argparse stops collecting positionals at the first option and then rejects
+    the rest, so this subparser parses intermixed.
+    """
+    plain = parser.parse_known_args
+    busy = []
+
+    def parse_known_args(args=None, namespace=None):
+        if busy:  # parse_known_intermixed_args calls back into parse_known_args
+            return plain(args, namespace)
+        busy.append(True)
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            busy.pop()
+
+    parser.parse_known_args = parse_known_args
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model flags `infer` and `visualize` share."""
+    p.add_argument("--config", "--cfg", dest="config", metavar="CFG", help="YAML config file")
+    p.add_argument("--model", metavar="NAME", help="a registered model (see `videoats models`); overrides "
+                                                    "MODEL.NAME; without --config the clip size follows it")
+    p.add_argument("--checkpoint", metavar="PATH", help="weights (any layout `load_checkpoint` knows); a videoats "
+                                                        "checkpoint also gives the model, config and label names")
+    p.add_argument("--labels", metavar="FILE", help="label names, one a line (default: the checkpoint's)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "infer", help="top-k labels of videos (or of every clip of a long video) with GFLOPs and kept tokens",
+        description="Decode each video, sample the test views (clips x crops, as `eval` does), run the model "
+                    "and print the top-k labels (views aggregated as TEST.AGGREGATION says), the GFLOPs spent "
+                    "(per view and total) and the tokens kept at every ATS stage. A folder stands for the "
+                    "videos in it. Bad files are listed with their reason; the exit status is non-zero only "
+                    "when no video could be processed.",
+        epilog="example: videoats infer clip.mp4 --checkpoint model.safetensors --ats on --topk 3")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO|KEY VALUE",
+                   help="video files or folders, then optional config overrides, e.g. TEST.BATCH_SIZE 4")
+    add_model_args(p)
+    p.add_argument("--ats", choices=("on", "off"), help="force Adaptive Token Sampling on or off "
+                                                        "(default: the config's ATS.ENABLE)")
+    p.add_argument("--views", metavar="CxS", help="temporal clips x spatial crops (default: the config's "
+                                                  "TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS)")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="labels shown per video (default: 5)")
+    p.add_argument("--per-clip", action="store_true",
+                   help="slide over the video and predict every clip, with its time span")
+    p.add_argument("--stride", type=float, metavar="SECONDS",
+                   help="with --per-clip: seconds between clip starts (default: one clip length)")
+    add_common(p)
+    allow_intermixed(p)
+    p.set_defaults(func=run, human=fmt)
+
+
+def _warn(lines) -> None:
+    for line in lines:
+        print(f"videoats infer: warning: {line}", file=sys.stderr)
+
+
+def run(args) -> dict:
+    from ..engine.inference import infer_videos, load_predictor, split_overrides
+
+    videos, opts = split_overrides(args.inputs)
+    if not videos:
+        raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")
+    if args.stride is not None and not args.per_clip:
+        raise VideoATSError("--stride is for --per-clip; add --per-clip or drop --stride")
+    predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint,
+                               ats=args.ats, opts=opts, labels_file=args.labels, views=args.views)
+    if args.per_clip and args.views and int(predictor.cfg.TEST.NUM_ENSEMBLE_VIEWS) != 1:
+        predictor.warnings.append(f"--per-clip takes one clip per window: the clip count of --views "
+                                  f"{args.views} is ignored (its crops are used)")
+    result = infer_videos(predictor, videos, topk=args.topk, per_clip=args.per_clip, stride=args.stride)
+    if not result["results"]:
+        why = "; ".join(f"{e['path']} ({e['reason']})" for e in result["errors"][:5])
+        more = f"; ... ({len(result['errors'])} in all)" if len(result["errors"]) > 5 else ""
+        line = f"no video could be processed: {why or 'no videos found in ' + ', '.join(videos)}{more}"
+        if not args.json:
+            raise VideoATSError(line)
+        print(f"videoats infer: error: {line}", file=sys.stderr)
+        result["exit_code"] = 2
+        return result
+    _warn(result["warnings"])
+    result["exit_code"] = 0
+    return result
+
+
+def _topk_line(items) -> str:
+    return ", ".join(f"{t['label']} {t['score']:.3f}" for t in items)
+
+
+def _kept_text(kept, total) -> str:
+    return ", ".join(f"block {k['block']} {k['mean']:.1f}" for k in kept) + f" (of {total} patch tokens)"
+
+
+def fmt(result: dict) -> str:
+    lines = [f"{result['setting']}  ({result['checkpoint'] or 'random weights'}; labels from "
+             f"{result['label_source']})"]
+    v = result["views"]
+    if result["mode"] == "per_clip":
+        lines.append(f"per clip: {v['crops']} crop(s) per clip, crops aggregated by {result['aggregation']}")
+    else:
+        lines.append(f"views: {v['clips']}x{v['crops']} ({v['clip_sampling']} clips), aggregated by "
+                     f"{result['aggregation']}; scores are probabilities")
+    for r in result["results"]:
+        lines.append("")
+        lines.append(f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s, {r['views']} views)")
+        for i, t in enumerate(r["topk"], 1):
+            lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
+        g = r["gflops"]
+        if g:
+            dense = result.get("dense_gflops_per_view")
+            extra = f" (dense {dense:.4g})" if dense and r["kept_tokens"] else ""
+            lines.append(f"  GFLOPs: {g['per_view']:.4g} per view{extra}, {g['total']:.4g} total")
+        if r["kept_tokens"]:
+            lines.append(f"  kept tokens (mean over views): {_kept_text(r['kept_tokens'], r['patch_tokens'])}")
+        for c in r.get("per_clip", []):
+            lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
+    if result["errors"]:
+        lines.append("")
+        lines.append(f"not processed ({len(result['errors'])}):")
+        for e in result["errors"]:
+            detail = f": {e['detail']}" if e.get("detail") else ""
+            lines.append(f"  {e['path']}: {e['reason']}{detail}")
+    if result.get("skipped"):
+        lines.append(f"skipped {len(result['skipped'])} non-video file(s) in the folders given")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""`videoats train`: train or fine-tune a model from a config (see videoats.engine.train).
+
+Launch with torchrun for several processes or machines; the process group is started here from the
+torchrun variables, and only rank 0 prints and writes files.
+"""
+from __future__ import annotations
+
+import sys
+
+from ..cli import add_common, add_config_args
+
+EPILOG = """\
+several processes:  torchrun --standalone --nproc_per_node 2 -m videoats.cli train --config CFG
+several machines:   on each of N machines (NODE = 0..N-1, MASTER = the address of machine 0):
+                    torchrun --nnodes N --nproc_per_node GPUS --node_rank NODE --rdzv_backend c10d \\
+                      --rdzv_endpoint MASTER:29500 --rdzv_id JOB -m videoats.cli train --config CFG
+TRAIN.BATCH_SIZE is per process; TRAIN.GLOBAL_BATCH_SIZE is reached by gradient accumulation."""
+
+
+def register(subparsers) -> None:
+    import argparse
+
+    p = subparsers.add_parser(
+        "train", help="train or fine-tune (dense or ATS) from a config; torchrun for several processes",
+        description="Train or fine-tune the config's model on its training split: AdamW/SGD, warm-up + cosine, "
+                    "label smoothing, clipping, accumulation to TRAIN.GLOBAL_BATCH_SIZE, mixed precision, "
+                    "validation every TRAIN.EVAL_PERIOD epochs, checkpoints last.pt/best.pt in OUTPUT_DIR, "
+                    "and the final multi-view test. Initial weights: TRAIN.CHECKPOINT_FILE (any format "
+                    "`videoats convert` knows; a new head when the class count differs).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(p, required=True)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR from checkpoints/last.pt (an error if there is none); "
+                        "TRAIN.AUTO_RESUME does the same when a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common(p)
+    p.set_defaults(func=run, human=fmt)
+
+
+def run(args) -> dict:
+    from ..config import load_config
+    from ..engine import distributed as D
+    from ..engine.train import train
+
+    opts = list(args.opts)
+    for flag in ("--resume", "--json", "--no-progress"):  # flags written after the KEY VALUE overrides
+        while flag in opts:
+            opts.remove(flag)
+            setattr(args, flag[2:].replace("-", "_"), True)
+    cfg = load_config(args.config, opts)
+    kind = "cuda" if cfg.DEVICE != "cpu" and _cuda() else "cpu"
+    started = D.init_from_env(kind)
+    try:
+        result = train(cfg, resume=args.resume, progress=not (args.json or args.no_progress))
+        rank = D.rank_world()[0]
+    finally:
+        D.cleanup(started)
+    if rank != 0:
+        return None  # rank 0 speaks for all
+    result["config_file"] = args.config
+    return result
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fmt(result: dict) -> str:
+    lines = [f"trained {result['model']} for {result['epochs']} epochs ({result['steps']} steps, "
+             f"{result['world_size']} process(es), global batch {result['global_batch']}) "
+             f"in {result['seconds']:.0f}s -> {result['output_dir']}"]
+    best = result.get("best") or {}
+    if best.get("top1") is not None:
+        lines.append(f"best val top-1 (clip-level) {best['top1']:.2f}% at epoch {best['epoch']}: {best['checkpoint']}")
+    lines.append(f"last checkpoint: {result['last_checkpoint']}")
+    test = result.get("test")
+    if test:
+        g = test.get("gflops_per_view")
+        lines.append(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  on {test['num_videos']} videos, "
+                     f"{test['views']} views" + (f", {g:.4f} GFLOPs per view" if g is not None else "")
+                     + f"  (results in {test['results']})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """PySlowFast-style entry (`tools/train_net.py --cfg FILE KEY VALUE ...`) sharing this command's code."""
+    from ..cli import main as cli_main
+
+    return cli_main(["train"] + list(sys.argv[1:] if argv is None else argv))

@@ -1,0 +1,69 @@
+"""`videoats visualize`: the tokens every ATS stage keeps, drawn over the frames of one clip (PNG, GIF)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..cli import add_common
+from ..errors import VideoATSError
+from .infer import add_model_args, allow_intermixed
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "visualize", help="draw the tokens each ATS stage keeps over the frames of a clip (PNG grid, GIF)",
+        description="Run the model with ATS on one view of VIDEO (the first temporal clip, centre crop) and "
+                    "write a PNG grid: a row per frame, a column for the input and one per ATS stage, dropped "
+                    "patches darkened. ATS is switched on (the config's ATS.BLOCKS, or the last three quarters "
+                    "of the blocks) if the config has it off.")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO [KEY VALUE ...]", help="one video, then optional config "
+                                                                             "overrides")
+    add_model_args(p)
+    p.add_argument("--output", metavar="PNG", help="the grid (default: <video name>_tokens.png here)")
+    p.add_argument("--gif", metavar="GIF", help="also write an animated GIF over the frames")
+    p.add_argument("--frames", type=int, metavar="N", help="show N frames spread over the clip (default: all)")
+    p.add_argument("--no-grid", action="store_true", help="no patch grid lines")
+    add_common(p)
+    allow_intermixed(p)
+    p.set_defaults(func=run, human=fmt)
+
+
+def run(args) -> dict:
+    from ..data.decoding import DecodeFailure
+    from ..engine.inference import load_predictor, split_overrides
+    from ..engine.visualize import visualize_clip
+
+    videos, opts = split_overrides(args.inputs)
+    if len(videos) != 1:
+        raise VideoATSError(f"give exactly one video, got {len(videos)}: {' '.join(videos) or '(none)'}")
+    video = videos[0]
+    if args.frames is not None and args.frames < 1:
+        raise VideoATSError(f"--frames {args.frames}: give at least 1")
+    for flag, path in (("--output", args.output), ("--gif", args.gif)):
+        if path and os.path.isdir(path):
+            raise VideoATSError(f"{flag} {path} is a folder; give a file name")
+    output = args.output or f"{os.path.splitext(os.path.basename(video))[0]}_tokens.png"
+    predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint, ats="on",
+                               opts=opts, labels_file=args.labels)
+    try:
+        result = visualize_clip(predictor, video, output, gif=args.gif, frames=args.frames, grid=not args.no_grid)
+    except DecodeFailure as e:
+        raise VideoATSError(f"{video}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
+    for line in result["warnings"]:
+        print(f"videoats visualize: warning: {line}", file=sys.stderr)
+    return result
+
+
+def fmt(result: dict) -> str:
+    lines = [f"{result['video']}: {result['setting']}",
+             f"frames {result['clip_frames']} (centre crop {result['crop_size']} px), "
+             f"{result['patch_tokens']} patch tokens"]
+    for s in result["stages"]:
+        lines.append(f"  block {s['block']:>2}: kept {s['kept']}/{s['total']} ({100 * s['fraction']:.0f}%)")
+    if result["gflops_per_view"] is not None:
+        lines.append(f"GFLOPs: {result['gflops_per_view']:.4g} (dense {result['dense_gflops_per_view']:.4g})")
+    lines.append("top: " + ", ".join(f"{t['label']} {t['score']:.3f}" for t in result["topk"][:3]))
+    lines.append(f"wrote {result['output']} ({result['image']['width']}x{result['image']['height']})")
+    if result["gif"]:
+        lines.append(f"wrote {result['gif']} ({result['animation']['frames']} frames)")
+    return "\n".join(lines)

@@ -1,0 +1,339 @@
+"""Multi-view evaluation: config + checkpoint + dataset -> video-level metrics, coverage, GFLOPs, files.
+
+Why it is built this way:
+- Views are forwarded in chunks of TEST.BATCH_SIZE whatever the loader batch, so memory stays bounded for
+  any protocol (HR 16x448 at 1x3, 10x3, ...), unlike chunking that only works at batch 1.
+- Every process keeps per-view logits keyed by (video, clip, crop); they are gathered, de-duplicated
+  (DistributedSampler repeats items to even out ranks) and aggregated in key order, so 1 and N processes
+  give the same metrics.
+- Videos that cannot be decoded are never replaced: they are listed in `coverage` and metrics say over how
+  many videos they were computed, because incomplete Kinetics copies silently lower accuracy.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import VideoATSError
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def build_model(cfg) -> nn.Module:
+    """The model the config describes (MODEL + ATS sections), randomly initialised."""
+    from .. import create_model
+    from ..config import ats_from_cfg
+
+    kw = {}
+    if cfg.MODEL.ATTENTION_TYPE:
+        kw["attention_type"] = cfg.MODEL.ATTENTION_TYPE
+    return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)
+
+
+def resolve_device(cfg) -> torch.device:
+    want = cfg.DEVICE
+    if want == "cuda" and not torch.cuda.is_available():
+        raise VideoATSError("DEVICE cuda asked for but no CUDA device is visible; use DEVICE cpu or auto")
+    if want == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_distributed_from_env(cfg=None) -> bool:
+    """Start the process group when launched by torchrun with WORLD_SIZE > 1; True if this call started it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
+        return False
+    use_cuda = torch.cuda.is_available() and (cfg is None or cfg.DEVICE != "cpu")
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    return True
+
+
+def _rank_world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _norm_label(name: str) -> str:
+    return str(name).strip().lower().replace("_", " ")
+
+
+def _check_labels(label_names: List[str], num_classes: int, ckpt_labels) -> None:
+    if len(label_names) != num_classes:
+        raise VideoATSError(
+            f"the dataset names {len(label_names)} classes but the model has {num_classes} outputs; set "
+            f"MODEL.NUM_CLASSES {len(label_names)}, or DATA.LABELS_FILE to the full class list so that class "
+            "indices match the checkpoint")
+    if ckpt_labels:
+        ours, theirs = [_norm_label(n) for n in label_names], [_norm_label(n) for n in ckpt_labels]
+        if ours != theirs:
+            i = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+            a = label_names[i] if i < len(label_names) else "<none>"
+            b = ckpt_labels[i] if i < len(ckpt_labels) else "<none>"
+            raise VideoATSError(
+                f"class {i} is {a!r} in the dataset but {b!r} in the checkpoint: the label order differs; set "
+                "DATA.LABELS_FILE to the checkpoint's class list")
+
+
+def _load_weights(model: nn.Module, path: str):
+    from .. import load_checkpoint
+
+    if not os.path.exists(path):
+        raise VideoATSError(f"checkpoint not found: {path} (give --checkpoint or TEST.CHECKPOINT_FILE)")
+    try:
+        return load_checkpoint(model, path, allow_head_reset=False)
+    except VideoATSError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VideoATSError(f"checkpoint {path} does not fit model {getattr(model, 'model_name', '?')}: "
+                            f"{first[:200]}; use the config of the architecture it was saved from")
+
+
+def _meta(report, key):
+    meta = getattr(report, "metadata", None)
+    if meta is None and isinstance(report, dict):
+        meta = report.get("metadata", report)
+    return (meta or {}).get(key)
+
+
+def model_label(model: nn.Module) -> str:
+    """`name` or `name + ATS variant blocks a-b tokens t`: how plots and tables name a setting."""
+    name = getattr(model, "model_name", type(model).__name__)
+    ats = getattr(model, "ats", None)
+    if ats is None:
+        return name
+    b = list(ats.blocks)
+    blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
+    tokens = ats.tokens if not isinstance(ats.tokens, (list, tuple)) else "/".join(map(str, ats.tokens))
+    return f"{name} + ATS {ats.variant} b{blocks} k{tokens}"
+
+
+def _ats_dict(model) -> Optional[dict]:
+    ats = getattr(model, "ats", None)
+    if ats is None:
+        return None
+    return {"variant": ats.variant, "blocks": list(ats.blocks),
+            "tokens": list(ats.tokens) if isinstance(ats.tokens, (list, tuple)) else ats.tokens,
+            "drop_tokens": bool(ats.drop_tokens), "min_tokens": int(ats.min_tokens)}
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs
+
+
+def _flops_module():
+    try:
+        from . import flops
+    except ImportError:
+        return None
+    return flops
+
+
+def _dense_gflops(flops, model, view_shape) -> Optional[float]:
+    """Per-view dense GFLOPs on the view shape actually evaluated (the counter switches ATS off)."""
+    return None if flops is None else float(flops.dense_gflops(model, input_shape=tuple(view_shape)))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+class _ViewTable:
+    """Per-view results of one process, in plain tensors so that `all_gather_object` can ship them."""
+
+    def __init__(self):
+        self.keys, self.labels, self.logits = [], [], []
+        self.gflops, self.padded, self.kept = [], [], {}
+        self.failed: List[dict] = []
+
+    def add(self, keys, labels, logits, gflops=None, padded=None, kept=None):
+        self.keys.append(keys.cpu())
+        self.labels.append(labels.cpu())
+        self.logits.append(logits.float().cpu())
+        if gflops is not None:
+            self.gflops.append(torch.as_tensor(gflops, dtype=torch.float64).reshape(-1).cpu())
+            self.padded.append(torch.full((len(keys),), float(padded), dtype=torch.float64))
+        for block, counts in (kept or {}).items():
+            self.kept.setdefault(int(block), []).append(counts.reshape(-1).long().cpu())
+
+    def packed(self) -> dict:
+        cat = lambda xs, **kw: torch.cat(xs) if xs else torch.empty(0, **kw)  # noqa: E731
+        return {"keys": cat(self.keys, dtype=torch.long).reshape(-1, 3), "labels": cat(self.labels, dtype=torch.long),
+                "logits": torch.cat(self.logits) if self.logits else None,
+                "gflops": cat(self.gflops) if self.gflops else None,
+                "padded": cat(self.padded) if self.padded else None,
+                "kept": {b: torch.cat(v) for b, v in self.kept.items()}, "failed": self.failed}
+
+
+def _merge(parts: List[dict]) -> dict:
+    """Concatenate the ranks' tables, keep each (video, clip, crop) once, sort by it."""
+    parts = [p for p in parts if p["logits"] is not None and len(p["keys"])]
+    out = {"keys": torch.empty(0, 3, dtype=torch.long), "labels": torch.empty(0, dtype=torch.long),
+           "logits": None, "gflops": None, "padded": None, "kept": {}}
+    if parts:
+        keys = torch.cat([p["keys"] for p in parts])
+        seen, rows = set(), []
+        for i, k in enumerate(map(tuple, keys.tolist())):
+            if k not in seen:
+                seen.add(k)
+                rows.append((k, i))
+        rows.sort()
+        idx = torch.tensor([i for _, i in rows], dtype=torch.long)
+        out["keys"], out["labels"] = keys[idx], torch.cat([p["labels"] for p in parts])[idx]
+        out["logits"] = torch.cat([p["logits"] for p in parts])[idx]
+        if all(p["gflops"] is not None for p in parts):
+            out["gflops"] = torch.cat([p["gflops"] for p in parts])[idx]
+            out["padded"] = torch.cat([p["padded"] for p in parts])[idx]
+        for b in parts[0]["kept"]:
+            out["kept"][b] = torch.cat([p["kept"][b] for p in parts])[idx]
+    return out
+
+
+def _merge_failed(parts: List[List[dict]]) -> List[dict]:
+    seen = {}
+    for items in parts:
+        for f in items:
+            seen.setdefault((int(f["video_index"]), int(f.get("clip_index", 0))), f)
+    return [seen[k] for k in sorted(seen)]
+
+
+def _run_views(model, loader, device, batch_views: int, flops, progress: bool, rank: int) -> _ViewTable:
+    """Forward the loader's views in chunks of `batch_views`, carrying leftovers into the next chunk."""
+    from ..ats import kept_tokens
+
+    table = _ViewTable()
+    adaptive = getattr(model, "ats", None) is not None
+    pending = []  # (video, keys, labels) pieces waiting for a full chunk
+
+    def forward(video, keys, labels):
+        video = video.to(device, non_blocking=True)
+        logits = model(video)
+        gflops = padded = kept = None
+        if adaptive:
+            kept = kept_tokens(model)
+            if flops is not None:
+                gflops, padded = flops.sample_gflops(model, video), flops.padded_gflops(model, video)
+        table.add(keys, labels, logits, gflops, padded, kept)
+
+    def flush(final: bool):
+        while pending and (final or sum(p[0].shape[0] for p in pending) >= batch_views):
+            video = torch.cat([p[0] for p in pending])
+            keys = torch.cat([p[1] for p in pending])
+            labels = torch.cat([p[2] for p in pending])
+            pending.clear()
+            forward(video[:batch_views], keys[:batch_views], labels[:batch_views])
+            if video.shape[0] > batch_views:
+                pending.append((video[batch_views:], keys[batch_views:], labels[batch_views:]))
+
+    bar = None
+    if progress and rank == 0 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(loader), desc="eval", unit="batch", dynamic_ncols=True, file=sys.stderr)
+    with torch.inference_mode():
+        for batch in loader:
+            table.failed.extend(batch["failed"])
+            if batch["video"].numel():
+                keys = torch.stack([batch["video_index"], batch["clip_index"], batch["crop_index"]], dim=1)
+                pending.append((batch["video"], keys, batch["label"]))
+                flush(final=False)
+            if bar is not None:
+                bar.update(1)
+        flush(final=True)
+    if bar is not None:
+        bar.close()
+    return table
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] = None,
+             output_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """Multi-view test of `model` (or the config's model with `checkpoint` / TEST.CHECKPOINT_FILE).
+
+    Every input problem is raised as VideoATSError before any video is decoded. Under torch.distributed each
+    process evaluates its shard and every process returns the same results; only rank 0 writes files
+    (to `output_dir`, default cfg.OUTPUT_DIR; empty string: write nothing).
+    """
+    from ..data import build_dataset, build_loader
+    from ..config import cfg_to_yaml
+    from .report import results_document, write_outputs
+
+    started = time.perf_counter()
+    rank, world = _rank_world()
+    warnings: List[str] = []
+    if checkpoint is None and model is None:
+        checkpoint = cfg.TEST.CHECKPOINT_FILE or None
+    if checkpoint and not os.path.exists(checkpoint):
+        raise VideoATSError(f"checkpoint not found: {checkpoint} (give --checkpoint or TEST.CHECKPOINT_FILE)")
+    data_dir = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
+    if not data_dir or not os.path.isdir(data_dir):
+        raise VideoATSError(f"data folder not found: {data_dir or '(DATA.PATH_TO_DATA_DIR is empty)'}; set "
+                            "DATA.PATH_TO_DATA_DIR to the folder with the annotation files")
+    split = cfg.TEST.SPLIT
+    dataset = build_dataset(cfg, split)
+    built = model is None
+    if built:
+        model = build_model(cfg)
+    net = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    report = _load_weights(net, checkpoint) if checkpoint else None
+    if checkpoint is None and built:
+        warnings.append("no checkpoint given: a randomly initialised model was evaluated")
+    _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
+                  _meta(report, "label_names") if report is not None else None)
+    if getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
+        warnings.append(f"model {net.model_name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "
+                        f"{cfg.DATA.NUM_FRAMES}; its time embedding is interpolated")
+
+    device = resolve_device(cfg)
+    was_training = net.training
+    net.to(device).eval()
+    view_shape = (3, int(cfg.DATA.NUM_FRAMES), int(cfg.DATA.TEST_CROP_SIZE), int(cfg.DATA.TEST_CROP_SIZE))
+    flops = _flops_module()
+    if flops is None:
+        warnings.append("GFLOPs not counted: videoats.engine.flops is not available")
+    dense = _dense_gflops(flops, net, view_shape)
+
+    crops = dataset.crops_per_video
+    batch_views = int(cfg.TEST.BATCH_SIZE)
+    sampler = None
+    if world > 1:
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
+    loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
+                          num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
+    try:
+        table = _run_views(net, loader, device, batch_views, flops, progress, rank)
+    finally:
+        net.train(was_training)
+
+    local = table.packed()
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, local)
+    else:
+        gathered = [local]
+    views = _merge(gathered)
+    failed = _merge_failed([g["failed"] for g in gathered])
+
+    doc, predictions = results_document(
+        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net), ats=_ats_dict(net),
+        dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
+        load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
+        world=world, device=str(device), warnings=warnings)
+    doc["seconds"] = round(time.perf_counter() - started, 3)
+    out = cfg.OUTPUT_DIR if output_dir is None else output_dir
+    if out and rank == 0:
+        doc["files"] = write_outputs(doc, predictions, views, out)
+    return doc

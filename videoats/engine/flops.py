@@ -1,0 +1,455 @@
+"""GFLOPs accounting that reproduces the published tables and stays honest for adaptive (ATS) models.
+
+Convention (the one the TimeSformer, X-ViT, ATS and PySlowFast numbers use: fvcore's defaults)
+---------------------------------------------------------------------------------------------
+- One fused multiply-add is ONE flop (so these are "MACs" in thop/ptflops terms; some tools print 2x).
+- Counted: every linear layer (in x out per token, bias free), the patch-embedding convolution, the two
+  attention matmuls q.k^T and attn.v (fvcore counts `aten::matmul`; fused
+  `aten::scaled_dot_product_attention`, which fvcore does not know, gets a handle here that counts exactly
+  those two matmuls), the ATS scoring row q_cls.K^T, LayerNorm as 5 flops per element (fvcore's default,
+  included in the published numbers: TimeSformer-L is 2382.5 with it and 2379.9 without), and a
+  nearest position-embedding resize as 1 per output element.
+- Not counted (fvcore has no handle, so neither do we): GELU, softmax, residual adds, scaling, the
+  value norms of the ATS score, the sampling itself (sort, cumsum, search), gathers and scatters,
+  bicubic/1-D resizes. They are elementwise and together well under 1% of a ViT.
+- The head is counted (it is a linear layer); it is negligible (768 x 600).
+- A number is per view (one clip, one crop, batch 1). A "total" is per view x clips x crops: the
+  "GFLOPs" column of the video papers is the total (TimeSformer-HR 5110 = 3 x 1703.5, X-ViT 850 ~ 3 x 283).
+
+Two independent counts agree (within 0.5%, usually exactly): `fvcore_count` traces a forward pass,
+`analytic_gflops` adds up the same terms from the architecture. The analytic form is what makes the
+adaptive count cheap: `sample_gflops` reads the kept-token masks of the last forward (`model.ats_trace`)
+and prices every block from each sample's own token counts, with no tracing, so it can run after every
+evaluation batch.
+
+What "per sample" and "padded" mean for ATS
+-------------------------------------------
+Token-wise layers (LayerNorm, qkv, proj, temporal_fc, MLP) run on the present tokens only (they gather
+them), so they cost the same in both counts. Attention runs on a padded rectangle: in the pruned layout
+every frame of every sample has `padded_slots` slots (the batch maximum of kept locations), in the masked
+(training) layout the full grid. `sample_gflops` prices attention on each sample's real tokens: per frame
+(1 + n_t)^2 pairs for spatial attention (CLS copy included), per location m_l^2 pairs for TimeSformer's
+temporal attention (m_l = frames where that location is present), and in an ATS block the CLS scoring row
+(1 + n_t keys) plus (1 + k_t) kept queries against the 1 + n_t keys. `padded_gflops` prices attention on
+the rectangle the batch actually computed. At batch 1 with the tube variant the two are equal.
+A sample that keeps every token costs the dense count plus the ATS scoring rows (the CLS row is computed
+once to score and again with the kept queries), which is what the code does.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import VideoATSError
+
+CONVENTION = ("fvcore convention: 1 fused multiply-add = 1 flop; counts linear/conv layers, attention matmuls "
+              "(q.k^T, attn.v, the ATS scoring row) and LayerNorm (5/element); GELU, softmax, adds not counted")
+
+# Published per-view GFLOPs (fvcore convention) and the views of the published totals.
+PUBLISHED = {
+    "timesformer_8x224": dict(per_view=196.1, views=(1, 3), total=590.0, source="TimeSformer (K600 model zoo / mmaction2)"),
+    "timesformer_hr_16x448": dict(per_view=1704.5, views=(1, 3), total=5110.0, source="ATS poster, K600 table"),
+    "timesformer_l_96x224": dict(per_view=2382.5, views=(1, 3), total=7140.0, source="TimeSformer paper (7.14 TFLOPs)"),
+    "xvit_b16_16x224": dict(per_view=283.3, views=(1, 3), total=850.0, source="ATS poster, K600 table"),
+    "deit_small_patch16_224": dict(per_view=4.6, views=(1, 1), total=4.6, source="DeiT / ATS papers"),
+}
+
+# Ops fvcore leaves out that the convention leaves out too (elementwise, reductions, indexing, sampling).
+# Anything else unsupported that looks like a matmul, convolution, attention or normalisation is a hole
+# in the count and is reported (and refused when strict).
+_HEAVY_HINTS = ("mm", "matmul", "linear", "conv", "einsum", "attention", "_norm", "baddbmm")
+_ELEMENTWISE_NORMS = {"aten::linalg_vector_norm", "aten::linalg_norm", "aten::norm", "aten::frobenius_norm"}
+_SDPA_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu",
+             "aten::_scaled_dot_product_efficient_attention", "aten::_scaled_dot_product_flash_attention")
+
+
+# ---------------------------------------------------------------------------------------------- fvcore
+
+
+def _sdpa_flop_jit(inputs, outputs) -> int:
+    """q.k^T and attn.v as two matmuls, like fvcore prices an unfused attention."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    rows = math.prod(q[:-1])  # (..., heads, queries)
+    return rows * k[-2] * q[-1] + rows * k[-2] * v[-1]
+
+
+class _KeepOutputs(nn.Module):
+    """Return every leaf module's output next to the logits, so the trace keeps all of them.
+
+    fvcore prices the traced graph, and tracing drops work whose result is unused (dead-code elimination),
+    e.g. TimeSformer's last-block MLP on patch tokens when only the CLS is read. Eager PyTorch still runs
+    that work, and the published numbers (from the original code, where CLS and patches share one
+    tensor) include it, so the count must too.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._outs = []
+        self._hooks = [m.register_forward_hook(self._keep) for m in model.modules() if not list(m.children())]
+
+    def _keep(self, module, inputs, output):
+        if isinstance(output, Tensor):
+            self._outs.append(output)
+
+    def forward(self, x):
+        self._outs = []
+        out = self.model(x)
+        kept, self._outs = tuple(self._outs), []
+        return (out,) + kept
+
+    def remove(self):
+        for h in self._hooks:
+            h.remove()
+
+
+@dataclass
+class FvcoreCount:
+    gflops: float  # per sample of the traced batch
+    batch: int
+    by_operator: Dict[str, float]  # GFLOPs per sample by op
+    not_counted: Dict[str, int]  # unsupported ops the convention leaves out (name -> calls)
+    missing: Dict[str, int]  # unsupported ops that should have been counted (empty when the count is whole)
+
+
+def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> FvcoreCount:
+    """Trace one forward pass with fvcore (defaults + an SDPA handle) and split unsupported ops into
+    'not counted by convention' and 'missing'; strict refuses a count with holes in it."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    wrapper = _KeepOutputs(model)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            analysis = FlopCountAnalysis(wrapper, (inputs,))
+            for name in _SDPA_OPS:
+                analysis.set_op_handle(name, _sdpa_flop_jit)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = analysis.total()
+            by_op = analysis.by_operator()
+            unsupported = analysis.unsupported_ops()
+    finally:
+        wrapper.remove()
+        model.train(was_training)
+    missing = {op: n for op, n in unsupported.items()
+               if op not in _ELEMENTWISE_NORMS and any(h in op.split("::")[-1] for h in _HEAVY_HINTS)}
+    not_counted = {op: n for op, n in unsupported.items() if op not in missing}
+    batch = int(inputs.shape[0])
+    if missing and strict:
+        raise VideoATSError(f"fvcore cannot count {sorted(missing)} in {type(model).__name__}: the count would "
+                            "be too low; add a handle in videoats.engine.flops")
+    return FvcoreCount(total / batch / 1e9, batch, {k: v / batch / 1e9 for k, v in by_op.items()},
+                       dict(not_counted), missing)
+
+
+@contextmanager
+def dense_mode(model: nn.Module):
+    """Run a model as its dense self for a while (ATS off; a patched timm ViT gets its own forward back)."""
+    ats = getattr(model, "ats", None)
+    patched = model.__dict__.get("forward_features") if getattr(model, "_ats_patched", False) else None
+    try:
+        model.ats = None
+        if patched is not None:
+            model.forward_features = model._dense_forward_features
+        yield model
+    finally:
+        model.ats = ats
+        if patched is not None:
+            model.forward_features = patched
+
+
+def dense_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = None, device=None) -> float:
+    """Per-view GFLOPs of the dense model by fvcore on a batch of 1 (input (C, T, H, W), or (C, H, W) for
+    image models; default: the model's own frames and size). ATS, if on, is switched off for the count."""
+    t, h, w = _input_thw(model, input_shape)
+    shape = (1, 3, t, h, w) if _is_video(model) else (1, 3, h, w)
+    param = next(model.parameters())
+    x = torch.zeros(shape, device=device or param.device, dtype=param.dtype)
+    with dense_mode(model):
+        return fvcore_count(model, x).gflops
+
+
+# ---------------------------------------------------------------------------------------------- analytic
+
+
+def _lin(m) -> int:
+    return m.in_features * m.out_features if isinstance(m, nn.Linear) else 0
+
+
+def _ln(m) -> int:
+    """fvcore's LayerNorm price per token: 5 per element with affine parameters, 4 without."""
+    if isinstance(m, nn.LayerNorm):
+        return int(math.prod(m.normalized_shape)) * (5 if m.weight is not None else 4)
+    return 0
+
+
+@dataclass
+class _Block:
+    pre: int = 0  # per token entering spatial/frame attention: LayerNorm + qkv
+    proj: int = 0  # per query row leaving attention
+    mlp: int = 0  # per token through norm2 + MLP
+    pair: int = 0  # per (query, key) pair: q.k + attn.v
+    score: int = 0  # per key of the ATS scoring row
+    t_tok: int = 0  # TimeSformer temporal: per token (norm, qkv, proj, temporal_fc)
+    t_pair: int = 0  # TimeSformer temporal: per (query, key) pair
+
+
+def _attn_block(norm1, attn, norm2, mlp) -> _Block:
+    dqk = attn.qkv.out_features // 3
+    return _Block(pre=_ln(norm1) + _lin(attn.qkv), proj=_lin(attn.proj),
+                  mlp=_ln(norm2) + _lin(mlp.fc1) + _lin(mlp.fc2), pair=2 * dqk, score=dqk)
+
+
+def _plain(b: _Block, tokens: int) -> int:
+    """A dense pre-norm block over `tokens` tokens."""
+    return (b.pre + b.proj + b.mlp) * tokens + b.pair * tokens * tokens
+
+
+@dataclass
+class _Spec:
+    family: str  # divided | frame (per-frame CLS: X-ViT, space_only, ATS timm) | joint | vit (timm dense)
+    patch: int  # patch-embedding conv per patch
+    blocks: list
+    head_fixed: int  # head cost that does not depend on T
+    head_per_frame: int = 0  # final LayerNorm on per-frame CLS (X-ViT)
+    head_block: Optional[_Block] = None  # X-ViT temporal block over 1 + T tokens
+    final_norm: int = 0  # per token of the final LayerNorm when it sees all tokens (timm dense)
+    upsample: bool = False  # TimeSformer's nearest pos-embed resize (fvcore counts 1 per output element)
+    native_patches: int = 0
+    dim: int = 0
+
+
+def _is_video(model) -> bool:
+    return bool(getattr(model, "is_video", False))
+
+
+def _is_timm_vit(model) -> bool:
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, VisionTransformer)
+
+
+def _spec(model: nn.Module, ats_path: bool) -> _Spec:
+    """Read the cost constants off the modules, so overridden widths/depths are priced as built."""
+    from ..models.timesformer import TimeSformer
+    from ..models.xvit import XViT
+
+    conv = model.patch_embed.proj
+    patch = conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
+    head = _lin(getattr(model, "head", None))
+    if isinstance(model, TimeSformer):
+        blocks, kind = [], model.attention_type
+        for blk in model.blocks:
+            b = _attn_block(blk.norm1, blk.attn, blk.norm2, blk.mlp)
+            if kind == "divided_space_time":
+                ta = blk.temporal_attn
+                b.t_tok = _ln(blk.temporal_norm1) + _lin(ta.qkv) + _lin(ta.proj) + _lin(blk.temporal_fc)
+                b.t_pair = 2 * (ta.qkv.out_features // 3)
+            blocks.append(b)
+        family = {"divided_space_time": "divided", "space_only": "frame", "joint_space_time": "joint"}[kind]
+        return _Spec(family, patch, blocks, head_fixed=_ln(model.norm) + head, upsample=True,
+                     native_patches=model.num_patches, dim=conv.out_channels)
+    if isinstance(model, XViT):
+        th = model.temporal_head
+        enc = th.encoder
+        hb = _attn_block(enc.norm1, enc.attn, enc.norm2, enc.mlp)
+        mlp_head = sum(_ln(m) + _lin(m) for m in th.mlp)
+        return _Spec("frame", patch, [_attn_block(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks],
+                     head_fixed=mlp_head, head_per_frame=_ln(model.norm), head_block=hb, dim=conv.out_channels)
+    if _is_timm_vit(model):
+        blocks = [_attn_block(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks]
+        head_fixed = _lin(model.head) + _ln(getattr(model, "fc_norm", None))
+        if ats_path:  # the ATS forward norms the CLS alone
+            return _Spec("frame", patch, blocks, head_fixed=head_fixed + _ln(model.norm), dim=conv.out_channels)
+        return _Spec("vit", patch, blocks, head_fixed=head_fixed, final_norm=_ln(model.norm), dim=conv.out_channels)
+    raise VideoATSError(f"no GFLOPs model for {type(model).__name__}")
+
+
+def _input_thw(model, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+    """(frames, height, width) of one view, from (C, T, H, W) / (C, H, W) or the model's defaults."""
+    video = _is_video(model)
+    if input_shape is None:
+        if _is_timm_vit(model):
+            h, w = model.patch_embed.img_size
+            return 1, int(h), int(w)
+        return int(model.num_frames), int(model.img_size), int(model.img_size)
+    shape = tuple(int(s) for s in input_shape)
+    if video and len(shape) == 4 and shape[0] == 3:
+        return shape[1], shape[2], shape[3]
+    if not video and len(shape) == 3 and shape[0] == 3:
+        return 1, shape[1], shape[2]
+    want = "(3, T, H, W)" if video else "(3, H, W)"
+    raise VideoATSError(f"input shape {shape} for {type(model).__name__}: give one view as {want}")
+
+
+def _patch_size(model) -> Tuple[int, int]:
+    k = model.patch_embed.proj.kernel_size
+    return int(k[0]), int(k[1])
+
+
+def _count(spec: _Spec, batch: int, frames: int, locations: int, stages: Dict[int, Tuple[Tensor, int]],
+           padded: bool) -> Tensor:
+    """FLOPs per sample (B,), float64. stages: block -> (mask (B, T, L0) of tokens kept after it, slots per
+    frame after it). Blocks without a stage keep what came in."""
+    b, t, l0 = batch, frames, locations
+    f64 = dict(dtype=torch.float64)
+    total = torch.full((b,), float(spec.patch * t * l0), **f64)
+    if spec.upsample and l0 != spec.native_patches:
+        total += spec.dim * l0
+    if spec.family == "joint":  # one sequence of 1 + T L tokens, dense only
+        return total + sum(_plain(blk, 1 + t * l0) for blk in spec.blocks) + spec.head_fixed
+    if spec.family == "vit":
+        return total + sum(_plain(blk, 1 + l0) for blk in spec.blocks) + spec.final_norm * (1 + l0) + spec.head_fixed
+    n = torch.full((b, t), float(l0), **f64)  # present tokens per frame
+    per_loc = None  # present frames per location; None = every location in every frame
+    width = l0  # slots per frame the grid holds
+    for i, blk in enumerate(spec.blocks):
+        stage = stages.get(i)
+        if stage is None:
+            k, width_out = n, width
+        else:
+            mask, width_out = stage
+            k = mask.sum(dim=2).to(torch.float64)
+        if spec.family == "divided":  # temporal attention over frames, per location, CLS excluded
+            total += blk.t_tok * n.sum(dim=1)
+            if padded:
+                total += blk.t_pair * width * t * t
+            elif per_loc is None:
+                total += blk.t_pair * l0 * t * t
+            else:
+                total += blk.t_pair * (per_loc ** 2).sum(dim=1)
+        # spatial attention within every frame, with a CLS per frame
+        total += blk.pre * (1 + n).sum(dim=1) + blk.proj * (1 + k).sum(dim=1)
+        if padded:
+            total += blk.pair * t * (1 + width_out) * (1 + width)
+            if stage is not None:
+                total += blk.score * t * (1 + width)
+        else:
+            total += blk.pair * ((1 + k) * (1 + n)).sum(dim=1)
+            if stage is not None:
+                total += blk.score * (1 + n).sum(dim=1)
+        # MLP: TimeSformer has one CLS, the per-frame models one per frame
+        total += blk.mlp * (k.sum(dim=1) + (1 if spec.family == "divided" else t))
+        if stage is not None:
+            per_loc = stage[0].sum(dim=1).to(torch.float64)
+        n, width = k, width_out
+    total += spec.head_fixed + spec.head_per_frame * t
+    if spec.head_block is not None:
+        total += _plain(spec.head_block, 1 + t)
+    return total
+
+
+def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = None,
+                    masks: Optional[Dict[int, Tensor]] = None) -> float:
+    """Per-view GFLOPs without tracing, equal to fvcore's on the same shapes.
+
+    Without `masks`: the dense model (ATS off). With `masks` {block: bool (T, L) of tokens kept after that
+    ATS block, over the original patch locations}: the ATS forward of one sample keeping exactly those
+    tokens, priced on its real tokens (what `sample_gflops` does for a recorded forward pass).
+    """
+    t, h, w = _input_thw(model, input_shape)
+    ph, pw = _patch_size(model)
+    l0 = (h // ph) * (w // pw)
+    stages = {}
+    for block, m in (masks or {}).items():
+        m = torch.as_tensor(m, dtype=torch.bool)
+        m = m.reshape(1, *m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, 1, -1)
+        if m.shape[1:] != (t, l0):
+            raise VideoATSError(f"mask for block {block} has shape {tuple(m.shape[1:])}, expected ({t}, {l0})")
+        stages[int(block)] = (m, int(m.any(dim=1).sum()))
+    if stages and max(stages) >= len(model.blocks):
+        raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(model.blocks) - 1}")
+    spec = _spec(model, ats_path=bool(stages))
+    return float(_count(spec, 1, t, l0, stages, padded=False)[0]) / 1e9
+
+
+def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
+    trace = list(getattr(model, "ats_trace", []) or []) if getattr(model, "ats", None) is not None else []
+    shape = None if inputs is None else tuple(inputs.shape if isinstance(inputs, Tensor) else inputs)
+    if not trace:
+        if getattr(model, "ats", None) is not None:
+            raise VideoATSError("no ATS forward pass recorded yet: run the model on a batch before counting")
+        batch = 1 if shape is None else shape[0]
+        per_view = analytic_gflops(model, None if shape is None else shape[1:])
+        return torch.full((batch,), per_view, dtype=torch.float64)
+    b, t, l0 = trace[0].mask.shape
+    if shape is not None and shape[0] != b:
+        raise VideoATSError(f"the last forward pass had batch {b}, not {shape[0]}")
+    stages = {r.block: (r.mask, int(r.padded_slots)) for r in trace}
+    spec = _spec(model, ats_path=True)
+    return _count(spec, b, t, l0, stages, padded) / 1e9
+
+
+def sample_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:
+    """Per-sample GFLOPs (B,) of the last forward pass, from each sample's kept tokens (no tracing).
+
+    For a dense model every sample costs the dense count; pass the batch (or its shape) so the batch
+    size and view shape are known.
+    """
+    return _from_trace(model, inputs, padded=False)
+
+
+def padded_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> float:
+    """GFLOPs per sample the last batch actually computed, padding included (attention on the padded
+    rectangle); equals the mean of `sample_gflops` for dense models and at batch 1 with tube ATS."""
+    return float(_from_trace(model, inputs, padded=True).mean())
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def parse_views(text: str) -> Tuple[int, int]:
+    """'1x3' -> (clips, crops)."""
+    parts = str(text).lower().replace("×", "x").split("x")
+    try:
+        clips, crops = (int(p) for p in parts)
+    except ValueError:
+        raise VideoATSError(f"views {text!r}: write CLIPSxCROPS, e.g. 1x3")
+    if clips < 1 or crops < 1:
+        raise VideoATSError(f"views {text!r}: clips and crops must be at least 1")
+    return clips, crops
+
+
+def summarize(values: Iterable[float]) -> Dict[str, float]:
+    v = torch.as_tensor(list(values), dtype=torch.float64)
+    if v.numel() == 0:
+        return dict(mean=float("nan"), min=float("nan"), max=float("nan"), count=0)
+    return dict(mean=float(v.mean()), min=float(v.min()), max=float(v.max()), count=int(v.numel()))
+
+
+@dataclass
+class GFlopsMeter:
+    """Accumulates per-sample and padded GFLOPs over an evaluation (call `update` after every batch)."""
+
+    samples: list = field(default_factory=list)
+    padded_sum: float = 0.0
+
+    def update(self, model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:
+        per = sample_gflops(model, inputs)
+        self.samples.extend(per.tolist())
+        self.padded_sum += padded_gflops(model, inputs) * len(per)
+        return per
+
+    def summary(self, views: Tuple[int, int] = (1, 1)) -> Dict[str, object]:
+        """Per-view figures and the totals over clips x crops (a video's views each cost their own)."""
+        per_view = summarize(self.samples)
+        n = views[0] * views[1]
+        padded = self.padded_sum / len(self.samples) if self.samples else float("nan")
+        return dict(convention=CONVENTION, views=f"{views[0]}x{views[1]}", per_view=per_view,
+                    padded_per_view=padded,
+                    total={k: (v * n if k != "count" else v) for k, v in per_view.items()},
+                    padded_total=padded * n)

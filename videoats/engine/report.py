@@ -1,0 +1,268 @@
+"""The results document of an evaluation, its human summary, and the files it writes.
+
+Separate from the loop so that what a results file claims (coverage, which GFLOPs, which accuracy) is
+decided in one place, and so that the plot command reads back exactly what eval wrote.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import yaml
+
+from . import metrics as M
+
+SCHEMA = "videoats.eval/1"
+FLOPS_CONVENTION = "fvcore: one fused multiply-add = one flop (as in the published tables)"
+CLIP_NOTE = ("single-view accuracy over all evaluated views (what a training-time validation reports); "
+             "NOT comparable with published multi-view numbers")
+CORRUPT_REASONS = ("corrupt", "zero_frames")
+
+
+def _stats(t: Optional[torch.Tensor]):
+    return None if t is None or t.numel() == 0 else M.summary_stats(t.double().tolist())
+
+
+def _r(x, nd=4):
+    return None if x is None else round(float(x), nd)
+
+
+def _coverage(dataset, ids: torch.Tensor, counts: torch.Tensor, failed: List[dict]) -> dict:
+    vpv = dataset.views_per_video
+    seen = dict(zip(ids.tolist(), counts.tolist()))
+    reasons: Dict[int, List[dict]] = {}
+    for f in failed:
+        reasons.setdefault(int(f["video_index"]), []).append(f)
+    not_evaluated, incomplete = [], []
+    for v, record in enumerate(dataset.videos):
+        n = seen.get(v, 0)
+        why = reasons.get(v, [])
+        if n == 0:
+            first = why[0] if why else {"reason": "no_views", "detail": "no view reached the evaluator"}
+            not_evaluated.append({"video_index": v, "path": record.path, "label": int(record.label),
+                                  "reason": first["reason"], "detail": first.get("detail", "")})
+        elif n < vpv:
+            incomplete.append({"video_index": v, "path": record.path, "views_seen": int(n), "views_expected": vpv,
+                               "reasons": sorted({f"{f['reason']}: {f.get('detail', '')}".strip(": ")
+                                                  for f in why})})
+    by_reason: Dict[str, int] = {}
+    for item in not_evaluated:
+        by_reason[item["reason"]] = by_reason.get(item["reason"], 0) + 1
+    expected, evaluated = dataset.num_videos, len(seen)
+    unlabelled = sum(1 for v in seen if dataset.videos[v].label < 0)
+    return {
+        "expected_videos": expected, "evaluated_videos": evaluated,
+        "not_evaluated_videos": len(not_evaluated), "incomplete_videos": len(incomplete),
+        "views_per_video": vpv, "expected_views": expected * vpv, "evaluated_views": int(counts.sum()),
+        "unlabelled_videos": unlabelled, "complete": not not_evaluated and not incomplete,
+        "by_reason": by_reason,
+        "missing": [{"path": i["path"], "detail": i["detail"]} for i in not_evaluated if i["reason"] == "missing"],
+        "corrupt": [{"path": i["path"], "reason": i["reason"], "detail": i["detail"]}
+                    for i in not_evaluated if i["reason"] in CORRUPT_REASONS],
+        "not_evaluated": not_evaluated, "incomplete": incomplete,
+        "note": (f"metrics are over the {evaluated - unlabelled} evaluated, labelled videos of {expected}"
+                 + ("" if not not_evaluated else f"; {len(not_evaluated)} not evaluated (never replaced)")),
+    }
+
+
+def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) -> dict:
+    out = {"convention": FLOPS_CONVENTION, "views": vpv,
+           "dense_per_view": _r(dense), "dense_total": _r(None if dense is None else dense * vpv),
+           "per_view": _r(dense), "total": _r(None if dense is None else dense * vpv), "adaptive": None}
+    if adaptive:
+        out["per_view"] = out["total"] = None
+    g = views.get("gflops")
+    if adaptive and g is not None and g.numel():
+        video = views["keys"][:, 0]
+        per_video = torch.stack([g[video == v].sum() for v in ids.tolist()])
+        mean = float(g.mean())
+        padded = float(views["padded"].mean())
+        out.update(per_view=_r(mean), total=_r(mean * vpv))
+        out["adaptive"] = {
+            "what": "per-sample GFLOPs from each view's kept tokens (mean/min/max over evaluated views)",
+            "per_view": {k: _r(v) for k, v in _stats(g).items()},
+            "per_video_total": {k: _r(v) for k, v in _stats(per_video).items()},
+            "padded_per_view": _r(padded), "padded_total": _r(padded * vpv),
+            "padded_note": "what the padded batches really computed (each batch pads to its largest sample); "
+                           "depends on TEST.BATCH_SIZE and on how views were batched",
+            "saving_vs_dense": _r(None if not dense else 100.0 * (1 - mean / dense), 2),
+        }
+    return out
+
+
+def _kept(views: dict, tokens_per_view: Optional[int]) -> Optional[dict]:
+    if not views.get("kept"):
+        return None
+    return {str(b): {**{k: _r(v, 2) for k, v in _stats(c).items()}, "of": tokens_per_view}
+            for b, c in sorted(views["kept"].items())}
+
+
+def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, checkpoint, load_report, views,
+                     failed, dense_gflops, view_shape, world, device, warnings) -> Tuple[dict, List[dict]]:
+    """(results dict, per-video predictions) from the merged per-view table."""
+    method = cfg.TEST.AGGREGATION
+    num_classes = int(getattr(model, "num_classes", len(dataset.label_names)))
+    logits = views["logits"] if views["logits"] is not None else torch.empty(0, num_classes)
+    video = views["keys"][:, 0]
+    ev = M.evaluate_views(logits, views["labels"], video, method)
+    vpv = dataset.views_per_video
+    clips, crops = dataset.clips_per_video, dataset.crops_per_video
+    coverage = _coverage(dataset, ev["ids"], ev["views"], failed)
+    names = list(dataset.label_names)
+    patch = getattr(model, "patch_size", None)
+    tokens = view_shape[1] * (view_shape[2] // patch) * (view_shape[3] // patch) if patch else None
+    gflops = _gflops(dense_gflops, views, ev["ids"], vpv, ats is not None)
+
+    predictions = []
+    g = views.get("gflops")
+    for row, v in enumerate(ev["ids"].tolist()):
+        record = dataset.videos[v]
+        label = int(ev["labels"][row])
+        top5 = M.topk_list(ev["scores"][row], names, 5)
+        p = {"video_index": v, "path": record.path, "label": label,
+             "label_name": names[label] if 0 <= label < len(names) else None,
+             "top5": top5, "correct": (top5[0]["index"] == label) if label >= 0 else None,
+             "views": int(ev["views"][row]), "views_expected": vpv}
+        if g is not None and ats is not None:
+            p["gflops"] = _r(g[video == v].sum())
+        predictions.append(p)
+
+    vm = ev["video"]
+    doc = {
+        "schema": SCHEMA,
+        "model": {"name": getattr(model, "model_name", type(model).__name__), "label": model_label,
+                  "num_classes": num_classes, "ats": ats},
+        "checkpoint": checkpoint,
+        "checkpoint_report": load_report.summary() if hasattr(load_report, "summary") else None,
+        "split": split,
+        "annotation": getattr(getattr(dataset, "annotation", None), "source", None),
+        "protocol": {"views": f"{clips}x{crops}", "clips": clips, "crops": crops, "views_per_video": vpv,
+                     "num_frames": int(cfg.DATA.NUM_FRAMES), "sampling_rate": int(cfg.DATA.SAMPLING_RATE),
+                     "target_fps": float(cfg.DATA.TARGET_FPS), "crop_size": int(cfg.DATA.TEST_CROP_SIZE),
+                     "clip_sampling": cfg.TEST.CLIP_SAMPLING, "mean": list(cfg.DATA.MEAN), "std": list(cfg.DATA.STD),
+                     "view_shape": list(view_shape)},
+        "aggregation": {"method": method, "description": M.AGGREGATION_DOC[method]},
+        "metrics": {
+            "video": {"top1": _r(vm["top1"]), "top5": _r(vm["top5"]),
+                      "mean_class_accuracy": _r(vm["mean_class_accuracy"]), "num_videos": vm["num"],
+                      "what": f"video-level, {clips}x{crops} views aggregated by {method}; {coverage['note']}"},
+            "clip": {"top1": _r(ev["clip"]["top1"]), "top5": _r(ev["clip"]["top5"]),
+                     "num_views": ev["clip"]["num"], "what": CLIP_NOTE},
+        },
+        "coverage": coverage,
+        "gflops": gflops,
+        "kept_tokens": _kept(views, tokens),
+        "label_names": names,
+        "world_size": world,
+        "device": device,
+        "warnings": list(warnings),
+        "config": yaml.safe_load(cfg_yaml),
+    }
+    return doc, predictions
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+
+def _pct(x):
+    return "n/a" if x is None else f"{x:6.2f} %"
+
+
+def _num(x, nd=2):
+    return "n/a" if x is None else f"{x:,.{nd}f}"
+
+
+def format_summary(doc: dict) -> str:
+    """The table people read; every number says which kind it is (video vs clip, per view vs total)."""
+    m, c, g, p = doc["metrics"], doc["coverage"], doc["gflops"], doc["protocol"]
+    views = p["views"]
+    lines = [f"videoats eval  {doc['model']['label']}  on {doc['split']} "
+             f"({c['evaluated_videos']} of {c['expected_videos']} videos, {doc['world_size']} process(es))",
+             f"checkpoint    {doc['checkpoint'] or 'none (random weights)'}",
+             f"protocol      {views} views (clips x crops), {p['num_frames']} frames every {p['sampling_rate']}, "
+             f"{p['crop_size']} px; aggregation {doc['aggregation']['method']}", "-" * 72,
+             f"{'video top-1 (' + views + ' views)':<38}{_pct(m['video']['top1'])}",
+             f"{'video top-5':<38}{_pct(m['video']['top5'])}",
+             f"{'video mean per-class accuracy':<38}{_pct(m['video']['mean_class_accuracy'])}",
+             f"{'clip-level top-1 (single view)':<38}{_pct(m['clip']['top1'])}   <- not the paper metric",
+             "-" * 72]
+    if g["per_view"] is not None or g["dense_per_view"] is not None:
+        lines.append(f"{'GFLOPs per view':<38}{_num(g['per_view']):>10}   x {c['views_per_video']} views = "
+                     f"{_num(g['total'])}")
+        a = g.get("adaptive")
+        if a:
+            pv, pt = a["per_view"], a["per_video_total"]
+            lines += [f"{'  ATS per view mean/min/max':<38}{_num(pv['mean'])} / {_num(pv['min'])} / {_num(pv['max'])}",
+                      f"{'  ATS per video (all views) mean':<38}{_num(pt['mean'])}   "
+                      f"(min {_num(pt['min'])}, max {_num(pt['max'])})",
+                      f"{'  dense per view / total':<38}{_num(g['dense_per_view'])} / {_num(g['dense_total'])}"
+                      f"   saving {_num(a['saving_vs_dense'], 1)} %",
+                      f"{'  padded batches per view / total':<38}{_num(a['padded_per_view'])} / "
+                      f"{_num(a['padded_total'])}"]
+        lines.append(f"{'':<38}({FLOPS_CONVENTION})")
+    else:
+        lines.append("GFLOPs                                not counted")
+    for block, s in (doc.get("kept_tokens") or {}).items():
+        lines.append(f"{'kept tokens, block ' + block:<38}mean {s['mean']:.1f}  min {s['min']:.0f}  "
+                     f"max {s['max']:.0f}" + (f"  of {s['of']}" if s.get("of") else ""))
+    lines.append(f"{'coverage':<38}{c['evaluated_videos']} of {c['expected_videos']} videos, "
+                 f"{c['evaluated_views']} of {c['expected_views']} views")
+    for item in c["not_evaluated"][:10]:
+        lines.append(f"  not evaluated ({item['reason']}): {item['path']}")
+    if len(c["not_evaluated"]) > 10:
+        lines.append(f"  ... and {len(c['not_evaluated']) - 10} more (see the results file)")
+    for item in c["incomplete"][:5]:
+        lines.append(f"  incomplete ({item['views_seen']} of {item['views_expected']} views): {item['path']}")
+    for w in doc.get("warnings", []):
+        lines.append(f"warning: {w}")
+    for key, path in (doc.get("files") or {}).items():
+        lines.append(f"{key:<14}{path}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def atomic_write(path: str, write) -> str:
+    """Write via a temp file in the same folder and os.replace, so a reader never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str, text: str) -> str:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    return atomic_write(path, write)
+
+
+def write_outputs(doc: dict, predictions: List[dict], views: dict, out_dir: str) -> Dict[str, str]:
+    """results.json, predictions.jsonl, summary.txt and (ATS) kept_tokens.png under `out_dir`."""
+    out_dir = os.path.abspath(os.path.expanduser(out_dir))
+    files = {"results": os.path.join(out_dir, "results.json"),
+             "predictions": os.path.join(out_dir, "predictions.jsonl"),
+             "summary": os.path.join(out_dir, "summary.txt")}
+    if views.get("kept"):
+        from .plots import plot_kept_tokens
+
+        of = next(iter((doc.get("kept_tokens") or {}).values()), {}).get("of")
+        files["kept_tokens_plot"] = plot_kept_tokens(
+            views["kept"], os.path.join(out_dir, "kept_tokens.png"), title=doc["model"]["label"], of=of)
+    atomic_write_text(files["predictions"], "".join(json.dumps(p) + "\n" for p in predictions))
+    doc["files"] = files
+    atomic_write_text(files["summary"], format_summary(doc) + "\n")
+    atomic_write_text(files["results"], json.dumps(doc, indent=1) + "\n")
+    return files
