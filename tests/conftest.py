@@ -137,3 +137,14 @@ def tiny_synthetic(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic(str(out), num_classes=10, videos_per_class=(2, 1, 1), num_frames=16, size=(32, 40), seed=3)
     return str(out)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and do not fight over the cores with decoders)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -173,3 +173,17 @@ def test_bad_configuration_names_the_value(ats, needle):
         videoats.create_model("timesformer_tiny_8x32", ats=ats)
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = peaky(videoats.create_model("timesformer_tiny_8x32", ats=dict(blocks=[1, 3], tokens=0.5,
+                                                                          variant="frame")), 0.05).train()
+    x = video(2)
+    grads = []
+    for enable in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enable)
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        assert sorted(kept_tokens(model)) == [1, 3]  # recomputation does not duplicate records
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))

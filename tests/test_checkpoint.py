@@ -396,3 +396,29 @@ def test_top_level_api_and_ats_model(tmp_path, ts, video):
     model = videoats.create_model(TS, ats=dict(blocks=[1], tokens=0.5)).eval()
     report = videoats.load_checkpoint(model, tmp_path / "ts.safetensors")
     assert report.source_format == "videoats" and torch.equal(model.time_embed, ts.time_embed)
+
+
+def test_vit_pos_embed_resized_like_timm(tmp_path):
+    from timm.layers import resample_abs_pos_embed
+
+    vit = randomized(VIT)
+    torch.save({"model": vit.state_dict()}, tmp_path / "deit.pth")
+    model = fresh(VIT, img_size=64)
+    report = load_checkpoint(model, tmp_path / "deit.pth")
+    assert set(report.resized) == {"pos_embed"} and "[1, 17, 64] -> [1, 65, 64]" in report.resized["pos_embed"]
+    expected = resample_abs_pos_embed(vit.pos_embed.detach(), [8, 8], num_prefix_tokens=1)
+    assert (model.pos_embed.detach() - expected).abs().max().item() < 1e-6
+
+
+def test_xvit_pos_grid_resized_bicubic(tmp_path):
+    import torch.nn.functional as F
+
+    vit = randomized(VIT)
+    torch.save({"model": vit.state_dict()}, tmp_path / "deit.pth")
+    model = fresh(XV, pos_grid=8)  # e.g. a 14 x 14 grid from 16 x 16 ImageNet weights: keep grid semantics
+    report = load_checkpoint(model, tmp_path / "deit.pth")
+    assert "[1, 17, 64] -> [1, 65, 64]" in report.resized["pos_embed"]
+    old = vit.pos_embed.detach()
+    grid = old[:, 1:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 64)
+    assert torch.equal(model.pos_embed.detach(), torch.cat([old[:, :1], grid], dim=1))

@@ -15,11 +15,9 @@ def apply_ats(model, ats):
     if ats is None:
         model.ats = None
         return model
-    from timm.models.vision_transformer import VisionTransformer
+    from ..models.vit import is_timm_vit, patch_vit
 
-    if isinstance(model, VisionTransformer):
-        from ..models.vit import patch_vit
-
+    if is_timm_vit(model):
         patch_vit(model)
     if not hasattr(model, "depth") or not hasattr(model, "num_patches"):
         raise VideoATSError(f"ATS does not know how to patch a {type(model).__name__}")

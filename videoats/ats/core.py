@@ -110,7 +110,11 @@ class SamplingRun:
         self.config, self.prune = config, prune
         self.batch, self.frames, self.slots0 = batch, frames, slots
         self.location = torch.arange(slots, device=device).expand(batch, slots)  # (B, L)
-        self.records: List[StageRecord] = []
+        self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
+
+    @property
+    def records(self) -> List[StageRecord]:
+        return [self._records[b] for b in sorted(self._records)]
 
     def select(self, block: int, scores: Tensor, valid: Optional[Tensor]) -> Tensor:
         """scores: (B, T, L) significance (0 for absent tokens). Returns keep (B, T, L) bool."""
@@ -151,7 +155,7 @@ class SamplingRun:
             self.location = self.location.gather(1, index)
         mask = torch.zeros(self.batch, self.frames, self.slots0, dtype=torch.bool, device=keep.device)
         mask.scatter_(2, self.location[:, None, :].expand_as(keep), keep)
-        self.records.append(StageRecord(block, mask, keep.shape[2]))
+        self._records[block] = StageRecord(block, mask, keep.shape[2])
         valid = None if bool(keep.all()) else keep
         return index, valid
 

@@ -113,16 +113,26 @@ def resize_pos_2d(pos: Tensor, tokens: int) -> Tensor:
     return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, d).to(pos.dtype)], dim=1)
 
 
+def resize_pos_timm(pos: Tensor, tokens: int) -> Tensor:
+    """timm's own resampling (bicubic with antialias), so that a timm ViT loads as timm would load it."""
+    from timm.layers import resample_abs_pos_embed
+
+    new = round((tokens - 1) ** 0.5)
+    if new * new != tokens - 1:
+        raise VideoATSError(f"cannot resize a position embedding to {tokens} tokens: the patch grid is not square")
+    return resample_abs_pos_embed(pos.float(), [new, new], num_prefix_tokens=1).to(pos.dtype)
+
+
 def _resize_rules(family: str):
     """key -> (token dim, function(tensor, new length), how)."""
     if family == "timesformer":
         return {"pos_embed": (1, resize_pos_1d, "1-D nearest over the flattened patches, as TimeSformer"),
                 "time_embed": (1, resize_time, "1-D nearest over frames")}
     if family == "xvit":
-        return {"pos_embed": (1, resize_pos_2d, "bicubic over the patch grid"),
+        return {"pos_embed": (1, resize_pos_2d, "bicubic over the 2-D patch grid, as X-ViT"),
                 "temp_embed": (1, resize_time, "1-D nearest over segment frames")}
     if family == "vit":
-        return {"pos_embed": (1, resize_pos_2d, "bicubic over the patch grid")}
+        return {"pos_embed": (1, resize_pos_timm, "bicubic over the patch grid, as timm")}
     return {}
 
 

@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("adaptive token sampling")
     g.add_argument("--ats-blocks", metavar="I,J,...", help="0-based blocks that sample tokens, e.g. 4,5,6")
     g.add_argument("--ats-tokens", metavar="K[,K...]", help="token budget (count with CLS, or ratio <= 1), "
-                                                            "one value or one per block (default: all)")
+                                                            "one value or one per block (default: 1.0, all)")
     g.add_argument("--ats-variant", help="image, tube, frame or joint (default: tube for video, image for images)")
     g.add_argument("--ats-masked", action="store_true",
                    help="keep the masked layout (no pruning), as in training: nothing is saved")
@@ -68,7 +68,7 @@ def _ats_config(args) -> Optional[dict]:
         if args.ats_tokens or args.ats_variant or args.ats_masked:
             raise VideoATSError("--ats-tokens/--ats-variant/--ats-masked need --ats-blocks")
         return None
-    ats = dict(blocks=_ints(args.ats_blocks, "--ats-blocks"), drop_tokens=not args.ats_masked)
+    ats = dict(blocks=_ints(args.ats_blocks, "--ats-blocks"), drop_tokens=not args.ats_masked, tokens=1.0)
     if args.ats_tokens:
         tokens = _floats(args.ats_tokens, "--ats-tokens")
         ats["tokens"] = tokens[0] if len(tokens) == 1 else tokens
@@ -217,6 +217,8 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     if args.batches < 1 or args.batch_size < 1:
         raise VideoATSError("--batches and --batch-size must be at least 1")
     source = args.input[0] if len(args.input) == 1 else None
+    if source is None and any(i in ("random", "synthetic") for i in args.input):
+        raise VideoATSError("--input: give 'synthetic', 'random', or video files, not a mix")
     norm = _norm(args.model)
     if source == "random":
         gen = torch.Generator().manual_seed(args.seed)
@@ -228,16 +230,17 @@ def _run_ats(args, model, shape, views, dense) -> dict:
                    for b in range(args.batches))
         label = (f"synthetic motion clips (videoats.data.synthetic scenes), {args.batches} x {args.batch_size} "
                  "samples: counts are for this input, not for Kinetics")
-    else:
+    files = source not in ("random", "synthetic")
+    if files:
         batches = _file_batches(args.input, shape, views, norm)
         label = f"{len(args.input)} video file(s), every view ({views[0]}x{views[1]}) of each"
     meter = F.GFlopsMeter()
     kept: Dict[int, list] = {}
     fv_first = None
     with torch.no_grad():
-        for _, x in batches:
+        for src, x in batches:
             model(x)
-            meter.update(model, x)
+            meter.update(model, x, video_ids=[src] * len(x) if files else None)
             for block, k in kept_tokens(model).items():
                 kept.setdefault(block, []).extend(k.tolist())
             if fv_first is None and args.counter in ("fvcore", "both"):
@@ -253,7 +256,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
                input=label, weights=args.checkpoint or "random initialisation (no --checkpoint): kept tokens "
                                                         "reflect untrained attention",
                samples=summary["per_view"]["count"], per_sample_per_view=summary["per_view"],
-               per_sample_total=summary["total"], padded_per_view=summary["padded_per_view"],
+               per_sample_total=summary["total"], total_is=summary["total_is"], padded_per_view=summary["padded_per_view"],
                padded_total=summary["padded_total"],
                saving_vs_dense_pct=100.0 * (1.0 - summary["per_view"]["mean"] / base),
                kept_tokens={str(b): F.summarize(v) for b, v in sorted(kept.items())})
@@ -285,9 +288,10 @@ def format_flops(r: dict) -> str:
         ps, pt = ats["per_sample_per_view"], ats["per_sample_total"]
         lines += ["", f"  ATS blocks {c['blocks']}, tokens {c['tokens']}, variant {c['variant']}, {c['layout']} "
                       f"layout; {ats['samples']} samples", f"  input: {ats['input']}", f"  weights: {ats['weights']}"]
+        lines.append(f"  total = {ats['total_is']}")
         for key in ("mean", "min", "max"):
             lines.append(f"  {'ATS per sample, ' + key:<34} {_g(ps[key]):>12} {_g(pt[key]):>14}")
-        lines.append(f"  {'ATS padded batch (computed)':<34} {_g(ats['padded_per_view']):>12} "
+        lines.append(f"  {'ATS padded batch (what it computed)':<34} {_g(ats['padded_per_view']):>12} "
                      f"{_g(ats['padded_total']):>14}")
         lines.append(f"  saving vs dense (per-sample mean): {ats['saving_vs_dense_pct']:.1f}%")
         kt = ", ".join(f"{b}: {v['mean']:.1f} [{v['min']:.0f}-{v['max']:.0f}]" for b, v in ats["kept_tokens"].items())

@@ -28,14 +28,17 @@ from ..errors import VideoATSError
 
 
 def build_model(cfg) -> nn.Module:
-    """The model the config describes (MODEL + ATS sections), randomly initialised."""
+    """The model the config describes (MODEL + ATS sections), initialised from cfg.SEED so that every
+    process of a distributed run (and a rerun) starts from the same weights when no checkpoint is given."""
     from .. import create_model
     from ..config import ats_from_cfg
 
     kw = {}
     if cfg.MODEL.ATTENTION_TYPE:
         kw["attention_type"] = cfg.MODEL.ATTENTION_TYPE
-    return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.SEED))
+        return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)
 
 
 def resolve_device(cfg) -> torch.device:
@@ -277,9 +280,9 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     if checkpoint and not os.path.exists(checkpoint):
         raise VideoATSError(f"checkpoint not found: {checkpoint} (give --checkpoint or TEST.CHECKPOINT_FILE)")
     data_dir = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
-    if not data_dir or not os.path.isdir(data_dir):
-        raise VideoATSError(f"data folder not found: {data_dir or '(DATA.PATH_TO_DATA_DIR is empty)'}; set "
-                            "DATA.PATH_TO_DATA_DIR to the folder with the annotation files")
+    if data_dir and not os.path.isdir(data_dir):
+        raise VideoATSError(f"data folder not found: {data_dir}; set DATA.PATH_TO_DATA_DIR to the folder with "
+                            "the annotation files")
     split = cfg.TEST.SPLIT
     dataset = build_dataset(cfg, split)
     built = model is None

@@ -96,16 +96,19 @@ class _KeepOutputs(nn.Module):
         super().__init__()
         self.model = model
         self._outs = []
+        self.added = 0  # clones this wrapper adds to the graph (not the model's own ops)
         self._hooks = [m.register_forward_hook(self._keep) for m in model.modules() if not list(m.children())]
 
     def _keep(self, module, inputs, output):
-        if isinstance(output, Tensor):
-            self._outs.append(output)
+        if isinstance(output, Tensor) and output.numel():
+            # one element is enough to keep the producer in the graph, and lets the tensor itself be freed
+            self._outs.append(output[(0,) * output.dim()].clone())
 
     def forward(self, x):
         self._outs = []
         out = self.model(x)
         kept, self._outs = tuple(self._outs), []
+        self.added = len(kept)
         return (out,) + kept
 
     def remove(self):
@@ -146,6 +149,9 @@ def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> Fvcor
     missing = {op: n for op, n in unsupported.items()
                if op not in _ELEMENTWISE_NORMS and any(h in op.split("::")[-1] for h in _HEAVY_HINTS)}
     not_counted = {op: n for op, n in unsupported.items() if op not in missing}
+    not_counted["aten::clone"] = not_counted.get("aten::clone", 0) - wrapper.added
+    if not_counted["aten::clone"] <= 0:
+        del not_counted["aten::clone"]
     batch = int(inputs.shape[0])
     if missing and strict:
         raise VideoATSError(f"fvcore cannot count {sorted(missing)} in {type(model).__name__}: the count would "
@@ -156,8 +162,9 @@ def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> Fvcor
 
 @contextmanager
 def dense_mode(model: nn.Module):
-    """Run a model as its dense self for a while (ATS off; a patched timm ViT gets its own forward back)."""
-    ats = getattr(model, "ats", None)
+    """Run a model as its dense self for a while (ATS off; a patched timm ViT gets its own forward back);
+    the last ATS forward's `ats_trace` survives."""
+    ats, trace = getattr(model, "ats", None), getattr(model, "ats_trace", None)
     patched = model.__dict__.get("forward_features") if getattr(model, "_ats_patched", False) else None
     try:
         model.ats = None
@@ -166,6 +173,8 @@ def dense_mode(model: nn.Module):
         yield model
     finally:
         model.ats = ats
+        if trace is not None:  # a dense forward clears it; the last ATS batch's record stays readable
+            model.ats_trace = trace
         if patched is not None:
             model.forward_features = patched
 
@@ -433,23 +442,37 @@ def summarize(values: Iterable[float]) -> Dict[str, float]:
 
 @dataclass
 class GFlopsMeter:
-    """Accumulates per-sample and padded GFLOPs over an evaluation (call `update` after every batch)."""
+    """Accumulates per-sample and padded GFLOPs over an evaluation (call `update` after every batch).
+
+    Every sample of a batch is one view. Give `video_ids` (one per sample) to also get per-video totals
+    (the sum over that video's views, which is what the papers' "GFLOPs" column means for ATS);
+    without them the totals are the per-view figures x clips x crops.
+    """
 
     samples: list = field(default_factory=list)
     padded_sum: float = 0.0
+    per_video: Dict[object, float] = field(default_factory=dict)
 
-    def update(self, model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:
+    def update(self, model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None,
+               video_ids: Optional[Sequence[object]] = None) -> Tensor:
         per = sample_gflops(model, inputs)
         self.samples.extend(per.tolist())
         self.padded_sum += padded_gflops(model, inputs) * len(per)
+        if video_ids is not None:
+            if len(video_ids) != len(per):
+                raise VideoATSError(f"{len(video_ids)} video ids for a batch of {len(per)} samples")
+            for vid, g in zip(video_ids, per.tolist()):
+                self.per_video[vid] = self.per_video.get(vid, 0.0) + g
         return per
 
     def summary(self, views: Tuple[int, int] = (1, 1)) -> Dict[str, object]:
-        """Per-view figures and the totals over clips x crops (a video's views each cost their own)."""
         per_view = summarize(self.samples)
         n = views[0] * views[1]
         padded = self.padded_sum / len(self.samples) if self.samples else float("nan")
-        return dict(convention=CONVENTION, views=f"{views[0]}x{views[1]}", per_view=per_view,
-                    padded_per_view=padded,
-                    total={k: (v * n if k != "count" else v) for k, v in per_view.items()},
-                    padded_total=padded * n)
+        if self.per_video:
+            total, how = summarize(self.per_video.values()), "sum over each video's views"
+        else:
+            total = {k: (v * n if k != "count" else v) for k, v in per_view.items()}
+            how = "per view x clips x crops"
+        return dict(convention=CONVENTION, views=f"{views[0]}x{views[1]}", per_view=per_view, total=total,
+                    total_is=how, padded_per_view=padded, padded_total=padded * n)

@@ -279,6 +279,11 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     elif getattr(model, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
         warnings.append(f"model {name} was built for {model.num_frames} frames but DATA.NUM_FRAMES is "
                         f"{cfg.DATA.NUM_FRAMES}; its time embedding is interpolated")
+    size = getattr(model, "img_size", None)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    if from_file and size and int(size) != int(cfg.DATA.TEST_CROP_SIZE):
+        warnings.append(f"model {name} was built for {size} px but DATA.TEST_CROP_SIZE is "
+                        f"{cfg.DATA.TEST_CROP_SIZE}; its position embedding is interpolated")
 
     if ats not in (None, "on", "off"):
         raise VideoATSError(f"--ats {ats!r}: use on or off")
@@ -380,14 +385,16 @@ def classify_failure(path: str, failure, timeout: float = 10.0):
 
     if failure.reason not in ("corrupt", "zero_frames") or not os.path.isfile(path) or os.path.getsize(path) == 0:
         return failure
+    if _has_video_signature(path):  # a video container, damaged or empty: the decoder's reason stands
+        return failure
     kind = _container_kind(path, timeout)
+    if kind == "video":
+        return failure
     if kind == "no_video_stream":
         return DecodeFailure("not_a_video", "the file has no video stream")
-    if kind == "unreadable" and not _has_video_signature(path):
-        with open(path, "rb") as f:
-            head = f.read(8)
-        return DecodeFailure("not_a_video", f"not a video container (it starts with {head!r})")
-    return failure
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return DecodeFailure("not_a_video", f"not a video container (it starts with {head!r})")
 
 
 def _effective_fps(fps: float, target_fps: float) -> float:

@@ -51,6 +51,8 @@ def plot_kept_tokens(kept: Dict[int, Sequence], path: str, title: str = "", of: 
         bins = max(1, min(30, int(hi - lo) + 1))
         ax.hist(values, bins=bins, range=(lo - 0.5, hi + 0.5), color=cmap(i / max(1, len(blocks) - 1)),
                 edgecolor="black", linewidth=0.4)
+        pad = max(3.0, 0.1 * (hi - lo))  # a single bar stays a bar, not a filled panel
+        ax.set_xlim(lo - pad, hi + pad)
         mean = sum(values) / len(values)
         ax.axvline(mean, color="crimson", linestyle="--", linewidth=1)
         ax.set_title(f"stage {b}: mean {mean:.0f}" + (f" of {of}" if of else ""), fontsize=9)

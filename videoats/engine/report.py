@@ -172,7 +172,10 @@ def _pct(x):
 
 
 def _num(x, nd=2):
-    return "n/a" if x is None else f"{x:,.{nd}f}"
+    """Big counts with separators, tiny-model counts with 3 significant digits (0.0267, not 0.03)."""
+    if x is None:
+        return "n/a"
+    return f"{x:,.{nd}f}" if abs(x) >= 10 or x == 0 else f"{x:.3g}"
 
 
 def format_summary(doc: dict) -> str:
@@ -219,7 +222,7 @@ def format_summary(doc: dict) -> str:
     for w in doc.get("warnings", []):
         lines.append(f"warning: {w}")
     for key, path in (doc.get("files") or {}).items():
-        lines.append(f"{key:<14}{path}")
+        lines.append(f"{key:<18}{path}")
     return "\n".join(lines)
 
 

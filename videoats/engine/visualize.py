@@ -233,7 +233,6 @@ def visualize_clip(predictor, path: str, output: str, gif: Optional[str] = None,
 
     Raises DecodeFailure when the video cannot be used, VideoATSError when the model samples no tokens.
     """
-    from ..data.decoding import DecodeFailure  # noqa: F401  (documented above)
     from .inference import (dense_gflops_per_view, make_views, protocol_plan, read_clip_frames, run_views,
                             scores_and_probs, top_k, view_pixels)
 
@@ -252,7 +251,7 @@ def visualize_clip(predictor, path: str, output: str, gif: Optional[str] = None,
     _, clip = next(chunks)
     view = make_views(clip, s, 1)  # one crop: the centre
     out = run_views(predictor, view, keep_masks=True)
-    masks = {b: m[0] for b, m in out.masks.items()}
+    masks = {b: m[0].numpy().astype(bool) for b, m in out.masks.items()}
     pixels = view_pixels(view[0], s)
     rows = choose_rows(pixels.shape[0], frames)
     source = plan.indices[0]

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor
 
 from ..ats.core import SamplingRun, gather_slots
@@ -144,6 +145,14 @@ class PlainBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + drop_path(self.attn(self.norm1(x)), self.drop_prob, self.training, x.shape[0])
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_prob, self.training, x.shape[0])
+
+
+def call_block(fn: Callable, *args, checkpointing: bool = False):
+    """Run a block, recomputing its activations in backward when `checkpointing` (saves memory on the
+    large models; the ATS records are keyed by block, so a recomputation just rewrites them)."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def _branch(block: nn.Module, name: str) -> Callable[[Tensor], Tensor]:

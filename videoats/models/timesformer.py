@@ -7,6 +7,7 @@ attention, and its per-frame outputs are averaged; that per-frame CLS row is wha
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..ats.core import SamplingRun
 from ..errors import VideoATSError
-from .layers import (Attention, Mlp, PlainBlock, attend, cls_valid, drop_path, frame_attention, gather_slots,
+from .layers import (Attention, Mlp, PlainBlock, attend, call_block, cls_valid, drop_path, frame_attention, gather_slots,
                      grid_block, split_heads, tokenwise, with_cls)
 from .registry import register_model
 
@@ -101,7 +102,11 @@ class TimeSformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.ats = None
         self.ats_trace = []
+        self.grad_checkpointing = False
         self._init_weights()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def _init_weights(self):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -150,16 +155,14 @@ class TimeSformer(nn.Module):
         if self.attention_type == "joint_space_time":
             tokens = torch.cat([cls, x.reshape(b, t * l, d)], dim=1)
             for blk in self.blocks:
-                tokens = blk(tokens)
+                tokens = call_block(blk, tokens, checkpointing=self.grad_checkpointing)
             return self.norm(tokens[:, 0])
         if self.attention_type == "space_only":
             cls = cls.expand(b, t, d)
         for i, blk in enumerate(self.blocks):
             stage = run if i in ats_blocks else None
-            if self.attention_type == "divided_space_time":
-                cls, x, valid = blk(cls, x, valid, stage, i)
-            else:
-                cls, x, valid = grid_block(blk, cls, x, valid, stage, i)
+            step = blk if self.attention_type == "divided_space_time" else partial(grid_block, blk)
+            cls, x, valid = call_block(step, cls, x, valid, stage, i, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []
         return self.norm(cls.mean(dim=1))  # space_only averages its per-frame CLS; otherwise T = 1
 

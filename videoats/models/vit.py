@@ -7,19 +7,18 @@ works on a timm ViT that someone else built or trained ("off-the-shelf").
 from __future__ import annotations
 
 import types
+from functools import partial
 
-import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from ..ats.core import SamplingRun
 from ..errors import VideoATSError
-from .layers import grid_block
+from .layers import call_block, grid_block
 from .registry import register_model
 
 
-def _ats_forward_features(self: VisionTransformer, images: Tensor, attn_mask=None, **_) -> Tensor:
+def _ats_forward_features(self, images: Tensor, attn_mask=None, **_) -> Tensor:
     if attn_mask is not None:
         raise VideoATSError("ATS does not take an external attention mask")
     x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(images))))
@@ -28,14 +27,16 @@ def _ats_forward_features(self: VisionTransformer, images: Tensor, attn_mask=Non
     cls, grid = x[:, :1], x[:, prefix:].reshape(b, 1, n - prefix, d)
     run = SamplingRun(self.ats, b, 1, n - prefix, x.device, prune=self.ats.drop_tokens and not self.training)
     ats_blocks, valid = set(self.ats.blocks), None
+    checkpointing = bool(getattr(self, "grad_checkpointing", False))
     for i, blk in enumerate(self.blocks):
-        cls, grid, valid = grid_block(blk, cls, grid, valid, run if i in ats_blocks else None, i)
+        cls, grid, valid = call_block(partial(grid_block, blk), cls, grid, valid, run if i in ats_blocks else None, i,
+                                      checkpointing=checkpointing)
     self.ats_trace = run.records
     # only the CLS is read by the head ('token' pooling): norm it alone
     return self.norm(cls)
 
 
-def patch_vit(model: VisionTransformer) -> None:
+def patch_vit(model) -> None:
     """Route a timm ViT's forward through the ATS grid code (idempotent)."""
     if getattr(model, "num_prefix_tokens", 1) != 1 or getattr(model, "global_pool", "token") != "token":
         raise VideoATSError("ATS on a timm ViT needs one CLS token and 'token' pooling (as DeiT has)")
@@ -50,7 +51,13 @@ def patch_vit(model: VisionTransformer) -> None:
     model.is_video = False
 
 
-def _timm_vit(name: str, num_classes: int, **kw) -> VisionTransformer:
+def is_timm_vit(model) -> bool:
+    return type(model).__name__ == "VisionTransformer" and type(model).__module__.startswith("timm.")
+
+
+def _timm_vit(name: str, num_classes: int, **kw):
+    import timm  # imported on use: it is slow to import and only the image models need it
+
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kw)
     model.depth, model.num_frames, model.is_video = len(model.blocks), 1, False
     model.num_patches = model.patch_embed.num_patches

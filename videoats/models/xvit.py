@@ -8,6 +8,7 @@ a segment boundary, so a dropped token never leaks into attention.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional
 
 import torch
@@ -17,7 +18,7 @@ from torch import Tensor
 
 from ..ats.core import SamplingRun
 from ..errors import VideoATSError
-from .layers import PlainBlock, grid_block
+from .layers import PlainBlock, call_block, grid_block
 from .registry import register_model
 from .timesformer import PatchEmbed
 
@@ -76,12 +77,16 @@ class XViT(nn.Module):
         self.temporal_head = TemporalHead(embed_dim, num_heads, num_classes, dropout_rate)
         self.ats = None
         self.ats_trace = []
+        self.grad_checkpointing = False
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias) if m.bias is not None else None
         for p in (self.pos_embed, self.cls_token, self.temporal_head.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
 
     def _kv_shift(self, k: Tensor, v: Tensor, key_valid: Optional[Tensor], frames: int):
         g, h, n, d = k.shape
@@ -126,7 +131,8 @@ class XViT(nn.Module):
 
         valid = None
         for i, blk in enumerate(self.blocks):
-            cls, x, valid = grid_block(blk, cls, x, valid, run if i in ats_blocks else None, i, hook)
+            cls, x, valid = call_block(partial(grid_block, blk), cls, x, valid, run if i in ats_blocks else None, i,
+                                       hook, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []
         return self.norm(cls)
 
