@@ -80,3 +80,16 @@ def test_user_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert main(["train", "--config", cfg]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "MODEL.NAMEE" in err and "Traceback" not in err
+
+
+def test_overrides_are_found_anywhere_on_the_line(tmp_path):
+    from videoats.cli import split_overrides
+
+    video = tmp_path / "TEST.MP4"  # an existing file that looks like a key stays a file
+    video.write_bytes(b"")
+    rest, opts = split_overrides(["infer", "a.mp4", "TEST.BATCH_SIZE", "4", "--json", str(video), "SEED", "-1",
+                                  "--topk", "3", "ATS.ENABLE"])
+    assert rest == ["infer", "a.mp4", "--json", str(video), "--topk", "3"]
+    assert opts == ["TEST.BATCH_SIZE", "4", "SEED", "-1", "ATS.ENABLE"]  # the last has no value: the loader says so
+    with pytest.raises(VideoATSError, match="no value"):
+        load_config(None, opts)

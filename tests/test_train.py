@@ -80,14 +80,41 @@ def test_schedule_and_accumulation_in_the_engine(tiny_synthetic, tmp_path):
     b = run_train(tiny_synthetic, str(tmp_path / "big"), TRAIN__BATCH_SIZE=4, **common)
     assert a["global_batch"] == b["global_batch"] == 4 and a["steps"] == b["steps"] == 5
     wa, wb = weights(a["output_dir"])["state_dict"], weights(b["output_dir"])["state_dict"]
-    init = None
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0), k
     rates = [r["lr"] for r in read_log(a["output_dir"]) if r["event"] == "train"]
     want = [lr_at(s, 0.05, 0.0, 2, 5) for s in range(5)]
     assert rates == pytest.approx(want)
-    assert rates[:2] == pytest.approx([0.025, 0.05]) and rates[-1] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
-    del init
+    assert rates[:2] == pytest.approx([0.025, 0.05])
+    assert rates[-1] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
+
+
+@pytest.mark.parametrize("name", ["timesformer_tiny_8x32", "xvit_tiny_8x32"])
+def test_activation_checkpointing_and_bf16(name):
+    """Recomputing blocks in backward gives the same gradients (ATS on, drop path on), and bf16 autocast
+    trains on CPU."""
+    from videoats import create_model
+    from videoats.engine.optim import enable_activation_checkpointing, precision_setup
+
+    ats = dict(blocks=[1], tokens=0.5, variant="joint")
+    x, y = torch.randn(2, 3, 8, 32, 32), torch.tensor([1, 2])
+    grads = []
+    for act in (False, True):
+        torch.manual_seed(0)
+        m = create_model(name, num_classes=10, ats=ats, drop_path_rate=0.2).train()
+        if act:
+            assert enable_activation_checkpointing(m) in ("blocks", "block MLPs")
+        torch.manual_seed(1)
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+    autocast, scaler = precision_setup("bf16", torch.device("cpu"))
+    with autocast():
+        loss = torch.nn.functional.cross_entropy(m(x).float(), y)
+    loss.backward()
+    assert scaler is None and torch.isfinite(loss)
 
 
 # ---------------------------------------------------------------------------------------------- bad input

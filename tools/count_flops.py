@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from videoats import create_model  # noqa: E402
+from videoats.commands.flops import _zero_init  # noqa: E402
 from videoats.engine.flops import CONVENTION, PUBLISHED, analytic_gflops, dense_gflops  # noqa: E402
 
 
@@ -33,7 +34,8 @@ def main(argv=None) -> int:
 
     rows = []
     for name in args.models:
-        model = create_model(name).eval()
+        with _zero_init():  # counts read shapes only; skip seconds of random init
+            model = create_model(name).eval()
         pub = PUBLISHED.get(name, {})
         clips, crops = pub.get("views", (1, 1))
         row = dict(model=name, views=f"{clips}x{crops}", analytic=analytic_gflops(model),
@@ -49,10 +51,10 @@ def main(argv=None) -> int:
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        if not args.json:
-            print(_line(row, args.fvcore), flush=True) if len(rows) > 1 else print(_header(args.fvcore) + "\n"
-                                                                                   + _line(row, args.fvcore),
-                                                                                   flush=True)
+        if not args.json:  # one line at a time: fvcore on the big models takes minutes each
+            if len(rows) == 1:
+                print(_header(args.fvcore))
+            print(_line(row, args.fvcore), flush=True)
     if args.json:
         print(json.dumps(dict(convention=CONVENTION, rows=rows)))
     else:

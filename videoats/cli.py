@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import VideoATSError
 
@@ -43,10 +45,41 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """`--config FILE` plus trailing `KEY VALUE` overrides, as PySlowFast tools take them."""
+    """`--config FILE` plus `KEY VALUE` overrides anywhere on the line, as PySlowFast tools take them."""
     parser.add_argument("--config", "--cfg", dest="config", required=required, help="YAML config file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. TEST.BATCH_SIZE 4 ATS.ENABLE True")
+    accept_overrides(parser)
+
+
+def accept_overrides(parser: argparse.ArgumentParser) -> None:
+    """This subcommand takes `KEY VALUE` config overrides (`main` hands them over as `args.opts`)."""
+    parser.set_defaults(takes_overrides=True)
+    parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + \
+        "Config overrides: KEY VALUE pairs anywhere on the line, e.g. TEST.BATCH_SIZE 4 ATS.ENABLE True"
+
+
+def split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
+    """Take `KEY VALUE` config overrides out of the command line, wherever they stand.
+
+    A word is a key when it looks like `SECTION.KEY` (or a top-level key such as `SEED`) of the config and
+    is not an existing file; the word after a key is its value whatever it looks like. So overrides can
+    sit before, between or after options and videos, and argparse only sees the rest.
+    """
+    from .config import get_cfg
+
+    sections = set(get_cfg().keys())
+    rest, opts, i = [], [], 0
+    while i < len(argv):
+        word = argv[i]
+        if _KEY.match(word) and word.split(".")[0] in sections and not os.path.exists(word):
+            opts += argv[i:i + 2]  # a key without a value is reported by the config loader
+            i += 2
+        else:
+            rest.append(word)
+            i += 1
+    return rest, opts
+
+
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$")
 
 
 def emit(args, result: dict, human=None) -> None:
@@ -68,10 +101,14 @@ def _json_default(obj):
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    rest, opts = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(rest)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if opts and not getattr(args, "takes_overrides", False):
+        parser.error(f"{args.command} takes no config overrides (got {' '.join(opts)})")
+    args.opts = opts
     try:
         result = args.func(args)
     except VideoATSError as e:

@@ -20,7 +20,7 @@ A budget ("tokens") always counts the CLS token too, as in the official code (De
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 
 from ..cli import add_common, add_config_args
-from ..errors import VideoATSError
 
 
 def register(subparsers) -> None:
@@ -25,35 +24,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, human=fmt)
 
 
-_VALUED = {"--checkpoint": "checkpoint", "--output": "output"}
-_FLAGS = {"--json": "json", "--no-progress": "no_progress"}
-
-
-def _lift_options(args) -> None:
-    """argparse's REMAINDER swallows options written after the KEY VALUE overrides
-    (`eval --config C DATA.X 1 --json`); take ours back out of it."""
-    rest, opts = list(args.opts), []
-    while rest:
-        tok = rest.pop(0)
-        name, eq, value = tok.partition("=")
-        if name in _VALUED:
-            if not eq:
-                if not rest:
-                    raise VideoATSError(f"{name} needs a value")
-                value = rest.pop(0)
-            setattr(args, _VALUED[name], value)
-        elif tok in _FLAGS:
-            setattr(args, _FLAGS[tok], True)
-        else:
-            opts.append(tok)
-    args.opts = opts
-
-
 def run(args) -> dict:
     from ..config import load_config
     from ..engine.evaluate import evaluate, init_distributed_from_env
 
-    _lift_options(args)
     cfg = load_config(args.config, args.opts)
     started = init_distributed_from_env(cfg)
     rank = 0

@@ -7,6 +7,7 @@ padded-batch figure apart (what a batch really computes when its samples keep di
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from typing import Dict, List, Optional
 
 from ..cli import add_common
@@ -94,12 +95,40 @@ def _build(args):
         kw["img_size"] = args.img_size
     if args.num_classes is not None and args.num_classes < 1:
         raise VideoATSError(f"--num-classes must be at least 1, got {args.num_classes}")
-    model = create_model(args.model, num_classes=args.num_classes, ats=_ats_config(args), **kw)
+    ats = _ats_config(args)
+    if ats is None and not args.checkpoint:  # a dense count reads shapes only: skip seconds of random init
+        with _zero_init():
+            model = create_model(args.model, num_classes=args.num_classes, **kw)
+    else:
+        model = create_model(args.model, num_classes=args.num_classes, ats=ats, **kw)
     if args.checkpoint:
         from .. import load_checkpoint
 
         load_checkpoint(model, args.checkpoint)
     return model.eval()
+
+
+@contextmanager
+def _zero_init():
+    """Weight init as zero fills while building (ViT-B's random init takes seconds on a CPU)."""
+    import torch.nn.init as init
+
+    names = [n for n in ("trunc_normal_", "kaiming_uniform_", "uniform_", "normal_", "xavier_uniform_")
+             if hasattr(init, n)]
+    saved = {(init, n): getattr(init, n) for n in names}
+    try:
+        import timm.models.vision_transformer as tv
+
+        saved.update({(tv, n): getattr(tv, n) for n in ("trunc_normal_", "lecun_normal_") if hasattr(tv, n)})
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        for mod, n in saved:
+            setattr(mod, n, lambda t, *a, **k: t.detach().zero_() if hasattr(t, "zero_") else t)
+        yield
+    finally:
+        for (mod, n), f in saved.items():
+            setattr(mod, n, f)
 
 
 def _view_shape(model):
@@ -181,8 +210,6 @@ def _file_batches(paths, shape, views, norm):
 
 
 def run(args) -> dict:
-    import torch
-
     from ..engine import flops as F
 
     model = _build(args)
@@ -256,8 +283,8 @@ def _run_ats(args, model, shape, views, dense) -> dict:
                input=label, weights=args.checkpoint or "random initialisation (no --checkpoint): kept tokens "
                                                         "reflect untrained attention",
                samples=summary["per_view"]["count"], per_sample_per_view=summary["per_view"],
-               per_sample_total=summary["total"], total_is=summary["total_is"], padded_per_view=summary["padded_per_view"],
-               padded_total=summary["padded_total"],
+               per_sample_total=summary["total"], total_is=summary["total_is"],
+               padded_per_view=summary["padded_per_view"], padded_total=summary["padded_total"],
                saving_vs_dense_pct=100.0 * (1.0 - summary["per_view"]["mean"] / base),
                kept_tokens={str(b): F.summarize(v) for b, v in sorted(kept.items())})
     if fv_first is not None:

@@ -9,30 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import add_common
+from ..cli import accept_overrides, add_common
 from ..errors import VideoATSError
-
-
-def allow_intermixed(parser: argparse.ArgumentParser) -> None:
-    """Let positionals come before, between and after options.
-
-    `videoats infer clip.mp4 --config c.yaml TEST.BATCH_SIZE 4` puts videos first and overrides last
-    (PySlowFast style); plain argparse stops collecting positionals at the first option and then rejects
-    the rest, so this subparser parses intermixed.
-    """
-    plain = parser.parse_known_args
-    busy = []
-
-    def parse_known_args(args=None, namespace=None):
-        if busy:  # parse_known_intermixed_args calls back into parse_known_args
-            return plain(args, namespace)
-        busy.append(True)
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            busy.pop()
-
-    parser.parse_known_args = parse_known_args
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -54,8 +32,8 @@ def register(subparsers) -> None:
                     "videos in it. Bad files are listed with their reason; the exit status is non-zero only "
                     "when no video could be processed.",
         epilog="example: videoats infer clip.mp4 --checkpoint model.safetensors --ats on --topk 3")
-    p.add_argument("inputs", nargs="+", metavar="VIDEO|KEY VALUE",
-                   help="video files or folders, then optional config overrides, e.g. TEST.BATCH_SIZE 4")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO",
+                   help="video files or folders")
     add_model_args(p)
     p.add_argument("--ats", choices=("on", "off"), help="force Adaptive Token Sampling on or off "
                                                         "(default: the config's ATS.ENABLE)")
@@ -67,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--stride", type=float, metavar="SECONDS",
                    help="with --per-clip: seconds between clip starts (default: one clip length)")
     add_common(p)
-    allow_intermixed(p)
+    accept_overrides(p)
     p.set_defaults(func=run, human=fmt)
 
 
@@ -77,9 +55,9 @@ def _warn(lines) -> None:
 
 
 def run(args) -> dict:
-    from ..engine.inference import infer_videos, load_predictor, split_overrides
+    from ..engine.inference import infer_videos, load_predictor
 
-    videos, opts = split_overrides(args.inputs)
+    videos, opts = list(args.inputs), args.opts
     if not videos:
         raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")
     if args.stride is not None and not args.per_clip:

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import add_common
+from ..cli import accept_overrides, add_common
 from ..errors import VideoATSError
-from .infer import add_model_args, allow_intermixed
+from .infer import add_model_args
 
 
 def register(subparsers) -> None:
@@ -16,24 +16,23 @@ def register(subparsers) -> None:
                     "write a PNG grid: a row per frame, a column for the input and one per ATS stage, dropped "
                     "patches darkened. ATS is switched on (the config's ATS.BLOCKS, or the last three quarters "
                     "of the blocks) if the config has it off.")
-    p.add_argument("inputs", nargs="+", metavar="VIDEO [KEY VALUE ...]", help="one video, then optional config "
-                                                                             "overrides")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO", help="one video")
     add_model_args(p)
     p.add_argument("--output", metavar="PNG", help="the grid (default: <video name>_tokens.png here)")
     p.add_argument("--gif", metavar="GIF", help="also write an animated GIF over the frames")
     p.add_argument("--frames", type=int, metavar="N", help="show N frames spread over the clip (default: all)")
     p.add_argument("--no-grid", action="store_true", help="no patch grid lines")
     add_common(p)
-    allow_intermixed(p)
+    accept_overrides(p)
     p.set_defaults(func=run, human=fmt)
 
 
 def run(args) -> dict:
     from ..data.decoding import DecodeFailure
-    from ..engine.inference import load_predictor, split_overrides
+    from ..engine.inference import load_predictor
     from ..engine.visualize import visualize_clip
 
-    videos, opts = split_overrides(args.inputs)
+    videos, opts = list(args.inputs), args.opts
     if len(videos) != 1:
         raise VideoATSError(f"give exactly one video, got {len(videos)}: {' '.join(videos) or '(none)'}")
     video = videos[0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -187,14 +187,6 @@ def local_device(device_kind: str) -> torch.device:
     return torch.device("cpu")
 
 
-def is_main() -> bool:
-    return rank_world()[0] == 0
-
-
 def cleanup(started: bool) -> None:
     if started and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def optional_int(value) -> Optional[int]:
-    return None if value is None else int(value)

@@ -239,9 +239,13 @@ def _run_views(model, loader, device, batch_views: int, flops, progress: bool, r
 
     bar = None
     if progress and rank == 0 and sys.stderr.isatty():
+        import shutil
+
         from tqdm import tqdm
 
-        bar = tqdm(total=len(loader), desc="eval", unit="batch", dynamic_ncols=True, file=sys.stderr)
+        # some pseudo-terminals report 0 columns, which makes tqdm draw nothing
+        bar = tqdm(total=len(loader), desc="eval", unit="batch", file=sys.stderr,
+                   ncols=min(120, shutil.get_terminal_size((100, 20)).columns))
     with torch.inference_mode():
         for batch in loader:
             table.failed.extend(batch["failed"])
@@ -295,7 +299,8 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
                   _meta(report, "label_names") if report is not None else None)
     if getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
-        warnings.append(f"model {net.model_name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "
+        name = getattr(net, "model_name", type(net).__name__)
+        warnings.append(f"model {name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "
                         f"{cfg.DATA.NUM_FRAMES}; its time embedding is interpolated")
 
     device = resolve_device(cfg)

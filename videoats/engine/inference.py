@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -30,34 +29,6 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".m
                     ".ts", ".mts", ".ogv", ".gif")
 MAX_FRAMES_PER_READ = 256  # decode long per-clip runs in pieces, so memory does not grow with the video
 MAX_WINDOWS = 100_000
-
-_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
-
-
-# ---------------------------------------------------------------------------------------------- inputs
-
-
-def split_overrides(items: Sequence[str]) -> Tuple[List[str], List[str]]:
-    """Videos and `KEY VALUE` overrides from one list of positional words.
-
-    The CLI takes both as positionals (PySlowFast puts overrides last, users put videos first); a word is
-    a key when it looks like `SECTION.KEY` and is not an existing path, and the word after a key is its
-    value whatever it looks like.
-    """
-    videos, opts, i = [], [], 0
-    items = list(items)
-    while i < len(items):
-        word = items[i]
-        if _KEY.match(word) and not os.path.exists(word):
-            if i + 1 >= len(items):
-                raise VideoATSError(f"config override {word} has no value (write KEY VALUE, e.g. TEST.BATCH_SIZE 4)")
-            opts += [word, items[i + 1]]
-            i += 2
-        else:
-            videos.append(word)
-            i += 1
-    return videos, opts
-
 
 def expand_inputs(paths: Iterable[str]) -> Tuple[List[str], List[str]]:
     """(videos to try, files skipped) in the order given; a folder gives its videos, recursively, sorted.

@@ -9,7 +9,6 @@ from __future__ import annotations
 import types
 from functools import partial
 
-import torch
 from torch import Tensor
 
 from ..ats.core import SamplingRun
