@@ -35,7 +35,7 @@ VARIANTS = ("image", "tube", "frame", "joint")
 @dataclass
 class ATSConfig:
     blocks: Sequence[int]
-    tokens: Union[float, Sequence[float]] = 197
+    tokens: Union[float, Sequence[float]] = 1.0  # 1.0: the budget never binds (the official K = N)
     variant: Optional[str] = None  # None: image for image models, tube for video models
     drop_tokens: bool = True  # prune in eval mode; training always masks
     min_tokens: int = 8

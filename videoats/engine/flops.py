@@ -169,21 +169,15 @@ def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> Fvcor
 
 @contextmanager
 def dense_mode(model: nn.Module):
-    """Run a model as its dense self for a while (ATS off; a patched timm ViT gets its own forward back);
-    the last ATS forward's `ats_trace` survives."""
+    """Run a model as its dense self for a while (ATS off); the last ATS forward's `ats_trace` survives."""
     ats, trace = getattr(model, "ats", None), getattr(model, "ats_trace", None)
-    patched = model.__dict__.get("forward_features") if getattr(model, "_ats_patched", False) else None
     try:
         model.ats = None
-        if patched is not None:
-            model.forward_features = model._dense_forward_features
         yield model
     finally:
         model.ats = ats
         if trace is not None:  # a dense forward clears it; the last ATS batch's record stays readable
             model.ats_trace = trace
-        if patched is not None:
-            model.forward_features = patched
 
 
 def dense_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = None, device=None) -> float:

@@ -17,7 +17,10 @@ from .layers import call_block, grid_block
 from .registry import register_model
 
 
-def _ats_forward_features(self, images: Tensor, attn_mask=None, **_) -> Tensor:
+def _ats_forward_features(self, images: Tensor, attn_mask=None, **kw) -> Tensor:
+    if self.ats is None:  # ATS switched off again: timm's own forward
+        self.ats_trace = []
+        return self._dense_forward_features(images, attn_mask=attn_mask, **kw)
     if attn_mask is not None:
         raise VideoATSError("ATS does not take an external attention mask")
     x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(images))))
