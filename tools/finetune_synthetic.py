@@ -6,7 +6,7 @@
 1. generate the synthetic motion benchmark (cached: reused when its synthetic.json matches);
 2. train a tiny TimeSformer dense (configs/synthetic/train_timesformer_tiny.yaml) and test it;
 3. switch ATS on, off the shelf (no training), and test;
-4. fine-tune with ATS from the dense weights (configs/synthetic/train_timesformer_tiny_ats_joint.yaml) and test;
+4. fine-tune with ATS from the dense weights (configs/synthetic/train_timesformer_tiny_ats_tube.yaml) and test;
 5. print top-1 and mean GFLOPs per clip (from each clip's kept tokens) for the three.
 
 Training runs auto-resume, so a finished run is not trained again and an interrupted one continues.
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 DENSE = os.path.join(ROOT, "configs", "synthetic", "train_timesformer_tiny.yaml")
-ATS = os.path.join(ROOT, "configs", "synthetic", "train_timesformer_tiny_ats_joint.yaml")
+ATS = os.path.join(ROOT, "configs", "synthetic", "train_timesformer_tiny_ats_tube.yaml")
 SYNTHETIC = dict(num_classes=10, videos_per_class=(50, 10, 20), num_frames=32, size=64, seed=0)
 
 

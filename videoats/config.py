@@ -234,3 +234,18 @@ def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
 
 def cfg_to_yaml(cfg: CfgNode) -> str:
     return cfg.dump()
+
+
+def config_from_yaml(text: str, where: str = "the checkpoint's config") -> CfgNode:
+    """A config stored as YAML text (in a checkpoint or results file), checked like a file."""
+    try:
+        loaded = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise VideoATSError(f"{where} is not valid YAML ({getattr(e, 'problem', e)})")
+    if not isinstance(loaded, dict):
+        raise VideoATSError(f"{where}: expected a mapping of keys at the top level")
+    cfg = get_cfg()
+    _check_keys(cfg, loaded, where)
+    cfg.merge_from_other_cfg(CfgNode(loaded))
+    validate(cfg)
+    return cfg

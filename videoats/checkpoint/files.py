@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
@@ -17,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_write
 from ..errors import VideoATSError
 
 FORMAT_TAG = "videoats"
@@ -209,26 +209,6 @@ def read_checkpoint(path_or_dir) -> RawCheckpoint:
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def _atomic_write(path: str, write) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_checkpoint(path, model, config=None, label_names=None, extra: Optional[Dict[str, Any]] = None) -> str:
     """Save `model` as a videoats checkpoint; `.safetensors` keeps weights + JSON metadata, anything else
     a torch dict that can also carry training state in `extra` (optimizer, scheduler, epoch...)."""
@@ -262,8 +242,8 @@ def save_checkpoint(path, model, config=None, label_names=None, extra: Optional[
             tensors[k] = v.clone() if ptr in seen else v
             if ptr is not None:
                 seen.add(ptr)
-        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
     else:
         obj = {**meta, **(extra or {}), "state_dict": state}
-        _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
     return path

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from ..atomic import atomic_write_text
 from ..errors import VideoATSError
 
 FORMATS = ("kinetics_csv", "path_label", "folders")
@@ -267,15 +268,7 @@ def write_annotation(annotation: Annotation, records: Sequence[VideoRecord], out
         buf.write(annotation.header + "\n")
     for record in records:
         buf.write(record.line + "\n")
-    folder = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(out_path)}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_path)
-    return out_path
+    return atomic_write_text(out_path, buf.getvalue())
 
 
 def _is_int(text: str) -> bool:

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..atomic import atomic_write, atomic_write_text
 from ..errors import VideoATSError
 
 CLASS_NAMES = (
@@ -218,20 +219,21 @@ def write_mp4(path: str, chunks, height: int, width: int, fps: int = 30, crf: in
     """H.264 with one encoder thread, so that the same frames give the same bytes."""
     import av
 
-    tmp = path + ".part"
-    with av.open(tmp, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
-        stream.codec_context.thread_count = 1
-        for chunk in chunks:
-            for array in chunk:
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)
+    def encode(tmp: str) -> None:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            stream.codec_context.thread_count = 1
+            for chunk in chunks:
+                for array in chunk:
+                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
+                    for packet in stream.encode(frame):
+                        container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+
+    atomic_write(path, encode)
 
 
 def _youtube_id(rng: np.random.Generator) -> str:
@@ -325,26 +327,18 @@ def make_synthetic(out_dir: str, num_classes: int = 10,
         writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
         for j in rows:
             writer.writerow([j["label"], j["youtube_id"], j["time_start"], j["time_end"], split])
-        files[split] = _write_text(os.path.join(out_dir, f"{split}.csv"), buf.getvalue())
-    files["labels"] = _write_text(os.path.join(out_dir, "labels.txt"), "".join(n + "\n" for n in names))
+        files[split] = atomic_write_text(os.path.join(out_dir, f"{split}.csv"), buf.getvalue())
+    files["labels"] = atomic_write_text(os.path.join(out_dir, "labels.txt"), "".join(n + "\n" for n in names))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(scenes[0]) if scenes else ["name"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(scenes)
-    files["scenes"] = _write_text(os.path.join(out_dir, "scenes.csv"), buf.getvalue())
+    files["scenes"] = atomic_write_text(os.path.join(out_dir, "scenes.csv"), buf.getvalue())
     summary = {"out_dir": out_dir, "num_classes": num_classes, "label_names": names,
                "videos": {s: sum(1 for j in plan if j["split"] == s) for s in SPLIT_NAMES},
                "num_frames": num_frames, "height": height, "width": width, "fps": fps, "seed": seed,
                "files": files, "seconds": round(time.perf_counter() - started, 3)}
-    _write_text(os.path.join(out_dir, "synthetic.json"),
+    atomic_write_text(os.path.join(out_dir, "synthetic.json"),
                 json.dumps({k: v for k, v in summary.items() if k not in ("seconds", "out_dir", "files")},
                            indent=1) + "\n")
     return summary
-
-
-def _write_text(path: str, text: str) -> str:
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path

@@ -102,38 +102,3 @@ def precision_setup(mode: str, device: torch.device):
                                 "there); on CPU use bf16 or none")
         return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
     raise VideoATSError(f"SOLVER.MIXED_PRECISION {mode!r} is not one of none, bf16, fp16")
-
-
-# ------------------------------------------------------------------------------------ activation checkpoints
-
-
-def _checkpointed(fn):
-    from torch.utils.checkpoint import checkpoint
-
-    def run(*args, **kwargs):
-        if not torch.is_grad_enabled():
-            return fn(*args, **kwargs)
-        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
-
-    return run
-
-
-def enable_activation_checkpointing(model: nn.Module) -> str:
-    """Recompute block activations in the backward pass instead of storing them.
-
-    Blocks that the model calls as modules (TimeSformer divided space-time) are wrapped whole. Models that
-    run their blocks through `grid_block` (X-ViT, space-only TimeSformer) never call `block.forward`, so only
-    each block's MLP (the largest activations, 4x the width) is wrapped there. Returns what was wrapped.
-    Recomputation replays the same drop-path draws (checkpoint restores the RNG state) and the same ATS
-    samples (inverse transform sampling is deterministic).
-    """
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
-        raise VideoATSError(f"MODEL.ACT_CHECKPOINT: {type(model).__name__} has no `blocks` to checkpoint")
-    from ..models.timesformer import DividedBlock
-
-    whole = all(isinstance(b, DividedBlock) for b in blocks)
-    for blk in blocks:
-        target = blk if whole else blk.mlp
-        target.forward = _checkpointed(target.forward)
-    return "blocks" if whole else "block MLPs"

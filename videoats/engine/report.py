@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
 
+from ..atomic import atomic_write_text
 from . import metrics as M
 
 SCHEMA = "videoats.eval/1"
@@ -227,29 +227,6 @@ def format_summary(doc: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-
-def atomic_write(path: str, write) -> str:
-    """Write via a temp file in the same folder and os.replace, so a reader never sees half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str, text: str) -> str:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    return atomic_write(path, write)
 
 
 def write_outputs(doc: dict, predictions: List[dict], views: dict, out_dir: str) -> Dict[str, str]:

@@ -20,7 +20,6 @@ as if it had never stopped (see `distributed.py` for why the random draws allow 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -32,7 +31,8 @@ from torch import nn
 
 from ..errors import VideoATSError
 from . import distributed as D
-from .optim import WarmupCosine, build_optimizer, enable_activation_checkpointing, precision_setup
+from .optim import WarmupCosine, build_optimizer, precision_setup
+from .train_log import RunLog, ats_stats, epoch_line, num, progress_bar
 
 STATE_VERSION = 1
 
@@ -146,82 +146,6 @@ def _read_state(path: str) -> dict:
     return obj
 
 
-# ---------------------------------------------------------------------------------------------- logging
-
-
-class RunLog:
-    """metrics.jsonl + TensorBoard + console, rank 0 only. On resume both logs are cut back to the
-    checkpoint's step, so that steps a killed run did after its last checkpoint are not reported twice."""
-
-    def __init__(self, paths, enabled: bool, resume_step: Optional[int], echo: Callable[[str], None]):
-        self.enabled, self.echo = enabled, echo
-        self.path, self.tb = paths["metrics"], None
-        if not enabled:
-            return
-        os.makedirs(paths["out"], exist_ok=True)
-        if resume_step is not None and os.path.exists(self.path):
-            kept = []
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        if int(json.loads(line).get("step", 0)) <= resume_step:
-                            kept.append(line if line.endswith("\n") else line + "\n")
-                    except ValueError:
-                        pass  # a line cut by the kill
-            from .report import atomic_write_text
-
-            atomic_write_text(self.path, "".join(kept))
-        elif resume_step is None and os.path.exists(self.path):
-            os.remove(self.path)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(paths["tensorboard"], purge_step=resume_step if resume_step else None)
-        except ImportError:
-            echo("warning: tensorboard is not installed; no TensorBoard scalars")
-
-    def record(self, event: str, step: int, **values) -> None:
-        if not self.enabled:
-            return
-        row = {"event": event, "step": int(step), "time": round(time.time(), 3), **values}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in _flat(values, event).items():
-                self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _flat(values: dict, prefix: str) -> Dict[str, float]:
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}/{k}"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch",):
-            out[f"{prefix}/{k}"] = float(v)
-    return out
-
-
-def _ats_stats(net, video) -> dict:
-    """Mean kept tokens per ATS stage and mean GFLOPs per sample of the last forward pass."""
-    from ..ats import kept_tokens
-
-    out = {}
-    kept = kept_tokens(net)
-    if kept:
-        out["kept_tokens"] = {f"block{b}": float(k.float().mean()) for b, k in sorted(kept.items())}
-    try:
-        from .flops import sample_gflops
-
-        out["gflops_per_sample"] = float(sample_gflops(net, video).mean())
-    except (ImportError, VideoATSError, RuntimeError, KeyError):
-        pass
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- validation
 
 
@@ -240,7 +164,7 @@ def validate(net: nn.Module, loader, device, autocast) -> dict:
                 logits = net(video)
             logits, labels = logits.float().cpu(), batch["label"]
             losses = F.cross_entropy(logits, labels, reduction="none")
-            stats = _ats_stats(net, video)
+            stats = ats_stats(net, video)
             per = stats.get("gflops_per_sample")
             for i, v in enumerate(batch["video_index"].tolist()):
                 rows[v] = (bool(logits[i].argmax() == labels[i]), float(losses[i]))
@@ -277,7 +201,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
     arithmetic, precision, initial or resume checkpoint. Call inside a started process group (or none).
     """
     from ..config import cfg_to_yaml
-    from .report import atomic_write_text
+    from ..atomic import atomic_write_text
 
     started = time.perf_counter()
     if not cfg.TRAIN.ENABLE:
@@ -327,7 +251,10 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
     elif state is not None and cfg.TRAIN.CHECKPOINT_FILE:
         say(f"resuming: TRAIN.CHECKPOINT_FILE {cfg.TRAIN.CHECKPOINT_FILE} is not used (the run's own weights are)")
     if cfg.MODEL.ACT_CHECKPOINT:
-        say(f"activation checkpointing on {enable_activation_checkpointing(net)}")
+        if not hasattr(net, "set_grad_checkpointing"):
+            raise VideoATSError(f"MODEL.ACT_CHECKPOINT: {type(net).__name__} cannot recompute its blocks")
+        net.set_grad_checkpointing(True)
+        say("activation checkpointing on every block")
     net.to(device)
     model = net
     if world > 1:
@@ -366,7 +293,9 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
             f"on {device.type}, batch {batch} x {world} x {accum} accumulation = {batch * world * accum} per "
             f"step, {steps_per_epoch} steps/epoch, {epochs} epochs, output {paths['out']}")
         if state is not None:
-            say(f"resumed from {paths['last']} at epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
+            where = (f"all {epochs} epochs already done" if epoch >= epochs else
+                     f"epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
+            say(f"resumed from {paths['last']}: {where}")
             log.record("resume", global_step, epoch=epoch, step_in_epoch=step_in_epoch)
         elif init_report:
             say(f"initial weights {cfg.TRAIN.CHECKPOINT_FILE}: {init_report}")
@@ -405,7 +334,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
             sampler.set_epoch(epoch, start=step_in_epoch * accum * batch)
             batches_left = iter(loader)
             model.train()
-            bar = _bar(progress and main, steps_per_epoch, step_in_epoch, f"epoch {epoch + 1}/{epochs}")
+            bar = progress_bar(progress and main, steps_per_epoch, step_in_epoch, f"epoch {epoch + 1}/{epochs}")
             for step in range(step_in_epoch, steps_per_epoch):
                 global_step = epoch * steps_per_epoch + step
                 lr = schedule.apply(global_step)
@@ -423,7 +352,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
                             logits = model(video)
                         loss = criterion(logits.float(), labels)
                         if m == micro - 1 and (global_step + 1) % int(cfg.LOG_PERIOD) == 0:
-                            stats = _ats_stats(net, video)  # before backward (recomputation re-records)
+                            stats = ats_stats(net, video)  # before backward (recomputation re-records)
                         scaled = loss / micro
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     n = float(labels.shape[0])
@@ -471,7 +400,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
                     if main:
                         _save(paths["best"], net, cfg, label_names, {"epoch": epoch, "val_top1": last_val["top1"]})
             log.record("epoch", epoch * steps_per_epoch, **row)
-            say(_epoch_line(row, epochs))
+            say(epoch_line(row, epochs))
             if epoch % max(1, int(cfg.TRAIN.CHECKPOINT_PERIOD)) == 0 or epoch == epochs:
                 save_last(epoch, 0, "epoch")
         D.barrier()
@@ -492,9 +421,9 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
                               "views": doc["protocol"]["views"], "results": paths["test"]}
             log.record("test", epochs * steps_per_epoch, **{k: v for k, v in result["test"].items()
                                                            if isinstance(v, (int, float))})
-            say(f"test top-1 {_num(video['top1'])}%  top-5 {_num(video['top5'])}%  "
+            say(f"test top-1 {num(video['top1'])}%  top-5 {num(video['top5'])}%  "
                 f"({video['num_videos']} videos, {doc['protocol']['views']} views, "
-                f"{_num(doc['gflops']['per_view'], 3)} GFLOPs/view)")
+                f"{num(doc['gflops']['per_view'], 3)} GFLOPs/view)")
     finally:
         log.close()
     result["seconds"] = round(time.perf_counter() - started, 2)
@@ -511,29 +440,3 @@ def _save(path: str, net, cfg, label_names, extra: dict) -> None:
     from ..checkpoint import save_checkpoint
 
     save_checkpoint(path, net, config=cfg, label_names=label_names, extra=extra)
-
-
-def _bar(enabled: bool, total: int, initial: int, desc: str):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
-                file=sys.stderr)
-
-
-def _num(x, nd=1) -> str:
-    return "-" if x is None else f"{x:.{nd}f}"
-
-
-def _epoch_line(row: dict, epochs: int) -> str:
-    text = (f"epoch {row['epoch']}/{epochs}  loss {row['loss']:.4f}  train top-1 {row['top1']:.1f}%  "
-            f"lr {row['lr']:.2e}  {row['seconds']:.1f}s")
-    val = row.get("val")
-    if val:
-        text += f"  |  val top-1 {val['top1']:.1f}% ({val['videos']} videos)  loss {val['loss']:.4f}"
-        if val.get("gflops_per_sample") is not None:
-            text += f"  {val['gflops_per_sample']:.4f} GFLOPs/clip"
-        if val.get("kept_tokens"):
-            text += "  kept " + " ".join(f"{b}:{k:.1f}" for b, k in val["kept_tokens"].items())
-    return text

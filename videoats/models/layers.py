@@ -5,6 +5,7 @@ Attention modules follow timm's layout (`qkv`, `proj`) so timm and original chec
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -60,14 +61,37 @@ def attend(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor] = None) 
     return out.transpose(1, 2).reshape(g, n, h * d)
 
 
+def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """Memoise a function of a mask by the mask's identity: a block asks for the same mask's index (and its
+    CLS-extended twin) several times, and each `nonzero` is a sync worth skipping."""
+    memo = {}
+
+    def cached(mask: Tensor) -> Tensor:
+        hit = memo.get(id(mask))
+        if hit is not None and hit[0]() is mask:
+            return hit[1]
+        value = fn(mask)
+        if len(memo) > 32:
+            memo.clear()
+        memo[id(mask)] = (weakref.ref(mask), value)
+        return value
+
+    return cached
+
+
+@per_mask
+def _present_index(valid: Tensor) -> Tensor:
+    return valid.reshape(-1).nonzero().squeeze(1)
+
+
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Optional[Tensor]) -> Tensor:
     """Apply a per-token function to present tokens only; absent positions come back as zeros."""
     if valid is None:
         return fn(x)
-    y = fn(x[valid])
-    out = y.new_zeros(*valid.shape, y.shape[-1])
-    out[valid] = y
-    return out
+    index = _present_index(valid)
+    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, index))
+    out = y.new_zeros(valid.numel(), y.shape[-1]).index_copy(0, index, y)
+    return out.reshape(*valid.shape, y.shape[-1])
 
 
 def with_cls(cls: Tensor, x: Tensor) -> Tensor:
@@ -78,8 +102,11 @@ def with_cls(cls: Tensor, x: Tensor) -> Tensor:
 
 def cls_valid(valid: Optional[Tensor]) -> Optional[Tensor]:
     """(B, T, L) patch mask -> (B*T, 1 + L) key mask with the CLS present."""
-    if valid is None:
-        return None
+    return None if valid is None else _with_cls_mask(valid)
+
+
+@per_mask
+def _with_cls_mask(valid: Tensor) -> Tensor:
     b, t, l = valid.shape
     flat = valid.reshape(b * t, l)
     return torch.cat([flat.new_ones(b * t, 1), flat], dim=1)
