@@ -86,7 +86,7 @@ def run(args) -> dict:
         rows.append(dict(
             setting=setting, top1=result["metrics"]["video"]["top1"], top5=result["metrics"]["video"]["top5"],
             gflops_per_view=result["gflops"]["per_view"], dense_gflops_per_view=result["gflops"]["dense_per_view"],
-            kept_tokens={str(b): round(v["mean"], 1) for b, v in kept.items()} if isinstance(kept, dict) else {},
+            kept_tokens={str(b): f"{v['mean']:.1f} of {v['of']}" for b, v in kept.items()},
             videos=result["coverage"]["evaluated_videos"], results=result["files"].get("results")))
 
     picture = os.path.join(output, "tokens.png")
@@ -115,7 +115,7 @@ def human(result: dict) -> str:
              f"{'':<6} {'top-1':>6} {'top-5':>6} {'GFLOPs/view':>12}  kept tokens per ATS stage (mean)"]
     for r in result["rows"]:
         kept = ", ".join(f"block {b}: {v}" for b, v in r["kept_tokens"].items()) or "all"
-        lines.append(f"{r['setting']:<6} {100 * r['top1']:>5.1f}% {100 * r['top5']:>5.1f}% "
+        lines.append(f"{r['setting']:<6} {r['top1']:>5.1f}% {r['top5']:>5.1f}% "
                      f"{r['gflops_per_view']:>12.4f}  {kept}")
     dense, ats = result["rows"][0]["gflops_per_view"], result["rows"][1]["gflops_per_view"]
     lines += ["", f"ATS spends {100 * (1 - ats / dense):.0f}% fewer GFLOPs per view.", "", "Files:"]

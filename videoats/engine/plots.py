@@ -20,7 +20,7 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    from .report import atomic_write
+    from ..atomic import atomic_write
 
     def write(tmp):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
