@@ -192,12 +192,14 @@ def test_infer_shipped_checkpoint_returns_the_right_class(tmp_path, capsys):
     ckpt = _demo_checkpoint()
     names = inspect_checkpoint(ckpt)["metadata"].get("label_names")
     assert names, "the demo checkpoint should carry its label names"
-    summary = make_synthetic(str(tmp_path / "s"), num_classes=len(names), videos_per_class={"test": 1}, seed=123)
+    # fresh videos (another seed than the training data's); the shipped model is right on about half of
+    # them (its test top-1, data/demo/provenance.json), so 3 per class must give at least 3x chance
+    summary = make_synthetic(str(tmp_path / "s"), num_classes=len(names), videos_per_class={"test": 3}, seed=123)
     assert summary["label_names"] == list(names)
     code, out, err = run(capsys, "infer", tmp_path / "s" / "test", "--checkpoint", ckpt, "--json")
-    assert code == 0 and len(out["results"]) == len(names)
+    assert code == 0 and len(out["results"]) == 3 * len(names)
     right = sum(os.path.basename(os.path.dirname(r["path"])) == r["topk"][0]["label"] for r in out["results"])
-    assert right / len(names) >= 0.5, f"{right} of {len(names)} right"
+    assert right >= 3 * 3, f"{right} of {3 * len(names)} right (chance: 3)"
 
 
 # ------------------------------------------------------------------------------------------------ visualize

@@ -64,7 +64,7 @@ def run(args) -> dict:
     from ..checkpoint import inspect_checkpoint
     from ..config import config_from_yaml
     from ..engine.evaluate import evaluate
-    from ..engine.inference import load_predictor
+    from ..engine.predictor import load_predictor
     from ..engine.visualize import visualize_clip
 
     provenance = _provenance()

@@ -26,10 +26,11 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from ..config import load_config
-    from ..engine.evaluate import evaluate, init_distributed_from_env
+    from ..engine.distributed import init_from_env
+    from ..engine.evaluate import evaluate
 
     cfg = load_config(args.config, args.opts)
-    started = init_distributed_from_env(cfg)
+    started = init_from_env(cfg)
     rank = 0
     try:
         import torch.distributed as dist

@@ -55,7 +55,8 @@ def _warn(lines) -> None:
 
 
 def run(args) -> dict:
-    from ..engine.inference import infer_videos, load_predictor
+    from ..engine.inference import infer_videos
+    from ..engine.predictor import load_predictor
 
     videos, opts = list(args.inputs), args.opts
     if not videos:

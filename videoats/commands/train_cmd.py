@@ -42,14 +42,8 @@ def run(args) -> dict:
     from ..engine import distributed as D
     from ..engine.train import train
 
-    opts = list(args.opts)
-    for flag in ("--resume", "--json", "--no-progress"):  # flags written after the KEY VALUE overrides
-        while flag in opts:
-            opts.remove(flag)
-            setattr(args, flag[2:].replace("-", "_"), True)
-    cfg = load_config(args.config, opts)
-    kind = "cuda" if cfg.DEVICE != "cpu" and _cuda() else "cpu"
-    started = D.init_from_env(kind)
+    cfg = load_config(args.config, args.opts)
+    started = D.init_from_env(cfg)
     try:
         result = train(cfg, resume=args.resume, progress=not (args.json or args.no_progress))
         rank = D.rank_world()[0]
@@ -59,12 +53,6 @@ def run(args) -> dict:
         return None  # rank 0 speaks for all
     result["config_file"] = args.config
     return result
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def fmt(result: dict) -> str:

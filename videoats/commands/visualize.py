@@ -29,7 +29,7 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from ..data.decoding import DecodeFailure
-    from ..engine.inference import load_predictor
+    from ..engine.predictor import load_predictor
     from ..engine.visualize import visualize_clip
 
     videos, opts = list(args.inputs), args.opts

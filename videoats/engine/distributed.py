@@ -24,6 +24,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..errors import VideoATSError
+
 
 def rank_world() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
@@ -31,15 +33,24 @@ def rank_world() -> Tuple[int, int]:
     return 0, 1
 
 
-def init_from_env(device_kind: str) -> bool:
-    """Start the process group when torchrun launched several processes; True if this call started it."""
+def resolve_device(cfg) -> torch.device:
+    """DEVICE auto|cpu|cuda -> this process's device (under torchrun, the GPU of its LOCAL_RANK)."""
+    if cfg.DEVICE == "cuda" and not torch.cuda.is_available():
+        raise VideoATSError("DEVICE cuda asked for but no CUDA device is visible; use DEVICE cpu or auto")
+    if cfg.DEVICE == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init_from_env(cfg) -> bool:
+    """Start the process group when torchrun launched several processes (nccl on GPU, gloo on CPU);
+    True if this call started it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
         return False
-    if device_kind == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
+    device = resolve_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return True
 
 
@@ -179,12 +190,6 @@ def seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
 def worker_threads(_worker_id: int) -> None:
     """DataLoader worker init: one intra-op thread per worker (decoding parallelises over workers)."""
     torch.set_num_threads(1)
-
-
-def local_device(device_kind: str) -> torch.device:
-    if device_kind == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
 
 
 def cleanup(started: bool) -> None:

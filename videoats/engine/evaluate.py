@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import VideoATSError
+from .distributed import rank_world, resolve_device
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -39,32 +40,6 @@ def build_model(cfg) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg.SEED))
         return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)
-
-
-def resolve_device(cfg) -> torch.device:
-    want = cfg.DEVICE
-    if want == "cuda" and not torch.cuda.is_available():
-        raise VideoATSError("DEVICE cuda asked for but no CUDA device is visible; use DEVICE cpu or auto")
-    if want == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def init_distributed_from_env(cfg=None) -> bool:
-    """Start the process group when launched by torchrun with WORLD_SIZE > 1; True if this call started it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    use_cuda = torch.cuda.is_available() and (cfg is None or cfg.DEVICE != "cpu")
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return True
-
-
-def _rank_world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _norm_label(name: str) -> str:
@@ -277,7 +252,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     from .report import results_document, write_outputs
 
     started = time.perf_counter()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     warnings: List[str] = []
     if checkpoint is None and model is None:
         checkpoint = cfg.TEST.CHECKPOINT_FILE or None

@@ -47,13 +47,6 @@ def _paths(out: str) -> Dict[str, str]:
 # ---------------------------------------------------------------------------------------------- checks
 
 
-def _device(cfg) -> torch.device:
-    if cfg.DEVICE == "cuda" and not torch.cuda.is_available():
-        raise VideoATSError("DEVICE cuda asked for but no CUDA device is visible; use DEVICE cpu or auto")
-    kind = "cuda" if cfg.DEVICE != "cpu" and torch.cuda.is_available() else "cpu"
-    return D.local_device(kind)
-
-
 def _datasets(cfg):
     """Every split the run will read, built (annotations parsed) before the first step."""
     from ..data import build_dataset
@@ -210,7 +203,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
     main = rank == 0
     echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
     say = echo if main else (lambda text: None)
-    device = _device(cfg)
+    device = D.resolve_device(cfg)
     autocast, scaler = precision_setup(cfg.SOLVER.MIXED_PRECISION, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
