@@ -147,10 +147,7 @@ class TimeSformer(nn.Module):
     def forward_features(self, video: Tensor) -> Tensor:
         cls, x = self.embed(video)
         b, t, l, d = x.shape
-        run = None
-        if self.ats is not None:
-            run = SamplingRun(self.ats, b, t, l, x.device, prune=self.ats.drop_tokens and not self.training)
-        ats_blocks = set(self.ats.blocks) if self.ats is not None else set()
+        run = SamplingRun.start(self, b, t, l, x.device)
         valid = None
         if self.attention_type == "joint_space_time":
             tokens = torch.cat([cls, x.reshape(b, t * l, d)], dim=1)
@@ -160,7 +157,7 @@ class TimeSformer(nn.Module):
         if self.attention_type == "space_only":
             cls = cls.expand(b, t, d)
         for i, blk in enumerate(self.blocks):
-            stage = run if i in ats_blocks else None
+            stage = run.stage(i) if run else None
             step = blk if self.attention_type == "divided_space_time" else partial(grid_block, blk)
             cls, x, valid = call_block(step, cls, x, valid, stage, i, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []

@@ -27,11 +27,10 @@ def _ats_forward_features(self, images: Tensor, attn_mask=None, **kw) -> Tensor:
     prefix = getattr(self, "num_prefix_tokens", 1)
     b, n, d = x.shape
     cls, grid = x[:, :1], x[:, prefix:].reshape(b, 1, n - prefix, d)
-    run = SamplingRun(self.ats, b, 1, n - prefix, x.device, prune=self.ats.drop_tokens and not self.training)
-    ats_blocks, valid = set(self.ats.blocks), None
+    run, valid = SamplingRun.start(self, b, 1, n - prefix, x.device), None
     checkpointing = bool(getattr(self, "grad_checkpointing", False))
     for i, blk in enumerate(self.blocks):
-        cls, grid, valid = call_block(partial(grid_block, blk), cls, grid, valid, run if i in ats_blocks else None, i,
+        cls, grid, valid = call_block(partial(grid_block, blk), cls, grid, valid, run.stage(i), i,
                                       checkpointing=checkpointing)
     self.ats_trace = run.records
     # only the CLS is read by the head ('token' pooling): norm it alone

@@ -121,17 +121,14 @@ class XViT(nn.Module):
         """Per-frame features (B, T, D)."""
         cls, x = self.embed(video)
         b, t, l, _ = x.shape
-        run = None
-        if self.ats is not None:
-            run = SamplingRun(self.ats, b, t, l, x.device, prune=self.ats.drop_tokens and not self.training)
-        ats_blocks = set(self.ats.blocks) if self.ats is not None else set()
+        run = SamplingRun.start(self, b, t, l, x.device)
 
         def hook(k, v, key_valid):
             return self._kv_shift(k, v, key_valid, t)
 
         valid = None
         for i, blk in enumerate(self.blocks):
-            cls, x, valid = call_block(partial(grid_block, blk), cls, x, valid, run if i in ats_blocks else None, i,
+            cls, x, valid = call_block(partial(grid_block, blk), cls, x, valid, run.stage(i) if run else None, i,
                                        hook, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []
         return self.norm(cls)
