@@ -106,6 +106,13 @@ class StageRecord:
 class SamplingRun:
     """The state of one forward pass: which original location each slot holds, and what was kept."""
 
+    def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool):
+        self.config, self.prune = config, prune
+        self._blocks = set(config.blocks)
+        self.batch, self.frames, self.slots0 = batch, frames, slots
+        self.location = torch.arange(slots, device=device).expand(batch, slots)  # (B, L)
+        self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
+
     @classmethod
     def start(cls, model, batch: int, frames: int, slots: int, device) -> Optional["SamplingRun"]:
         """The run for one forward pass of `model` over a (batch, frames, slots) grid; None when dense.
@@ -118,13 +125,6 @@ class SamplingRun:
     def stage(self, block: int) -> Optional["SamplingRun"]:
         """Itself where `block` samples, None where it does not (what a block is handed)."""
         return self if block in self._blocks else None
-
-    def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool):
-        self.config, self.prune = config, prune
-        self._blocks = set(config.blocks)
-        self.batch, self.frames, self.slots0 = batch, frames, slots
-        self.location = torch.arange(slots, device=device).expand(batch, slots)  # (B, L)
-        self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @property
     def records(self) -> List[StageRecord]:
