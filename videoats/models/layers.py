@@ -114,7 +114,8 @@ def _with_cls_mask(valid: Tensor) -> Tensor:
 
 def frame_attention(
     attn: nn.Module,
-    h: Tensor,
+    norm: nn.Module,
+    xs: Tensor,
     grid: Tuple[int, int, int],
     valid: Optional[Tensor],
     run: Optional[SamplingRun] = None,
@@ -123,14 +124,15 @@ def frame_attention(
 ):
     """Attention within each frame of a grid, with a CLS per frame, optionally sampling tokens (ATS).
 
-    h: normalised tokens (B*T, 1 + L, D); `kv_hook` may rewrite keys/values (X-ViT's frame shift).
+    xs: tokens (B*T, 1 + L, D) before `norm` (normalised and projected in one pass over the present ones);
+    `kv_hook` may rewrite keys/values (X-ViT's frame shift).
     Without a run, returns (out (B*T, 1 + L, D), None, valid). With one, the CLS row decides the sample
     first, then only the kept queries are computed: returns (out for CLS + the new slots, slot index,
     new valid mask).
     """
     b, t, l = grid
     key_valid = cls_valid(valid)
-    qkv = tokenwise(attn.qkv, h, key_valid)
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, key_valid)
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, key_valid)
@@ -198,8 +200,7 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, valid: Optional[Tensor]
     ls1, ls2 = _branch(block, "ls1"), _branch(block, "ls2")
     p = getattr(block, "drop_prob", 0.0) or getattr(getattr(block, "drop_path1", None), "drop_prob", 0.0)
     xs = with_cls(cls, x)
-    h = tokenwise(block.norm1, xs, cls_valid(valid))
-    out, index, valid = frame_attention(block.attn, h, (b, t, l), valid, run, index_block, kv_hook)
+    out, index, valid = frame_attention(block.attn, block.norm1, xs, (b, t, l), valid, run, index_block, kv_hook)
     x = gather_slots(x, index)
     xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
     xs = xs + drop_path(ls1(out), p, block.training, b)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..ats.core import SamplingRun
 from ..errors import VideoATSError
-from .layers import (Attention, Mlp, PlainBlock, attend, call_block, cls_valid, drop_path, frame_attention, gather_slots,
+from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, gather_slots,
                      grid_block, split_heads, tokenwise, with_cls)
 from .registry import register_model
 
@@ -60,8 +60,7 @@ class DividedBlock(nn.Module):
         x = x + drop_path(rt.reshape(b, l, t, d).transpose(1, 2), p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
         xs = with_cls(cls, x)
-        h = tokenwise(self.norm1, xs, cls_valid(valid))
-        out, slots, valid = frame_attention(self.attn, h, (b, t, l), valid, run, index)
+        out, slots, valid = frame_attention(self.attn, self.norm1, xs, (b, t, l), valid, run, index)
         x = gather_slots(x, slots) + drop_path(out[:, 1:].reshape(b, t, -1, d), p, training, b)
         cls = cls + drop_path(out[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True), p, training, b)
         # MLP on present tokens only
