@@ -31,27 +31,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, human=fmt)
 
 
-def _read_labels(path: str):
-    if not os.path.isfile(path):
-        raise VideoATSError(f"labels file not found: {path} (give a text file with one label name a line)")
-    with open(path, encoding="utf-8") as f:
-        labels = [line.strip() for line in f if line.strip()]
-    if not labels:
-        raise VideoATSError(f"labels file {path} is empty; give one label name a line")
-    return labels
-
-
 def _config_text(source_config, model_name: str, num_classes) -> str:
     """The source's config (if it is ours) with the model name and class count of what is written."""
-    import yaml
-
-    from ..config import CfgNode, get_cfg
+    from ..config import config_from_yaml, get_cfg
 
     cfg = get_cfg()
     if isinstance(source_config, str) and source_config.strip():
         try:
-            cfg.merge_from_other_cfg(CfgNode(yaml.safe_load(source_config)))
-        except Exception:  # noqa: BLE001 - a foreign or stale config: start from the defaults
+            cfg = config_from_yaml(source_config)
+        except VideoATSError:  # a foreign or stale config: start from the defaults
             cfg = get_cfg()
     cfg.MODEL.NAME = model_name
     if num_classes:
@@ -62,6 +50,7 @@ def _config_text(source_config, model_name: str, num_classes) -> str:
 def run(args) -> dict:
     from ..checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
     from ..checkpoint.loading import model_family
+    from ..data.annotations import read_labels_file
     from ..models import create_model
 
     out = args.out
@@ -72,7 +61,7 @@ def run(args) -> dict:
     if os.path.exists(out) and not args.force:
         raise VideoATSError(f"output {out} exists; pass --force to overwrite it")
     info = inspect_checkpoint(args.src)
-    labels = _read_labels(args.labels) if args.labels else info["metadata"].get("label_names")
+    labels = read_labels_file(args.labels) if args.labels else info["metadata"].get("label_names")
     num_classes = args.num_classes
     if num_classes is None and args.labels:
         num_classes = len(labels)

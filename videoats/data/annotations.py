@@ -61,10 +61,13 @@ def detect_format(source: str) -> str:
 
 
 def read_labels_file(path: str) -> List[str]:
+    """Class names, one a line, in class-index order (DATA.LABELS_FILE, `--labels` of infer/convert)."""
     if not os.path.isfile(path):
-        raise VideoATSError(f"labels file not found: {path} (DATA.LABELS_FILE: one class name a line)")
+        raise VideoATSError(f"labels file not found: {path} (give a text file with one class name a line)")
     with open(path, encoding="utf-8-sig") as f:
         names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise VideoATSError(f"labels file {path} is empty (give one class name a line)")
     names = [n[1:-1] if len(n) > 1 and n[0] == n[-1] == '"' else n for n in names]
     if len(set(names)) != len(names):
         raise VideoATSError(f"labels file {path} lists a class name twice; give each class once")

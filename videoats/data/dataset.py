@@ -245,7 +245,8 @@ def collate_views(items: Sequence[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def _under(folder: str, path: str) -> str:
+def under_data_dir(folder: str, path: str) -> str:
+    """A config path (annotation, labels, prefix): absolute as given, else relative to the data folder."""
     if not path:
         return folder
     path = os.path.expanduser(path)
@@ -257,9 +258,9 @@ def annotation_path(cfg, split: str) -> str:
     if split not in SPLITS:
         raise VideoATSError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
     root = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
-    path = _under(root, cfg.DATA[f"{split.upper()}_ANNOTATION"])
+    path = under_data_dir(root, cfg.DATA[f"{split.upper()}_ANNOTATION"])
     if cfg.DATA.ANNOTATION_FORMAT in ("auto", "folders") and not os.path.exists(path):
-        tree = _under(root, split)
+        tree = under_data_dir(root, split)
         if os.path.isdir(tree):
             return tree
     return path
@@ -268,8 +269,8 @@ def annotation_path(cfg, split: str) -> str:
 def load_annotation(cfg, split: str, annotation: Optional[str] = None) -> Annotation:
     root = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
     source = annotation or annotation_path(cfg, split)
-    prefix = _under(root, cfg.DATA.PATH_PREFIX) if cfg.DATA.PATH_PREFIX else root
-    labels = _under(root, cfg.DATA.LABELS_FILE) if cfg.DATA.LABELS_FILE else ""
+    prefix = under_data_dir(root, cfg.DATA.PATH_PREFIX) if cfg.DATA.PATH_PREFIX else root
+    labels = under_data_dir(root, cfg.DATA.LABELS_FILE) if cfg.DATA.LABELS_FILE else ""
     return read_annotation(source, cfg.DATA.ANNOTATION_FORMAT, prefix=prefix, labels_file=labels, split=split)
 
 

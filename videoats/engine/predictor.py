@@ -10,6 +10,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..data.annotations import read_labels_file
+from ..data.dataset import under_data_dir
 from ..errors import VideoATSError
 
 
@@ -94,28 +96,13 @@ def _merge_lenient(node, values: dict, where: str, warnings: List[str], prefix: 
             warnings.append(f"{where}: config key {full} = {value!r} has the wrong type, ignored")
 
 
-def _read_labels(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise VideoATSError(f"labels file not found: {path} (give a text file with one label name a line)")
-    with open(path, encoding="utf-8") as f:
-        names = [line.strip() for line in f]
-    while names and not names[-1]:
-        names.pop()
-    if not names:
-        raise VideoATSError(f"labels file {path} is empty (give one label name a line)")
-    return names
-
-
 def _config_labels(cfg) -> Optional[Tuple[List[str], str]]:
     if not cfg.DATA.LABELS_FILE:
         return None
-    path = os.path.expanduser(cfg.DATA.LABELS_FILE)
-    root = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
-    if not os.path.isabs(path) and root:
-        path = os.path.join(root, path)
+    path = under_data_dir(os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR), cfg.DATA.LABELS_FILE)
     if not os.path.isfile(path):
         return None
-    return _read_labels(path), path
+    return read_labels_file(path), path
 
 
 def _opt_keys(opts: Sequence[str]) -> set:
@@ -176,7 +163,7 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
 
         cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = parse_views(views)
 
-    labels = _read_labels(labels_file) if labels_file else None
+    labels = read_labels_file(labels_file) if labels_file else None
     if "MODEL.NUM_CLASSES" in keys:
         num_classes = int(cfg.MODEL.NUM_CLASSES)
     elif info and info.get("num_classes"):
