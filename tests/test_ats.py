@@ -81,6 +81,42 @@ def test_image_selection_equals_official(name, blocks, std, trials):
     assert len(ref_kept[blocks[-1]]) < len(ref_kept[blocks[0]])  # it did sample
 
 
+# --- pruned layouts, by hand -----------------------------------------------------------------------
+
+def test_ragged_layout_packs_each_frame_and_aligns_locations():
+    """frame/joint pruning: every frame packs its own kept tokens; temporal mixing sees them by location."""
+    config = ats_core.ATSConfig(blocks=[0], variant="frame", min_tokens=1).check(1, 2, 4, video=True)
+    run = ats_core.SamplingRun(config, batch=1, frames=2, slots=4, device="cpu", prune=True)
+    keep = torch.tensor([[[True, False, True, False], [False, True, False, False]]])
+    index, layout = run.layout(0, keep)
+    assert index.tolist() == [[[0, 2], [1, 0]]]  # kept slots first, then the first dropped one (padding)
+    assert run.location.tolist() == [[[0, 2], [1, 0]]]
+    assert layout.valid.tolist() == [[[True, True], [True, False]]]
+    assert layout.column.tolist() == [[[0, 2], [1, 3]]]  # locations 0, 1, 2 are columns 0, 1, 2; padding: 3
+    assert layout.aligned_valid.tolist() == [[[True, False, True], [False, True, False]]]
+    record = run.records[0]
+    assert (record.padded_slots, record.aligned_slots) == (2, 3)
+    assert record.mask.tolist() == keep.tolist()
+
+    x = torch.tensor([[[[1.0], [2.0]], [[3.0], [4.0]]]])  # slots hold locations 0, 2 | 1, padding
+    aligned = layout.aligned(x)
+    assert aligned[..., 0].tolist() == [[[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]]
+    back = layout.unaligned(aligned)
+    assert torch.equal(back[layout.valid], x[layout.valid])
+
+
+def test_aligned_layout_keeps_locations_kept_in_any_frame():
+    config = ats_core.ATSConfig(blocks=[0], variant="tube", min_tokens=1).check(1, 2, 4, video=True)
+    run = ats_core.SamplingRun(config, batch=1, frames=2, slots=4, device="cpu", prune=True)
+    keep = torch.tensor([[[True, False, True, False], [True, False, True, False]]])
+    index, layout = run.layout(0, keep)
+    assert index.tolist() == [[0, 2]] and layout.valid is None and layout.column is None
+    assert run.location.tolist() == [[[0, 2], [0, 2]]]
+    x = torch.arange(8.0).reshape(1, 2, 4, 1)
+    assert ats_core.gather_slots(x, index)[..., 0].tolist() == [[[0.0, 2.0], [4.0, 6.0]]]
+    assert layout.aligned(x) is x
+
+
 # --- execution modes compute one function ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", VIDEO_MODELS)
@@ -92,6 +128,7 @@ def test_pruned_equals_masked(name, variant):
     with torch.no_grad():
         pruned = model(x)
         pruned_masks = token_masks(model)
+        widths = [(r.padded_slots, r.aligned_slots) for r in model.ats_trace]
         model.ats.drop_tokens = False
         masked = model(x)
         masked_masks = token_masks(model)
@@ -102,6 +139,8 @@ def test_pruned_equals_masked(name, variant):
     assert counts[3].max() < counts[1].max() <= 8 * 16
     if variant == "tube":  # the same locations in every frame
         assert all((c % 8 == 0).all() for c in counts.values())
+    else:  # every frame packed apart (ragged), fewer slots than the locations temporal mixing sees
+        assert all(packed < aligned for packed, aligned in widths)
 
 
 def test_a_sample_does_not_depend_on_its_batch():

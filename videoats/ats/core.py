@@ -4,16 +4,23 @@ Every backbone keeps its patch tokens on a grid `(B, T, L)`: T frames (1 for ima
 are the same spatial locations in every frame, so temporal attention (TimeSformer) and the frame shift
 (X-ViT) stay aligned. A boolean `valid` mask of that shape says which tokens are present. After an ATS
 block samples, the grid is either masked (training: every slot stays, dropped tokens become absent) or
-pruned (inference: only slots kept in some frame stay, padded to the largest count in the batch). Both
-compute the same function, since absent tokens are never keys, never queries that matter, never shifted.
+pruned (inference: dropped tokens leave the grid). Both compute the same function, since absent tokens
+are never keys, never queries that matter, never shifted. Pruning keeps one of two layouts:
+- aligned (`image`, `tube`): slot j is the same location in every frame; only locations kept somewhere stay,
+  padded to the batch's largest count.
+- ragged (`frame`, `joint`): every frame packs its own kept tokens to the left, padded to the largest
+  per-frame count, so spatial attention and token-wise layers only see (about) the kept tokens. Slot j is
+  then a different location in each frame, and whatever mixes frames at one location (TimeSformer's
+  temporal attention, X-ViT's shift) runs on a location-aligned copy (`Layout.aligned`) over the locations
+  some frame kept.
 
 Variants (what one inverse transform sample covers):
 - `image`: one per image (T = 1), the official DeiT-S setting.
 - `tube`: one per clip over the L locations, with each location's per-frame scores (normalised per frame)
   summed, so the same locations are kept in every frame: dense temporal attention and shift, the
   cheapest to run (no padding); the budget counts locations.
-- `frame`: one per frame from its own CLS row; frames keep different locations, pruned to the union of
-  locations, absent tokens masked; the budget counts tokens per frame.
+- `frame`: one per frame from its own CLS row; frames keep different locations (ragged layout, absent
+  tokens masked in temporal mixing); the budget counts tokens per frame.
 - `joint`: one per clip over all T x L tokens, so frames with more content keep more tokens; laid out
   like `frame`; the budget counts tokens over the clip.
 A budget ("tokens") always counts the CLS token too, as in the official code (DeiT-S: 197 = all).
@@ -91,11 +98,50 @@ def group_size(variant: str, num_frames: int, num_patches: int) -> int:
     return num_frames * num_patches if variant == "joint" else num_patches
 
 
+RAGGED = ("frame", "joint")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
+    all are). In the ragged layout, `column` (B, T, W) gives each slot's column in the location-aligned grid
+    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there."""
+    valid: Optional[Tensor] = None
+    column: Optional[Tensor] = None
+    aligned_valid: Optional[Tensor] = None
+
+    @property
+    def temporal_valid(self) -> Optional[Tensor]:
+        """The present mask of `aligned(x)`."""
+        return self.valid if self.column is None else self.aligned_valid
+
+    def aligned(self, x: Tensor) -> Tensor:
+        """(B, T, W, ...) slots -> (B, T, U, ...) where a column is one location in every frame (absent: 0)."""
+        if self.column is None:
+            return x
+        b, t, u = self.aligned_valid.shape
+        out = x.new_zeros(b, t, u + 1, *x.shape[3:])  # column U collects the padding slots, then goes
+        return out.scatter_(2, _expand_index(self.column, x), x)[:, :, :u]
+
+    def unaligned(self, y: Tensor) -> Tensor:
+        """The inverse of `aligned`: (B, T, U, ...) -> (B, T, W, ...); padding slots get some present value."""
+        if self.column is None:
+            return y
+        return y.gather(2, _expand_index(self.column.clamp(max=y.shape[2] - 1), y))
+
+
+def _expand_index(index: Tensor, like: Tensor) -> Tensor:
+    """A (B, T, W) slot index, broadcast over the trailing dims of a (B, T, ., ...) tensor."""
+    view = index.reshape(*index.shape, *([1] * (like.dim() - 3)))
+    return view.expand(*index.shape, *like.shape[3:])
+
+
 @dataclass
 class StageRecord:
     block: int
     mask: Tensor  # (B, T, L0) bool over the original locations: tokens present after this stage
     padded_slots: int  # slots per frame actually computed after this stage (batch maximum)
+    aligned_slots: int  # locations temporal mixing runs over after this stage (= padded_slots unless ragged)
 
     @property
     def kept(self) -> Tensor:
@@ -110,7 +156,8 @@ class SamplingRun:
         self.config, self.prune = config, prune
         self._blocks = set(config.blocks)
         self.batch, self.frames, self.slots0 = batch, frames, slots
-        self.location = torch.arange(slots, device=device).expand(batch, slots)  # (B, L)
+        self.location = torch.arange(slots, device=device).expand(batch, frames, slots)  # slot -> location
+        self.ragged = prune and config.variant in RAGGED
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -133,18 +180,22 @@ class SamplingRun:
     def select(self, block: int, scores: Tensor, valid: Optional[Tensor]) -> Tensor:
         """scores: (B, T, L) significance (0 for absent tokens). Returns keep (B, T, L) bool."""
         cfg, (b, t, l) = self.config, scores.shape
+        variant, present = cfg.variant, valid  # present None: every token of the grid is there
         if valid is not None:
             scores = scores * valid
-        variant = cfg.variant
-        present = torch.ones(b, t, l, dtype=torch.bool, device=scores.device) if valid is None else valid
         if variant == "tube":
             per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
-            rows, present, ref = per_frame.sum(dim=1), present.any(dim=1), self.slots0 + 1
+            rows, ref = per_frame.sum(dim=1), self.slots0 + 1
+            present = None if valid is None else valid.any(dim=1)
         elif variant == "joint":
-            rows, present, ref = scores.reshape(b, t * l), present.reshape(b, t * l), t * self.slots0 + 1
+            rows, ref = scores.reshape(b, t * l), t * self.slots0 + 1
+            present = None if valid is None else valid.reshape(b, t * l)
         else:  # image, frame
-            rows, present, ref = scores.reshape(b * t, l), present.reshape(b * t, l), self.slots0 + 1
-        n = num_samples(cfg.budget(block), present.sum(dim=1) + 1, ref, cfg.min_tokens)
+            rows, ref = scores.reshape(b * t, l), self.slots0 + 1
+            present = None if valid is None else valid.reshape(b * t, l)
+        counts = (torch.full(rows.shape[:1], rows.shape[1], device=rows.device) if present is None
+                  else present.sum(dim=1))
+        n = num_samples(cfg.budget(block), counts + 1, ref, cfg.min_tokens)
         index, keep = inverse_transform_sample(rows, n, present)
         # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
         chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
@@ -156,30 +207,49 @@ class SamplingRun:
             keep_grid = keep_grid & valid
         return keep_grid
 
-    def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """Where kept tokens go next. Returns (slot index (B, L') to gather, or None to keep the grid;
-        the new valid mask, or None when every token of the grid is present)."""
+    def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Layout]:
+        """Where kept tokens go next: (slot index to gather, (B, L') aligned or (B, T, W') ragged, or None to
+        keep the grid; the new layout)."""
+        b, t = self.batch, self.frames
         index = None
         if self.prune:
-            any_frame = keep.any(dim=1)  # (B, L)
-            width = int(any_frame.sum(dim=1).max())
             # kept slots first, in their current order (a stable sort of the dropped flags)
-            index = torch.sort((~any_frame).to(torch.uint8), dim=1, stable=True)[1][:, :width]
-            keep = keep.gather(2, index[:, None, :].expand(-1, keep.shape[1], -1))
-            self.location = self.location.gather(1, index)
-        mask = torch.zeros(self.batch, self.frames, self.slots0, dtype=torch.bool, device=keep.device)
-        mask.scatter_(2, self.location[:, None, :].expand_as(keep), keep)
-        self._records[block] = StageRecord(block, mask, keep.shape[2])
+            held = keep if self.ragged else keep.any(dim=1)
+            width = int(held.sum(dim=-1).max())
+            index = torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width]
+            per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
+            keep = keep.gather(2, per_frame)
+            self.location = self.location.gather(2, per_frame)
+        mask = torch.zeros(b, t, self.slots0, dtype=torch.bool, device=keep.device)
+        mask.scatter_(2, self.location, keep)
         valid = None if bool(keep.all()) else keep
-        return index, valid
+        layout, aligned = Layout(valid), keep.shape[2]
+        if self.ragged and t > 1:
+            layout, aligned = self._ragged(mask, keep, valid)
+        self._records[block] = StageRecord(block, mask, keep.shape[2], aligned)
+        return index, layout
+
+    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor]) -> Tuple[Layout, int]:
+        """The location-aligned view of a ragged grid: columns are the locations some frame kept."""
+        held = mask.any(dim=1)  # (B, L0)
+        width = int(held.sum(dim=1).max())
+        locations = torch.sort((~held).to(torch.uint8), dim=1, stable=True)[1][:, :width]  # column -> location
+        column_of = torch.full_like(held, width, dtype=torch.long)
+        column_of.scatter_(1, locations, torch.arange(width, device=held.device).expand_as(locations))
+        column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
+        column = column.masked_fill(~keep, width)
+        aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
+        return Layout(valid, column, aligned_valid), width
 
 
 def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:
-    """Select slots of a grid tensor (B, T, L, ...) by index (B, L')."""
+    """Select slots of a grid tensor (B, T, L, ...) by index: (B, L') the same in every frame (aligned),
+    (B, T, L') per frame (ragged)."""
     if index is None:
         return x
-    idx = index[:, None, :].reshape(index.shape[0], 1, index.shape[1], *([1] * (x.dim() - 3)))
-    return x.gather(2, idx.expand(x.shape[0], x.shape[1], index.shape[1], *x.shape[3:]))
+    if index.dim() == 2:
+        index = index[:, None, :].expand(x.shape[0], x.shape[1], index.shape[1])
+    return x.gather(2, _expand_index(index, x))
 
 
 def kept_tokens(model) -> Dict[int, Tensor]:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 SOFTMAX_EPS = 1e-6  # the official `softmax_with_policy` smoothing
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def cls_significance(q_cls: Tensor, k: Tensor, v: Tensor, scale: float, key_valid: Optional[Tensor] = None) -> Tensor:
@@ -53,26 +54,42 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
     makes a sample's result independent of the batch it is in, and masked mode equal to pruned mode.
     """
     n = present.to(torch.float64)
-    k = torch.full_like(n, float(tokens))
-    k = torch.minimum(k, n)
-    k = torch.where(k <= 1.0, k * n, k)
-    k = torch.clamp(k, min=float(min_tokens))
-    k = torch.round(k)
-    draws = torch.where(k >= n, torch.full_like(n, float(reference - 1)), k - 1)
+    # min(budget, n), a budget <= 1 read as a ratio of n (n >= 1: it counts the CLS)
+    k = n * float(tokens) if tokens <= 1 else n.clamp(max=float(tokens))
+    k = k.clamp(min=float(min_tokens)).round()
+    draws = torch.where(k >= n, float(reference - 1), k - 1)
     return draws.clamp(min=2).long()
 
 
-def _targets(ys_start: Tensor, n_samples: Tensor) -> Tuple[Tensor, Tensor]:
+_STEPS = {}  # (count, device) -> the official linspace and step numbers: built once, reused every forward
+
+
+def _steps(count: int, device) -> Tuple[Tensor, Tensor]:
+    key = (count, str(device))
+    if key not in _STEPS:
+        if len(_STEPS) > 4096:
+            _STEPS.clear()
+        _STEPS[key] = (torch.linspace(0, 1.0, count, device=device)[None] * (count - 1),
+                       torch.arange(0, count, device=device, dtype=torch.float32)[None])
+    return _STEPS[key]
+
+
+def _targets(ys_start: Tensor, n_samples: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
     """Each row's evenly spaced targets from its ys_start to 1, in the official arithmetic; rows with
-    fewer draws than the widest are padded (second output False there)."""
-    width = int(n_samples.max())
-    ys = torch.zeros(len(n_samples), width, device=ys_start.device)
-    for count in n_samples.unique().tolist():  # one linspace per distinct count (a handful)
-        rows = n_samples == count
-        lin = torch.linspace(0, 1.0, count, device=ys_start.device).unsqueeze(0)
-        steps = torch.arange(0, count, device=ys_start.device, dtype=torch.float32).unsqueeze(0)
-        start = ys_start[rows]
-        ys[rows, :count] = start + ((lin * (count - 1)) - start * steps) / (count - 1)
+    fewer draws than the widest are padded (second output False there, None when no row is)."""
+    counts = n_samples.tolist()
+    distinct = set(counts)
+    if len(distinct) == 1:  # the usual case (batch 1, tube, equal budgets): no row bookkeeping
+        count = counts[0]
+        scaled_lin, steps = _steps(count, ys_start.device)
+        return ys_start + (scaled_lin - ys_start * steps) / (count - 1), None
+    width = max(distinct)
+    ys = torch.zeros(len(counts), width, device=ys_start.device)
+    for count in distinct:
+        rows = (n_samples == count).nonzero().squeeze(1)
+        scaled_lin, steps = _steps(count, ys_start.device)
+        start = ys_start.index_select(0, rows)
+        ys[rows, :count] = start + (scaled_lin - start * steps) / (count - 1)
     drawn = torch.arange(width, device=ys.device)[None, :] < n_samples[:, None]
     return ys, drawn
 
@@ -91,37 +108,34 @@ def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor
     s = scores.float()
     if present is not None:
         s = s * present
-    s = s / s.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    s = s / s.sum(dim=1, keepdim=True).clamp_min(_TINY)
     sorted_s, order = torch.sort(s, dim=1)
-    cdf = torch.cumsum(sorted_s, dim=1)
+    cdf = torch.cumsum(sorted_s, dim=1)  # non-decreasing: its min is the first value, its max the last
     if present is None:
-        lo = cdf.min(dim=1, keepdim=True)[0]
+        lo = cdf[:, :1]
     else:  # the CDF starts at the first present candidate (absent ones sort first, with score 0)
         first = (m - present.sum(dim=1, keepdim=True)).clamp(max=m - 1)
         lo = cdf.gather(1, first)
-    hi = cdf.max(dim=1, keepdim=True)[0]
-    ncdf = ((cdf - lo) / ((hi - lo) / 1.0).clamp_min(torch.finfo(torch.float32).tiny)).clamp_min(0.0)
+    ncdf = ((cdf - lo) / (cdf[:, -1:] - lo).clamp_min(_TINY)).clamp_min(0.0)
 
     # targets from the smallest non-zero CDF value up to 1, in the official arithmetic
     ys_start = (ncdf + (ncdf == 0).float() * 1e8).min(dim=1, keepdim=True)[0]
-    n_samples = torch.as_tensor(n_samples, device=s.device).expand(r).long()
+    n_samples = torch.as_tensor(n_samples, device=s.device).expand(r)
     ys, drawn = _targets(ys_start, n_samples)
 
     # nearest CDF value per target (first index on ties, as argmin): the CDF is sorted, so look at the
     # neighbours of each target's insertion point, then step back to the start of a plateau
-    right = torch.searchsorted(ncdf, ys, side="left").clamp(max=m - 1)
-    left = (right - 1).clamp(min=0)
-    d_left = (ys - ncdf.gather(1, left)).abs()
-    d_right = (ys - ncdf.gather(1, right)).abs()
-    pick = torch.where(d_left <= d_right, left, right)
-    pick = torch.searchsorted(ncdf, ncdf.gather(1, pick), side="left")
-    pick = torch.where(drawn, pick, torch.full_like(pick, m))  # padding targets act as duplicates
+    right = torch.searchsorted(ncdf, ys, side="left").clamp_(max=m - 1)
+    left = (right - 1).clamp_(min=0)
+    nearer_left = (ys - ncdf.gather(1, left)).abs_() <= (ys - ncdf.gather(1, right)).abs_()
+    pick = torch.searchsorted(ncdf, ncdf.gather(1, torch.where(nearer_left, left, right)), side="left")
+    if drawn is not None:
+        pick = pick.masked_fill_(~drawn, m)  # padding targets act as duplicates
 
     # de-duplicate: a pick equal to its successor becomes the dummy M (the last one is compared with 1)
     pick = torch.sort(pick, dim=1)[0]
-    successor = torch.cat([pick[:, 1:], torch.ones_like(pick[:, :1])], dim=1)
-    pick = torch.where(successor == pick, torch.full_like(pick, m), pick)
-    pick = torch.sort(pick, dim=1)[0][:, : min(ys.shape[1], m)]
+    successor = torch.cat([pick[:, 1:], pick.new_ones(r, 1)], dim=1)
+    pick = torch.sort(pick.masked_fill_(successor == pick, m), dim=1)[0][:, : min(ys.shape[1], m)]
     keep = pick != m
     index = order.gather(1, pick.clamp(max=m - 1))
     return index, keep

@@ -31,13 +31,16 @@ What "per sample" and "padded" mean for ATS
 -------------------------------------------
 Token-wise layers (LayerNorm, qkv, proj, temporal_fc, MLP) run on the present tokens only (they gather
 them), so they cost the same in both counts. Attention runs on a padded rectangle: in the pruned layout
-every frame of every sample has `padded_slots` slots (the batch maximum of kept locations), in the masked
-(training) layout the full grid. `sample_gflops` prices attention on each sample's real tokens: per frame
+every frame of every sample has `padded_slots` slots for spatial attention (the batch maximum of kept
+locations, or for the ragged frame/joint layout of kept tokens per frame) and temporal attention runs over
+`aligned_slots` locations (the batch maximum of locations kept in some frame); in the masked (training)
+layout both are the full grid. `sample_gflops` prices attention on each sample's real tokens: per frame
 (1 + n_t)^2 pairs for spatial attention (CLS copy included), per location m_l^2 pairs for TimeSformer's
 temporal attention (m_l = frames where that location is present), and in an ATS block the CLS scoring row
 (1 + n_t keys) plus (1 + k_t) kept queries against the 1 + n_t keys. `padded_gflops` prices attention on
 the rectangle the batch actually computed. At batch 1 with the tube variant the two are equal; the frame
-and joint variants pad attention to the union of kept locations even at batch 1.
+and joint variants pad spatial attention to the frame that kept most and temporal attention to the union
+of kept locations even at batch 1.
 A sample that keeps every token costs the dense count plus the ATS scoring rows (the CLS row is computed
 once to score and again with the kept queries), which is what the code does.
 """
@@ -314,7 +317,8 @@ def _patch_size(model) -> Tuple[int, int]:
 def _count(spec: _Spec, batch: int, frames: int, locations: int, stages: Dict[int, Tuple[Tensor, int]],
            padded: bool) -> Tensor:
     """FLOPs per sample (B,), float64. stages: block -> (mask (B, T, L0) of tokens kept after it, slots per
-    frame after it). Blocks without a stage keep what came in."""
+    frame after it, locations temporal attention runs over after it). Blocks without a stage keep what
+    came in."""
     b, t, l0 = batch, frames, locations
     f64 = dict(dtype=torch.float64)
     total = torch.full((b,), float(spec.patch * t * l0), **f64)
@@ -326,18 +330,18 @@ def _count(spec: _Spec, batch: int, frames: int, locations: int, stages: Dict[in
         return total + sum(_plain(blk, 1 + l0) for blk in spec.blocks) + spec.final_norm * (1 + l0) + spec.head_fixed
     n = torch.full((b, t), float(l0), **f64)  # present tokens per frame
     per_loc = None  # present frames per location; None = every location in every frame
-    width = l0  # slots per frame the grid holds
+    width = t_width = l0  # slots per frame the grid holds; locations of the grid temporal attention sees
     for i, blk in enumerate(spec.blocks):
         stage = stages.get(i)
         if stage is None:
-            k, width_out = n, width
+            k, width_out, t_width_out = n, width, t_width
         else:
-            mask, width_out = stage
+            mask, width_out, t_width_out = stage
             k = mask.sum(dim=2).to(torch.float64)
         if spec.family == "divided":  # temporal attention over frames, per location, CLS excluded
             total += blk.t_tok * n.sum(dim=1)
             if padded:
-                total += blk.t_pair * width * t * t
+                total += blk.t_pair * t_width * t * t
             elif per_loc is None:
                 total += blk.t_pair * l0 * t * t
             else:
@@ -356,7 +360,7 @@ def _count(spec: _Spec, batch: int, frames: int, locations: int, stages: Dict[in
         total += blk.mlp * (k.sum(dim=1) + (1 if spec.family == "divided" else t))
         if stage is not None:
             per_loc = stage[0].sum(dim=1).to(torch.float64)
-        n, width = k, width_out
+        n, width, t_width = k, width_out, t_width_out
     total += spec.head_fixed + spec.head_per_frame * t
     if spec.head_block is not None:
         total += _plain(spec.head_block, 1 + t)
@@ -380,7 +384,7 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
         m = m.reshape(1, *m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, 1, -1)
         if m.shape[1:] != (t, l0):
             raise VideoATSError(f"mask for block {block} has shape {tuple(m.shape[1:])}, expected ({t}, {l0})")
-        stages[int(block)] = (m, int(m.any(dim=1).sum()))
+        stages[int(block)] = (m, int(m.any(dim=1).sum()), int(m.any(dim=1).sum()))
     if stages and max(stages) >= len(model.blocks):
         raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(model.blocks) - 1}")
     spec = _spec(model, ats_path=bool(stages))
@@ -399,7 +403,7 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
     b, t, l0 = trace[0].mask.shape
     if shape is not None and shape[0] != b:
         raise VideoATSError(f"the last forward pass had batch {b}, not {shape[0]}")
-    stages = {r.block: (r.mask, int(r.padded_slots)) for r in trace}
+    stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots)) for r in trace}
     spec = _spec(model, ats_path=True)
     return _count(spec, b, t, l0, stages, padded) / 1e9
 

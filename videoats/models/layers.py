@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..ats.core import SamplingRun, gather_slots
+from ..ats.core import Layout, SamplingRun, gather_slots
 from ..ats.sampler import cls_significance
 
 
@@ -117,38 +117,38 @@ def frame_attention(
     norm: nn.Module,
     xs: Tensor,
     grid: Tuple[int, int, int],
-    valid: Optional[Tensor],
+    layout: Layout,
     run: Optional[SamplingRun] = None,
     block: int = -1,
-    kv_hook: Optional[Callable[[Tensor, Tensor, Optional[Tensor]], Tuple[Tensor, Tensor]]] = None,
+    kv_hook: Optional[Callable[[Tensor, Tensor, Layout], Tuple[Tensor, Tensor]]] = None,
 ):
     """Attention within each frame of a grid, with a CLS per frame, optionally sampling tokens (ATS).
 
     xs: tokens (B*T, 1 + L, D) before `norm` (normalised and projected in one pass over the present ones);
     `kv_hook` may rewrite keys/values (X-ViT's frame shift).
-    Without a run, returns (out (B*T, 1 + L, D), None, valid). With one, the CLS row decides the sample
+    Without a run, returns (out (B*T, 1 + L, D), None, layout). With one, the CLS row decides the sample
     first, then only the kept queries are computed: returns (out for CLS + the new slots, slot index,
-    new valid mask).
+    new layout).
     """
     b, t, l = grid
-    key_valid = cls_valid(valid)
+    key_valid = cls_valid(layout.valid)
     qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, key_valid)
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
-        k, v = kv_hook(k, v, key_valid)
-    index, new_valid = None, valid
+        k, v = kv_hook(k, v, layout)
+    index = None
     if run is not None:
         scores = cls_significance(q[:, :, :1], k, v, attn.scale, key_valid)
-        keep = run.select(block, scores.reshape(b, t, l), valid)
-        index, new_valid = run.layout(block, keep)
+        keep = run.select(block, scores.reshape(b, t, l), layout.valid)
+        index, layout = run.layout(block, keep)
         if index is not None:
             patches = q[:, :, 1:].reshape(b, t, *q.shape[1:2], l, q.shape[-1]).permute(0, 1, 3, 2, 4)
             patches = gather_slots(patches, index).permute(0, 1, 3, 2, 4).reshape(b * t, q.shape[1], -1,
                                                                                q.shape[-1])
             q = torch.cat([q[:, :, :1], patches], dim=2)
     out = attend(q, k, v, key_valid)
-    out = tokenwise(attn.proj, out, cls_valid(new_valid))
-    return out, index, new_valid
+    out = tokenwise(attn.proj, out, cls_valid(layout.valid))
+    return out, index, layout
 
 
 def drop_path(x: Tensor, p: float, training: bool, batch: int) -> Tensor:
@@ -189,21 +189,22 @@ def _branch(block: nn.Module, name: str) -> Callable[[Tensor], Tensor]:
     return scale if scale is not None else (lambda t: t)
 
 
-def grid_block(block: nn.Module, cls: Tensor, x: Tensor, valid: Optional[Tensor],
+def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
                run: Optional[SamplingRun] = None, index_block: int = -1, kv_hook=None):
     """A pre-norm ViT block where every frame attends within itself with its own CLS.
 
-    cls: (B, T or 1, D); x: (B, T, L, D); valid: (B, T, L) or None. Runs our PlainBlock and timm's Block
-    alike (LayerScale `ls1`/`ls2` and drop path are honoured). Returns (cls (B, T, D), x, valid).
+    cls: (B, T or 1, D); x: (B, T, L, D). Runs our PlainBlock and timm's Block alike (LayerScale
+    `ls1`/`ls2` and drop path are honoured). Returns (cls (B, T, D), x, layout).
     """
     b, t, l, d = x.shape
     ls1, ls2 = _branch(block, "ls1"), _branch(block, "ls2")
     p = getattr(block, "drop_prob", 0.0) or getattr(getattr(block, "drop_path1", None), "drop_prob", 0.0)
     xs = with_cls(cls, x)
-    out, index, valid = frame_attention(block.attn, block.norm1, xs, (b, t, l), valid, run, index_block, kv_hook)
+    out, index, layout = frame_attention(block.attn, block.norm1, xs, (b, t, l), layout, run, index_block,
+                                         kv_hook)
     x = gather_slots(x, index)
     xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, cls_valid(valid)), p,
+    xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, cls_valid(layout.valid)), p,
                         block.training, b)
-    return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), valid
+    return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import SamplingRun
+from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, gather_slots,
                      grid_block, split_heads, tokenwise, with_cls)
@@ -48,25 +48,27 @@ class DividedBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_prob = drop_path
 
-    def forward(self, cls: Tensor, x: Tensor, valid: Optional[Tensor], run: Optional[SamplingRun], index: int):
-        b, t, l, d = x.shape
+    def forward(self, cls: Tensor, x: Tensor, layout: Layout, run: Optional[SamplingRun], index: int):
+        b, t, _, d = x.shape
         p, training = self.drop_prob, self.training
-        # temporal: every location attends over its frames
-        xt = x.transpose(1, 2).reshape(b * l, t, d)
-        tv = None if valid is None else valid.transpose(1, 2).reshape(b * l, t)
+        # temporal: every location attends over its frames (on the location-aligned grid)
+        xa, tv = layout.aligned(x), layout.temporal_valid
+        l = xa.shape[2]
+        xt = xa.transpose(1, 2).reshape(b * l, t, d)
+        tv = None if tv is None else tv.transpose(1, 2).reshape(b * l, t)
         q, k, v = split_heads(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), xt, tv),
                               self.temporal_attn.num_heads)
         rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), attend(q, k, v, tv), tv)
-        x = x + drop_path(rt.reshape(b, l, t, d).transpose(1, 2), p, training, b)
+        x = x + drop_path(layout.unaligned(rt.reshape(b, l, t, d).transpose(1, 2)), p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
         xs = with_cls(cls, x)
-        out, slots, valid = frame_attention(self.attn, self.norm1, xs, (b, t, l), valid, run, index)
+        out, slots, layout = frame_attention(self.attn, self.norm1, xs, (b, t, x.shape[2]), layout, run, index)
         x = gather_slots(x, slots) + drop_path(out[:, 1:].reshape(b, t, -1, d), p, training, b)
         cls = cls + drop_path(out[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True), p, training, b)
         # MLP on present tokens only
-        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, valid), p, training, b)
+        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.valid), p, training, b)
         cls = cls + drop_path(self.mlp(self.norm2(cls)), p, training, b)
-        return cls, x, valid
+        return cls, x, layout
 
 
 class TimeSformer(nn.Module):
@@ -147,7 +149,7 @@ class TimeSformer(nn.Module):
         cls, x = self.embed(video)
         b, t, l, d = x.shape
         run = SamplingRun.start(self, b, t, l, x.device)
-        valid = None
+        layout = Layout()
         if self.attention_type == "joint_space_time":
             tokens = torch.cat([cls, x.reshape(b, t * l, d)], dim=1)
             for blk in self.blocks:
@@ -158,7 +160,7 @@ class TimeSformer(nn.Module):
         for i, blk in enumerate(self.blocks):
             stage = run.stage(i) if run else None
             step = blk if self.attention_type == "divided_space_time" else partial(grid_block, blk)
-            cls, x, valid = call_block(step, cls, x, valid, stage, i, checkpointing=self.grad_checkpointing)
+            cls, x, layout = call_block(step, cls, x, layout, stage, i, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []
         return self.norm(cls.mean(dim=1))  # space_only averages its per-frame CLS; otherwise T = 1
 

@@ -11,7 +11,7 @@ from functools import partial
 
 from torch import Tensor
 
-from ..ats.core import SamplingRun
+from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import call_block, grid_block
 from .registry import register_model
@@ -27,10 +27,10 @@ def _ats_forward_features(self, images: Tensor, attn_mask=None, **kw) -> Tensor:
     prefix = getattr(self, "num_prefix_tokens", 1)
     b, n, d = x.shape
     cls, grid = x[:, :1], x[:, prefix:].reshape(b, 1, n - prefix, d)
-    run, valid = SamplingRun.start(self, b, 1, n - prefix, x.device), None
+    run, layout = SamplingRun.start(self, b, 1, n - prefix, x.device), Layout()
     checkpointing = bool(getattr(self, "grad_checkpointing", False))
     for i, blk in enumerate(self.blocks):
-        cls, grid, valid = call_block(partial(grid_block, blk), cls, grid, valid, run.stage(i), i,
+        cls, grid, layout = call_block(partial(grid_block, blk), cls, grid, layout, run.stage(i), i,
                                       checkpointing=checkpointing)
     self.ats_trace = run.records
     # only the CLS is read by the head ('token' pooling): norm it alone

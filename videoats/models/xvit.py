@@ -16,9 +16,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import SamplingRun
+from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
-from .layers import PlainBlock, call_block, grid_block
+from .layers import PlainBlock, call_block, cls_valid, grid_block
 from .registry import register_model
 from .timesformer import PatchEmbed
 
@@ -88,13 +88,26 @@ class XViT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def _kv_shift(self, k: Tensor, v: Tensor, key_valid: Optional[Tensor], frames: int):
+    def _kv_shift(self, k: Tensor, v: Tensor, layout: Layout, frames: int):
+        """Shift the first quarter of the key/value channels across frames, at each location."""
         g, h, n, d = k.shape
-        present = None if key_valid is None else key_valid.reshape(g // frames, frames, n)
+        b, moving = g // frames, 2 * self.fold
+        if layout.column is None:  # slot j is one location in every frame
+            present = None if layout.valid is None else cls_valid(layout.valid).reshape(b, frames, n)
+        else:  # ragged: shift on the location-aligned grid
+            cls_present = layout.aligned_valid.new_ones(b, frames, 1)
+            present = torch.cat([cls_present, layout.aligned_valid], dim=2)
 
         def shift(z):
-            z = z.permute(0, 2, 1, 3).reshape(g // frames, frames, n, h * d)
-            z = shift_frames(z, self.num_segments, self.fold, present)
+            z = z.permute(0, 2, 1, 3).reshape(b, frames, n, h * d)
+            part = z[..., :moving]
+            if layout.column is None:
+                part = shift_frames(part, self.num_segments, self.fold, present)
+            else:
+                part = torch.cat([part[:, :, :1], layout.aligned(part[:, :, 1:])], dim=2)
+                part = shift_frames(part, self.num_segments, self.fold, present)
+                part = torch.cat([part[:, :, :1], layout.unaligned(part[:, :, 1:])], dim=2)
+            z = torch.cat([part, z[..., moving:]], dim=-1)
             return z.reshape(g, n, h, d).permute(0, 2, 1, 3)
 
         return shift(k), shift(v)
@@ -123,12 +136,12 @@ class XViT(nn.Module):
         b, t, l, _ = x.shape
         run = SamplingRun.start(self, b, t, l, x.device)
 
-        def hook(k, v, key_valid):
-            return self._kv_shift(k, v, key_valid, t)
+        def hook(k, v, layout):
+            return self._kv_shift(k, v, layout, t)
 
-        valid = None
+        layout = Layout()
         for i, blk in enumerate(self.blocks):
-            cls, x, valid = call_block(partial(grid_block, blk), cls, x, valid, run.stage(i) if run else None, i,
+            cls, x, layout = call_block(partial(grid_block, blk), cls, x, layout, run.stage(i) if run else None, i,
                                        hook, checkpointing=self.grad_checkpointing)
         self.ats_trace = run.records if run is not None else []
         return self.norm(cls)
