@@ -7,8 +7,8 @@
 For each batch size it prints the median forward time of the dense and the ATS model, the per-sample
 GFLOPs of both (ATS: from the tokens each sample really kept, fvcore convention), the padded GFLOPs the
 batch actually computed, and the ratio "wall-clock saving / GFLOPs saving" (1.0 = every saved flop saved
-its share of time): the median over dense/ATS pairs timed back to back, with its range, since shared
-cores drift by tens of percent over a minute. `--official` times the official ATS algorithm at the same
+its share of time): the median over ATS runs each timed between two dense runs, with its range, since
+the speed of shared cores drifts by tens of percent within a minute. `--official` times the official ATS algorithm at the same
 kept tokens; `--bound` times the same token counts with no ATS work at all (the most that fewer tokens
 can save on this machine). Inputs are random; use --weights for a trained checkpoint, whose attention
 (and so the kept counts) is more content-dependent than a random model's.
@@ -42,13 +42,14 @@ def best_time(fn, repeats: int) -> float:
     return min(times)
 
 
-def paired_times(model, ats: dict, x, repeats: int):
-    """Dense and ATS forward times, alternated pair by pair so that both see the same machine (shared
-    cores drift by tens of percent over a minute): lists of `repeats` times each."""
-    def timed(config) -> float:  # the fastest of the forwards that fit in half a second (at least one)
+def paired_times(model, ats: dict, x, repeats: int, window: float):
+    """Dense and ATS forward times, alternated D A D A ... D so that every ATS time has a dense time just
+    before and just after it: the speed of these shared cores drifts by tens of percent within a minute,
+    and bracketing cancels a drift that is steady over one triple. Returns (repeats + 1 dense, repeats ATS)."""
+    def timed(config) -> float:  # the fastest of the forwards that fit in `window` seconds (at least one)
         apply_ats(model, config)
         times, spent = [], 0.0
-        while spent < 0.5:
+        while spent < window:
             start = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - start)
@@ -57,14 +58,18 @@ def paired_times(model, ats: dict, x, repeats: int):
 
     with torch.inference_mode():
         timed(None), timed(ats)  # warm-up
-        pairs = [(timed(None), timed(ats)) for _ in range(repeats)]
-    return [d for d, _ in pairs], [a for _, a in pairs]
+        dense, sampled = [timed(None)], []
+        for _ in range(repeats):
+            sampled.append(timed(ats))
+            dense.append(timed(None))
+        timed(ats)  # leave the model with ATS on and its last trace to count
+    return dense, sampled
 
 
 def pair_ratios(dense, sampled, gflops_saving: float):
-    """'time saved / GFLOPs saved' of each (dense, ATS) pair: the median is the figure, the spread says how
-    far the machine let it wander."""
-    ratios = sorted((1 - a / d) / gflops_saving for d, a in zip(dense, sampled))
+    """'time saved / GFLOPs saved' of every ATS time against the mean of the dense times around it: the
+    median is the figure, the range says how far the machine let it wander."""
+    ratios = sorted((1 - a / ((d0 + d1) / 2)) / gflops_saving for d0, d1, a in zip(dense, dense[1:], sampled))
     return statistics.median(ratios), ratios[0], ratios[-1]
 
 
@@ -97,11 +102,11 @@ def truncation_bound(model, ats: dict, x, dense_g: float, repeats: int) -> dict:
     bound = Truncated(model, counts).eval()
     apply_ats(model, None)
     g = fvcore_count(bound, x).gflops
-    dense, truncated = [], []
     with torch.inference_mode():
+        dense, truncated = [best_time(lambda: model(x), 3)], []
         for _ in range(repeats):
-            dense.append(best_time(lambda: model(x), 3))
             truncated.append(best_time(lambda: bound(x), 3))
+            dense.append(best_time(lambda: model(x), 3))
     ratio, lo, hi = pair_ratios(dense, truncated, 1 - g / dense_g)
     return dict(gflops=g, dense_s=statistics.median(dense), truncated_s=statistics.median(truncated),
                 saving_ratio=ratio, saving_ratio_range=[lo, hi])
@@ -114,7 +119,9 @@ def main(argv=None) -> dict:
     p.add_argument("--blocks", default=None, help="comma-separated ATS blocks (default: 4..11, DeiT 3..11)")
     p.add_argument("--tokens", type=float, default=0.7, help="budget: ratio <= 1 or a count (CLS included)")
     p.add_argument("--batch-sizes", default="1,8")
-    p.add_argument("--repeats", type=int, default=5, help="dense/ATS pairs per batch size")
+    p.add_argument("--repeats", type=int, default=5, help="ATS runs per batch size, each between two dense runs")
+    p.add_argument("--window", type=float, default=0.5,
+                   help="seconds each side of a pair repeats its forward for (the fastest one counts)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--weights", default=None, help="a checkpoint to load (any format videoats knows)")
     p.add_argument("--official", action="store_true", help="also time the official ATS algorithm (DeiT, batch 1)")
@@ -140,7 +147,7 @@ def main(argv=None) -> dict:
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         x = torch.randn(bs, *shape)
-        dense_runs, ats_runs = paired_times(model, ats, x, args.repeats)
+        dense_runs, ats_runs = paired_times(model, ats, x, args.repeats, args.window)
         t_dense, t_ats = statistics.median(dense_runs), statistics.median(ats_runs)
         per_sample = sample_gflops(model)
         ats_g, padded_g = float(per_sample.mean()), float(padded_gflops(model))

@@ -80,17 +80,19 @@ def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 
 @per_mask
-def _present_index(valid: Tensor) -> Tensor:
-    return valid.reshape(-1).nonzero().squeeze(1)
+def _split_index(valid: Tensor) -> Tuple[Tensor, Tensor]:
+    flat = valid.reshape(-1)
+    return flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
 
 
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Optional[Tensor]) -> Tensor:
-    """Apply a per-token function to present tokens only; absent positions come back as zeros."""
+    """Apply a per-token function to present tokens only; absent positions come back as zeros (written
+    once each: zeros are needed, since an absent key's value row still meets a zero weight)."""
     if valid is None:
         return fn(x)
-    index = _present_index(valid)
-    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, index))
-    out = y.new_zeros(valid.numel(), y.shape[-1]).index_copy(0, index, y)
+    present, absent = _split_index(valid)
+    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, present))
+    out = y.new_empty(valid.numel(), y.shape[-1]).index_copy_(0, present, y).index_fill_(0, absent, 0.0)
     return out.reshape(*valid.shape, y.shape[-1])
 
 
