@@ -48,6 +48,33 @@ def test_absent_candidates_are_never_picked_and_do_not_change_the_choice():
     assert index[keep].tolist() == [2, 3, 0]
 
 
+def _official_sample(scores, draws):
+    """One row, literally as the official code: full |target - CDF| matrix, argmin, sort, de-duplicate."""
+    m = scores.numel()
+    s = scores / scores.sum()
+    sorted_s, order = torch.sort(s)
+    cdf = torch.cumsum(sorted_s, 0)
+    ncdf = (cdf - cdf.min()) / (cdf.max() - cdf.min())
+    start = torch.min(ncdf + (ncdf == 0).float() * 1e8)
+    lin = torch.linspace(0, 1.0, draws)
+    ys = start + ((lin * (draws - 1)) - start * torch.arange(0, draws, dtype=torch.float32)) / (draws - 1)
+    pick = torch.min((ys[:, None] - ncdf[None, :]).abs(), dim=1)[1]
+    pick = torch.sort(pick)[0]
+    successor = torch.cat([pick[1:], torch.ones(1, dtype=pick.dtype)])
+    pick = torch.sort(torch.where(successor == pick, torch.full_like(pick, m), pick))[0]
+    return sorted(order[pick[pick != m]].tolist())
+
+
+def test_sampler_equals_the_official_argmin_on_rows_with_ties_and_zeros():
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 6, (64, 40), generator=g).float()  # few levels: plateaus and zero scores
+    rows[:16] = torch.rand(16, 40, generator=g) ** 4  # and smooth, uneven rows
+    for draws in (3, 10, 39, 60):
+        index, keep = inverse_transform_sample(rows, draws)
+        for r in range(len(rows)):
+            assert sorted(index[r][keep[r]].tolist()) == _official_sample(rows[r], draws), (draws, r)
+
+
 @pytest.mark.parametrize("tokens,present,expected", [
     (197, 197, 196),   # budget does not bind: the reference grid (official)
     (197, 150, 196),   # later stage, fewer tokens: still the reference grid

@@ -132,8 +132,8 @@ def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor
     if drawn is not None:
         pick = pick.masked_fill_(~drawn, m)  # padding targets act as duplicates
 
-    # de-duplicate: a pick equal to its successor becomes the dummy M (the last one is compared with 1)
-    pick = torch.sort(pick, dim=1)[0]
+    # de-duplicate: a pick equal to its successor becomes the dummy M (the last one is compared with 1);
+    # the targets increase, so the picks already come sorted, as the official code sorts them
     successor = torch.cat([pick[:, 1:], pick.new_ones(r, 1)], dim=1)
     pick = torch.sort(pick.masked_fill_(successor == pick, m), dim=1)[0][:, : min(ys.shape[1], m)]
     keep = pick != m
