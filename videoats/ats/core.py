@@ -213,10 +213,7 @@ class SamplingRun:
         b, t = self.batch, self.frames
         index = None
         if self.prune:
-            # kept slots first, in their current order (a stable sort of the dropped flags)
-            held = keep if self.ragged else keep.any(dim=1)
-            width = int(held.sum(dim=-1).max())
-            index = torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width]
+            index, width = _held_first(keep if self.ragged else keep.any(dim=1))
             per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
             keep = keep.gather(2, per_frame)
             self.location = self.location.gather(2, per_frame)
@@ -232,14 +229,20 @@ class SamplingRun:
     def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor]) -> Tuple[Layout, int]:
         """The location-aligned view of a ragged grid: columns are the locations some frame kept."""
         held = mask.any(dim=1)  # (B, L0)
-        width = int(held.sum(dim=1).max())
-        locations = torch.sort((~held).to(torch.uint8), dim=1, stable=True)[1][:, :width]  # column -> location
+        locations, width = _held_first(held)  # column -> location
         column_of = torch.full_like(held, width, dtype=torch.long)
         column_of.scatter_(1, locations, torch.arange(width, device=held.device).expand_as(locations))
         column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
         column = column.masked_fill(~keep, width)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
         return Layout(valid, column, aligned_valid), width
+
+
+def _held_first(held: Tensor) -> Tuple[Tensor, int]:
+    """Indices of the held positions along the last dim, in their order, then the others (a stable sort
+    of the dropped flags), cut to the largest held count: (index (..., width), width)."""
+    width = int(held.sum(dim=-1).max())
+    return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width], width
 
 
 def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:

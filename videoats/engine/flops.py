@@ -384,7 +384,8 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
         m = m.reshape(1, *m.shape[-2:]) if m.dim() >= 2 else m.reshape(1, 1, -1)
         if m.shape[1:] != (t, l0):
             raise VideoATSError(f"mask for block {block} has shape {tuple(m.shape[1:])}, expected ({t}, {l0})")
-        stages[int(block)] = (m, int(m.any(dim=1).sum()), int(m.any(dim=1).sum()))
+        locations = int(m.any(dim=1).sum())  # aligned: spatial and temporal attention see the same slots
+        stages[int(block)] = (m, locations, locations)
     if stages and max(stages) >= len(model.blocks):
         raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(model.blocks) - 1}")
     spec = _spec(model, ats_path=bool(stages))

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
-from .layers import PlainBlock, call_block, cls_valid, grid_block
+from .layers import PlainBlock, call_block, grid_block
 from .registry import register_model
 from .timesformer import PatchEmbed
 
@@ -92,21 +92,16 @@ class XViT(nn.Module):
         """Shift the first quarter of the key/value channels across frames, at each location."""
         g, h, n, d = k.shape
         b, moving = g // frames, 2 * self.fold
-        if layout.column is None:  # slot j is one location in every frame
-            present = None if layout.valid is None else cls_valid(layout.valid).reshape(b, frames, n)
-        else:  # ragged: shift on the location-aligned grid
-            cls_present = layout.aligned_valid.new_ones(b, frames, 1)
-            present = torch.cat([cls_present, layout.aligned_valid], dim=2)
+        patches_present = layout.temporal_valid  # of the location-aligned grid the shift runs on
+        present = None if patches_present is None else torch.cat(
+            [patches_present.new_ones(b, frames, 1), patches_present], dim=2)  # the CLS is always there
 
         def shift(z):
             z = z.permute(0, 2, 1, 3).reshape(b, frames, n, h * d)
-            part = z[..., :moving]
-            if layout.column is None:
-                part = shift_frames(part, self.num_segments, self.fold, present)
-            else:
-                part = torch.cat([part[:, :, :1], layout.aligned(part[:, :, 1:])], dim=2)
-                part = shift_frames(part, self.num_segments, self.fold, present)
-                part = torch.cat([part[:, :, :1], layout.unaligned(part[:, :, 1:])], dim=2)
+            part = z[..., :moving]  # the patches move on their location-aligned grid, the CLS as it is
+            part = torch.cat([part[:, :, :1], layout.aligned(part[:, :, 1:])], dim=2)
+            part = shift_frames(part, self.num_segments, self.fold, present)
+            part = torch.cat([part[:, :, :1], layout.unaligned(part[:, :, 1:])], dim=2)
             z = torch.cat([part, z[..., moving:]], dim=-1)
             return z.reshape(g, n, h, d).permute(0, 2, 1, 3)
 
