@@ -2,7 +2,7 @@
 
 The "right class" is checked without training: a checkpoint whose head is zero with a bias on one class
 must answer that class, under the name the checkpoint stores for it. A trained model is only tested when
-the demo checkpoint has been shipped under data/demo/.
+the demo checkpoint is shipped in videoats/assets/demo/.
 """
 import glob
 import json
@@ -19,7 +19,7 @@ from videoats.cli import main
 TS = "timesformer_tiny_8x32"
 LABELS = ["alpha", "beta", "gamma"]
 RIGHT = 2  # the class the hand-set head answers
-DEMO = os.path.join(os.path.dirname(__file__), "..", "data", "demo")
+DEMO = os.path.join(os.path.dirname(videoats.__file__), "assets", "demo")
 
 
 def run(capsys, *argv):
@@ -183,7 +183,7 @@ def _demo_checkpoint():
     return found[0] if found else None
 
 
-@pytest.mark.skipif(_demo_checkpoint() is None, reason="no shipped demo checkpoint in data/demo/ yet (the demo "
+@pytest.mark.skipif(_demo_checkpoint() is None, reason="no shipped demo checkpoint in videoats/assets/demo/ (the demo "
                                                        "recipe writes it); the hand-set head test covers labels")
 def test_infer_shipped_checkpoint_returns_the_right_class(tmp_path, capsys):
     from videoats.checkpoint import inspect_checkpoint
@@ -193,7 +193,7 @@ def test_infer_shipped_checkpoint_returns_the_right_class(tmp_path, capsys):
     names = inspect_checkpoint(ckpt)["metadata"].get("label_names")
     assert names, "the demo checkpoint should carry its label names"
     # fresh videos (another seed than the training data's); the shipped model is right on about half of
-    # them (its test top-1, data/demo/provenance.json), so 3 per class must give at least 3x chance
+    # them (its test top-1, videoats/assets/demo/provenance.json), so 3 per class must give at least 3x chance
     summary = make_synthetic(str(tmp_path / "s"), num_classes=len(names), videos_per_class={"test": 3}, seed=123)
     assert summary["label_names"] == list(names)
     code, out, err = run(capsys, "infer", tmp_path / "s" / "test", "--checkpoint", ckpt, "--json")

@@ -19,16 +19,24 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it the usual permissions
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def publish(tmp: str, path: str) -> str:
+    """Flush the finished file `tmp` to disk and rename it over `path` (same folder), so that `path` is
+    the old file or the whole new one. For files written by other means than `atomic_write` (a download
+    that goes to `.part` and may resume across runs)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
     return path
 
 

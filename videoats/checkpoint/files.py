@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import Tensor
 
+from .. import zoo
 from ..atomic import atomic_write
 from ..errors import VideoATSError
 
@@ -42,9 +43,13 @@ class RawCheckpoint:
 
 
 def resolve_path(path_or_dir) -> str:
-    path = os.fspath(path_or_dir)
+    """The weights file behind a file, a folder (Hugging Face layout) or `zoo:NAME` (downloaded once into
+    the cache, see `videoats.zoo`): every reader of a checkpoint comes through here, so every command that
+    takes `--checkpoint` accepts a zoo name."""
+    path = zoo.resolve(os.fspath(path_or_dir))
     if not os.path.exists(path):
-        raise VideoATSError(f"checkpoint not found: {path} (give a checkpoint file or a Hugging Face model folder)")
+        raise VideoATSError(f"checkpoint not found: {path} (give a checkpoint file, a Hugging Face model folder "
+                            "or zoo:NAME, see `videoats models`)")
     if os.path.isdir(path):
         for name in DIR_WEIGHT_FILES:
             if os.path.isfile(os.path.join(path, name)):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from importlib.resources import files
 
 from ..cli import add_common
 from ..errors import VideoATSError
 
-DEMO_DIR = Path(__file__).resolve().parents[2] / "data" / "demo"
+# package data (setup.cfg package_data), so a wheel install has it as well as a checkout; pip unpacks
+# wheels into folders, so these are real files that torch and safetensors can open by path
+DEMO_DIR = files("videoats") / "assets" / "demo"
 CHECKPOINT = DEMO_DIR / "timesformer_tiny_synthetic.safetensors"
 PROVENANCE = DEMO_DIR / "provenance.json"
 
@@ -21,7 +23,7 @@ PROVENANCE = DEMO_DIR / "provenance.json"
 def register(sub) -> None:
     p = add_common(sub.add_parser(
         "demo", help="evaluate the shipped tiny model dense and with ATS on synthetic videos (no download)",
-        description="Generate the synthetic test split (cached), evaluate the checkpoint shipped in data/demo "
+        description="Generate the synthetic test split (cached), evaluate the checkpoint shipped in the package "
                     "dense and with ATS, print top-1 / top-5 / GFLOPs per view / kept tokens, and write the "
                     "kept-token histogram and a token visualisation of one clip."))
     p.add_argument("--output", default="videoats_demo", help="folder for results and pictures "
@@ -34,8 +36,9 @@ def register(sub) -> None:
 
 def _provenance() -> dict:
     if not CHECKPOINT.is_file() or not PROVENANCE.is_file():
-        raise VideoATSError(f"the demo checkpoint is missing from {DEMO_DIR}; run the demo from a full videoats "
-                            "checkout (pip install -e .)")
+        raise VideoATSError(f"the demo checkpoint is missing from {DEMO_DIR}; this videoats install is "
+                            "incomplete: reinstall it (pip install --force-reinstall videoats, or pip install -e . "
+                            "from a checkout)")
     with open(PROVENANCE) as f:
         return json.load(f)
 

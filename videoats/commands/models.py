@@ -1,41 +1,62 @@
-"""`videoats models`: the registry, with each architecture's input and size."""
+"""`videoats models`: the registry, with each architecture's input, size and published weights (zoo)."""
 from __future__ import annotations
 
 import torch
 
+from .. import zoo
 from ..cli import add_common
+from ..models import create_model, list_models
 
 
 def register(sub) -> None:
-    p = add_common(sub.add_parser("models", help="list the registered models",
-                                  description="List the registered models with their input size and parameters."))
+    p = add_common(sub.add_parser(
+        "models", help="list the registered models and their zoo weights",
+        description="List the registered models with their input size and parameters, and the published weights "
+                    "the zoo can download for them (create_model(name, pretrained=True), --checkpoint zoo:NAME), "
+                    "with whether they are in the cache already."))
     p.add_argument("pattern", nargs="?", default=None, help="a glob, e.g. 'timesformer*'")
     p.set_defaults(func=run, human=human)
 
 
 def describe(name: str) -> dict:
-    from ..models import create_model
-
-    with torch.device("meta"):  # shapes only: instant, no memory
+    # built on the meta device: shapes without memory or initialisation, so the 122M-parameter models
+    # cost milliseconds instead of seconds each
+    with torch.device("meta"):
         model = create_model(name)
     video = getattr(model, "is_video", False)
     size = model.img_size if video else model.patch_embed.img_size[0]
+    params = sum(p.numel() for p in model.parameters())
     return dict(
         name=name, kind="video" if video else "image", frames=model.num_frames if video else None,
         img_size=size, num_classes=getattr(model, "num_classes", None), depth=model.depth,
-        params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        params=params, params_m=round(params / 1e6, 2),
         input=f"(B, 3, {model.num_frames}, {size}, {size})" if video else f"(B, 3, {size}, {size})",
+        zoo=[dict(name=n, cached=zoo.is_cached(n)) for n in zoo.names_for(name)],
     )
 
 
-def run(args) -> dict:
-    from ..models import list_models
+def zoo_table() -> list:
+    return [dict(name=n, model=e.model, what=e.what, cached=zoo.is_cached(n), path=zoo.local_path(n),
+                 urls=[url for _, url in e.files]) for n, e in zoo.ZOO.items()]
 
-    return dict(models=[describe(n) for n in list_models(args.pattern)])
+
+def run(args) -> dict:
+    models = [describe(n) for n in list_models(args.pattern)]
+    wanted = {m["name"] for m in models}
+    return dict(models=models, zoo=[z for z in zoo_table() if z["model"] in wanted], cache=zoo.home())
 
 
 def human(result: dict) -> str:
-    lines = [f"{'model':<26} {'kind':<6} {'input':<24} {'classes':>7} {'params (M)':>10}"]
+    lines = [f"{'model':<24} {'kind':<6} {'input':<22} {'classes':>7} {'params (M)':>10}  zoo weights"]
     for m in result["models"]:
-        lines.append(f"{m['name']:<26} {m['kind']:<6} {m['input']:<24} {m['num_classes']:>7} {m['params_m']:>10.2f}")
+        cached = sum(z["cached"] for z in m["zoo"])
+        weights = f"{len(m['zoo'])} ({cached} cached)" if m["zoo"] else "-"
+        lines.append(f"{m['name']:<24} {m['kind']:<6} {m['input']:<22} {m['num_classes']:>7} "
+                     f"{m['params_m']:>10.2f}  {weights}")
+    if result["zoo"]:
+        lines += ["", "zoo weights: create_model(model, pretrained=True) loads a model's first, "
+                      f"--checkpoint zoo:NAME any; cache {result['cache']}",
+                  f"  {'NAME':<30} {'model':<22} {'cached':<6}  what"]
+        for z in result["zoo"]:
+            lines.append(f"  {z['name']:<30} {z['model']:<22} {'yes' if z['cached'] else 'no':<6}  {z['what']}")
     return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""What a non-editable install gets: the wheel carries the demo checkpoint and its provenance, an installed
+copy reads them through importlib.resources, and the declared dependencies are what the package imports."""
+import ast
+import configparser
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_FILES = ("videoats/assets/demo/provenance.json", "videoats/assets/demo/timesformer_tiny_synthetic.safetensors")
+# import name -> distribution name, where they differ
+DIST_OF = {"PIL": "Pillow", "yaml": "pyyaml"}
+# needed without an import statement naming them: torch.utils.tensorboard imports tensorboard
+IMPLIED = {"tensorboard"}
+
+
+def _requirement_names(lines: str):
+    return {re.split(r"[<>=!;\s\[]", line.strip(), maxsplit=1)[0] for line in lines.strip().splitlines()
+            if line.strip()}
+
+
+def _setup_cfg():
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    return cfg
+
+
+def test_declared_dependencies_are_what_the_package_imports():
+    imported = set()
+    for folder, _, files in os.walk(os.path.join(ROOT, "videoats")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Import):
+                        imported |= {a.name.split(".")[0] for a in node.names}
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                        imported.add(node.module.split(".")[0])
+    third_party = {DIST_OF.get(m, m) for m in imported - set(sys.stdlib_module_names) - {"videoats", "__future__"}}
+    cfg = _setup_cfg()
+    declared = _requirement_names(cfg["options"]["install_requires"])
+    assert declared == third_party | IMPLIED
+    extras = cfg["options.extras_require"]
+    assert _requirement_names(extras["test"]) == {"pytest", "einops"}  # einops: tests/reference_models.py
+    assert _requirement_names(extras["tools"]) == {"pytorchvideo"}  # tools/bench_loader.py
+
+
+def _copy_source(dst):
+    """The files a build reads, so that building never writes into the shared checkout (build/, egg-info)."""
+    for name in ("setup.py", "setup.cfg", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), dst)
+    shutil.copytree(os.path.join(ROOT, "videoats"), os.path.join(dst, "videoats"),
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+@pytest.mark.slow  # builds a wheel and installs it into a venv: about 10 s
+def test_wheel_ships_the_demo_and_an_installed_copy_reads_it(tmp_path):
+    src, dist, venv = tmp_path / "src", tmp_path / "dist", tmp_path / "venv"
+    src.mkdir()
+    _copy_source(src)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(src)], check=True, capture_output=True, text=True)
+    (wheel,) = dist.glob("videoats-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        meta = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert set(DEMO_FILES) <= names
+    requires = [line for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert any("Pillow" in r for r in requires)
+    assert all("extra ==" in r for r in requires if "pytorchvideo" in r or "einops" in r)
+
+    # install it (no dependencies: they are the system's) and use it from outside the checkout
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q",
+                    str(wheel)], check=True, capture_output=True, text=True)
+    probe = ("import json, videoats\n"
+             "from videoats.commands.demo import CHECKPOINT, _provenance\n"
+             "from videoats.checkpoint import inspect_checkpoint\n"
+             "info = inspect_checkpoint(str(CHECKPOINT))\n"
+             "print(json.dumps({'package': videoats.__file__, 'checkpoint': str(CHECKPOINT),\n"
+             "                  'model': _provenance()['model'], 'saved_as': info['metadata']['model_name'],\n"
+             "                  'has_config': bool(info['metadata'].get('config'))}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(python), "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True,
+                         text=True).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    installed = str(venv / "lib")
+    assert seen["package"].startswith(installed) and seen["checkpoint"].startswith(installed)
+    assert seen["model"] == seen["saved_as"] == "timesformer_tiny_8x32" and seen["has_config"]
+    helped = subprocess.run([str(venv / "bin" / "videoats"), "demo", "--help"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert helped.returncode == 0 and "usage: videoats demo" in helped.stdout
