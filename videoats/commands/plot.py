@@ -1,7 +1,11 @@
 """`videoats plot`: GFLOPs (total over views) against top-1 for several `videoats eval` results files."""
 from __future__ import annotations
 
+import sys
+
 from ..cli import add_common
+from ..engine.plots import load_results, plot_gflops_vs_top1
+from ..engine.report import _num as gflops_text
 
 
 def register(subparsers) -> None:
@@ -17,15 +21,19 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    from ..engine.plots import load_results, plot_gflops_vs_top1
-
-    return plot_gflops_vs_top1(load_results(args.results), args.output, title=args.title)
+    result = plot_gflops_vs_top1(load_results(args.results), args.output, title=args.title)
+    for line in result["warnings"]:
+        print(f"videoats plot: warning: {line}", file=sys.stderr)
+    return result
 
 
 def fmt(result: dict) -> str:
-    lines = [f"{'setting':<52}{'GFLOPs':>10}{'top-1':>9}"]
-    for p in result["points"]:
-        lines.append(f"{p['label'][:51]:<52}{p['gflops']:>10,.1f}{p['top1']:>8.2f}%")
+    """A numbered table matching the figure's numbers; GFLOPs with significant digits, so that a tiny
+    model's 0.0401 is not printed as 0.0."""
+    width = max(len(p["label"]) for p in result["points"]) + 6
+    lines = [f"{'setting':<{width}}{'GFLOPs':>10}{'top-1':>9}"]
+    for i, p in enumerate(result["points"], 1):
+        lines.append(f"{f'{i}. ' + p['label']:<{width}}{gflops_text(p['gflops']):>10}{p['top1']:>8.2f}%")
     for s in result["skipped"]:
         lines.append(f"skipped (no GFLOPs or top-1): {s}")
     lines.append(f"wrote {result['output']}")

@@ -97,11 +97,14 @@ class _Layout:
         self.columns = columns
         head_h = max(_text_size(probe, c, font)[1] for c in columns)
         label_w = max([_text_size(probe, r, font)[0] for r in row_labels] + [0])
-        self.title_h = _text_size(probe, title, font)[1] + self.gap if title else 0
+        title_w, title_h = _text_size(probe, title, font) if title else (0, 0)
+        self.title_h = title_h + self.gap if title else 0
         self.x0 = self.gap * 2 + label_w
         self.y0 = self.gap + self.title_h + head_h + self.gap
         self.dx, self.dy = self.panel[1] + self.gap, self.panel[0] + self.gap
-        self.width = self.x0 + len(columns) * self.dx + self.gap
+        # as wide as the panels or the title, whichever is wider: with one ATS stage (two columns) the
+        # title is the wider one and would be cut off at the panels' edge
+        self.width = max(self.x0 + len(columns) * self.dx + self.gap, self.gap + title_w + self.gap)
         self.height = self.y0 + rows * self.dy + self.gap
         self.title = title
 
