@@ -1,7 +1,9 @@
 """The model zoo against a local HTTP server on 127.0.0.1 (never the real hosts): download once, resume a
 broken download, refuse a wrong sum leaving nothing in the cache, work offline, and load through
 `create_model(pretrained=...)` and `zoo:NAME` wherever a checkpoint path is read."""
+import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -15,6 +17,9 @@ import videoats
 from videoats import VideoATSError, zoo
 from videoats.checkpoint import inspect_checkpoint, save_checkpoint, to_hf_timesformer
 from videoats.cli import main
+from videoats.data.synthetic import make_synthetic
+from videoats.engine.predictor import load_predictor
+from videoats.engine.train import _init_weights
 
 TS = "timesformer_tiny_8x32"
 SMALL = bytes(range(256)) * 40  # 10 240 bytes, 3 chunks of the test's CHUNK
@@ -183,9 +188,6 @@ def test_unknown_names_and_models_without_weights(home):
 
 
 def cli_error(argv):
-    import contextlib
-    import io
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         assert main(argv) == 2
@@ -259,3 +261,26 @@ def test_the_real_table_names_registered_models_and_hash_prefixes():
     assert zoo.HASH_IN_NAME.search("TimeSformer_divST_8x32_224_K600.pyth") is None
     assert all(url.startswith("https://") for e in zoo.ZOO.values() for _, url in e.files)
     assert all(url.endswith("?dl=1") for e in zoo.ZOO.values() for _, url in e.files if "dropbox" in url)
+
+
+def test_zoo_names_reach_eval_infer_and_training_init(server, home, tmp_path, capsys):
+    """The engine's own early checks (eval, infer/visualize, train's TRAIN.CHECKPOINT_FILE) resolve the name
+    too, so the weights arrive before any work starts."""
+    torch.manual_seed(4)
+    five = videoats.create_model(TS, num_classes=5)
+    save_checkpoint(str(tmp_path / "five.pt"), five)
+    serve(server, "tiny5", "five.pt", (tmp_path / "five.pt").read_bytes())
+    data = tmp_path / "syn"
+    make_synthetic(str(data), num_classes=5, videos_per_class={"test": 1}, num_frames=16, size=32, seed=2)
+    config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "synthetic", "tiny_timesformer.yaml")
+    assert main(["eval", "--config", config, "--checkpoint", "zoo:tiny5", "--output", str(tmp_path / "ev"),
+                 "DATA.PATH_TO_DATA_DIR", str(data), "MODEL.NUM_CLASSES", "5", "DATA.NUM_WORKERS", "0",
+                 "DEVICE", "cpu", "--no-progress", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["checkpoint"] == zoo.local_path("tiny5") and res["coverage"]["evaluated_videos"] == 5
+    predictor = load_predictor(checkpoint="zoo:tiny5")  # what infer and visualize build
+    assert predictor.checkpoint == zoo.local_path("tiny5") and predictor.model.num_classes == 5
+    net = videoats.create_model(TS, num_classes=5)
+    assert "mapped" in _init_weights(net, "zoo:tiny5", [str(i) for i in range(5)], print)
+    assert torch.equal(net.head.weight, five.head.weight)
+    assert len(server.log) == 1

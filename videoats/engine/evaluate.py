@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .. import zoo
 from ..errors import VideoATSError
 from .distributed import rank_world, resolve_device
 
@@ -256,6 +257,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     warnings: List[str] = []
     if checkpoint is None and model is None:
         checkpoint = cfg.TEST.CHECKPOINT_FILE or None
+    checkpoint = zoo.resolve(checkpoint) if checkpoint else checkpoint  # zoo:NAME -> the cached file
     if checkpoint and not os.path.exists(checkpoint):
         raise VideoATSError(f"checkpoint not found: {checkpoint} (give --checkpoint or TEST.CHECKPOINT_FILE)")
     data_dir = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)

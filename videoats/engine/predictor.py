@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.annotations import read_labels_file
 from ..data.dataset import under_data_dir
+from .. import zoo
 from ..errors import VideoATSError
 
 
@@ -135,7 +136,7 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     checkpoint = checkpoint or cfg.TEST.CHECKPOINT_FILE or None
     info = None
     if checkpoint:
-        checkpoint = os.path.expanduser(checkpoint)
+        checkpoint = zoo.resolve(os.path.expanduser(checkpoint))  # zoo:NAME -> the cached file
         if not os.path.exists(checkpoint):
             raise VideoATSError(f"checkpoint not found: {checkpoint} (give the path to a checkpoint file)")
         info = inspect_checkpoint(checkpoint)

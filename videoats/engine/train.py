@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import zoo
 from ..errors import VideoATSError
 from . import distributed as D
 from .optim import WarmupCosine, build_optimizer, precision_setup
@@ -109,6 +110,7 @@ def build_train_model(cfg) -> nn.Module:
 def _init_weights(net: nn.Module, path: str, label_names, log) -> Optional[str]:
     from .. import load_checkpoint
 
+    path = zoo.resolve(path)  # zoo:NAME -> the cached file
     if not os.path.exists(path):
         raise VideoATSError(f"TRAIN.CHECKPOINT_FILE not found: {path}")
     try:
