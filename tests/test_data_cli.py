@@ -29,7 +29,7 @@ def test_check_videos_counts_problems_and_writes_a_clean_list(tmp_path, tiny_syn
                        str(tmp_path / "clean.csv"), "DATA.PATH_TO_DATA_DIR", str(root), "DATA.NUM_FRAMES", "20")
     assert code == 1 and result["exit_code"] == 1
     assert result["videos"] == 10 and result["format"] == "kinetics_csv"
-    assert result["counts"] == {"ok": 0, "missing": 1, "corrupt": 2, "too_short": 7}  # 16 frames < 20
+    assert result["counts"] == {"ok": 0, "missing": 1, "unreadable": 0, "corrupt": 2, "too_short": 7}  # 16 < 20
     assert {p["problem"] for p in result["problems"]} == {"missing", "corrupt", "too_short"}
     clean = open(tmp_path / "clean.csv").read().splitlines()
     assert clean[0] == lines[0] and len(clean) == 8 and not set(victims) & set(clean)
@@ -37,7 +37,7 @@ def test_check_videos_counts_problems_and_writes_a_clean_list(tmp_path, tiny_syn
     # the cleaned list passes
     code, result = run(capsys, "check-videos", "--config", CONFIG, "--json", "--annotation",
                        str(tmp_path / "clean.csv"), "DATA.PATH_TO_DATA_DIR", str(root))
-    assert code == 0 and result["counts"] == {"ok": 7, "missing": 0, "corrupt": 0, "too_short": 0}
+    assert code == 0 and result["counts"] == {"ok": 7, "missing": 0, "unreadable": 0, "corrupt": 0, "too_short": 0}
 
 
 def test_check_videos_text_and_usage_errors(tiny_synthetic, capsys):

@@ -168,12 +168,14 @@ def test_infer_folder_with_bad_files_answers_the_good_ones(clips, biased_ckpt, b
     assert code == 0 and "not processed (5)" in out and "garbage.mp4: not_a_video" in out
 
 
-def test_infer_only_bad_files_fails_with_one_line(bad_videos, biased_ckpt, capsys):
+def test_infer_only_bad_files_names_every_one_and_fails(bad_videos, biased_ckpt, capsys):
     bad = [bad_videos["garbage"], bad_videos["missing"], bad_videos["empty"]]
     code, out, err = run(capsys, "infer", *bad, "--checkpoint", biased_ckpt)
-    assert code != 0 and out == ""
-    assert err.count("\n") == 1 and err.startswith("videoats infer: error: no video could be processed")
-    assert "(not_a_video)" in err and "(missing)" in err and "(zero_frames)" in err
+    assert code == 2
+    assert out.splitlines()[0] == "not processed (3):"
+    assert [line.split(": ")[:2] for line in out.splitlines()[1:]] == [
+        [f"  {bad[0]}", "not_a_video"], [f"  {bad[1]}", "missing"], [f"  {bad[2]}", "zero_frames"]]
+    assert err == "videoats infer: error: no video could be processed (3 bad files, each listed with its reason)\n"
     code, out, err = run(capsys, "infer", *bad, "--checkpoint", biased_ckpt, "--json")
     assert code != 0 and out["results"] == [] and len(out["errors"]) == 3 and err.count("\n") == 1
 

@@ -2,19 +2,26 @@
 
 A subcommand module in `videoats.commands` defines `register(subparsers)`, which adds its parser and sets
 `func` (returns a JSON-able dict) and optionally `human` (turns that dict into text for people).
-Errors a user can fix surface as one line on stderr and exit code 2, never as a traceback.
+Errors a user can fix surface as one line on stderr and exit code 2, never as a traceback. Output paths a
+command declares (`videoats.paths.declare_outputs`) are checked before it runs. A command whose result is
+complete but whose last write failed returns it with an `error` entry: the result is printed, then the error
+line, and the exit code is 2. Log lines of the `videoats` loggers carry the `videoats COMMAND: warning:`
+prefix; the video libraries' own logs are silenced unless `--verbose` (see `videoats.data.decoding`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
 import os
 import re
 import sys
 from typing import List, Optional, Tuple
 
+from . import __version__
 from .errors import VideoATSError
+from .paths import check_declared
 
 # module names in videoats.commands, in the order `videoats --help` lists them
 COMMAND_MODULES = ["demo", "models", "convert", "flops", "eval_cmd", "train_cmd", "infer", "visualize",
@@ -26,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="videoats",
         description="Adaptive Token Sampling for video transformers (TimeSformer, X-ViT).",
     )
+    parser.add_argument("--version", action="version", version=f"videoats {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -41,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options every subcommand has."""
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show info lines and the video libraries' own log messages (FFmpeg, decord)")
     return parser
 
 
@@ -99,6 +109,41 @@ def _json_default(obj):
     return str(obj)
 
 
+VERBOSE_ENV = "VIDEOATS_VERBOSE"  # read by the decoding module, also inside DataLoader worker processes
+
+
+class _OnceHandler(logging.StreamHandler):
+    """`videoats CMD: warning: message` on the current stderr, each distinct message once per process
+    (a bad video drawn again in every epoch, or once per clip, is reported the first time only)."""
+
+    def __init__(self, command: str):
+        super().__init__()
+        self.setFormatter(logging.Formatter(f"videoats {command}: %(levelname)s: %(message)s"))
+        self.seen = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # what stderr is now (tests and tqdm swap it)
+        record.levelname = record.levelname.lower()
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            super().emit(record)
+
+
+def setup_logging(command: str, verbose: bool = False) -> None:
+    """Route the `videoats.*` loggers through one prefixed handler; info lines only with --verbose."""
+    logger = logging.getLogger("videoats")
+    for handler in [h for h in logger.handlers if isinstance(h, _OnceHandler)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_OnceHandler(command))
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
+        os.environ.pop(VERBOSE_ENV, None)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     rest, opts = split_overrides(list(sys.argv[1:] if argv is None else argv))
@@ -109,7 +154,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if opts and not getattr(args, "takes_overrides", False):
         parser.error(f"{args.command} takes no config overrides (got {' '.join(opts)})")
     args.opts = opts
+    setup_logging(args.command, getattr(args, "verbose", False))
     try:
+        check_declared(args)
         result = args.func(args)
     except VideoATSError as e:
         print(f"videoats {args.command}: error: {e}", file=sys.stderr)
@@ -120,6 +167,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if result is None:
         return 0
     emit(args, result, getattr(args, "human", None))
+    if isinstance(result, dict) and result.get("error"):
+        print(f"videoats {args.command}: error: {result['error']}", file=sys.stderr)
+        return 2
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from ..errors import VideoATSError
+from ..paths import declare_outputs
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--labels", metavar="FILE", help="label names, one a line, in class-index order")
     p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     add_common(p)
+    declare_outputs(p, out="file")
     p.set_defaults(func=run, human=fmt)
 
 
@@ -56,8 +58,6 @@ def run(args) -> dict:
     out = args.out
     if not out.endswith((".safetensors", ".pt", ".pth")):
         raise VideoATSError(f"output {out} must end in .safetensors (or .pt / .pth for a torch file)")
-    if os.path.isdir(out):
-        raise VideoATSError(f"output {out} is a folder; give a file name ending in .safetensors")
     if os.path.exists(out) and not args.force:
         raise VideoATSError(f"output {out} exists; pass --force to overwrite it")
     info = inspect_checkpoint(args.src)

@@ -12,6 +12,7 @@ from typing import List, Tuple
 
 from ..cli import add_common, add_config_args
 from ..errors import VideoATSError
+from ..paths import declare_outputs, require_data_dir
 
 
 def register(subparsers) -> None:
@@ -29,24 +30,26 @@ def register(subparsers) -> None:
     check.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="videos checked at once (default: %(default)s)")
     add_common(check)
+    declare_outputs(check, write_clean="file")
     check.set_defaults(func=run_check_videos, human=format_check_videos)
 
     synth = subparsers.add_parser(
         "make-synthetic", help="write the synthetic motion benchmark (mp4 + Kinetics-style CSVs)",
-        description="Render a synthetic action benchmark (classes defined by motion) as H.264 mp4 files in "
-                    "<OUT>/<split>/<label>/ plus train.csv, val.csv, test.csv (official Kinetics format) and "
-                    "labels.txt. The same seed gives the same files.")
+        description="Render a synthetic action benchmark (classes defined by motion) as lossless H.264 mp4 "
+                    "files in <OUT>/<split>/<label>/ plus train.csv, val.csv, test.csv (official Kinetics "
+                    "format) and labels.txt. The same seed gives the same decoded frames, whatever --workers.")
     synth.add_argument("out", metavar="OUT", help="output folder")
     synth.add_argument("--classes", type=int, default=10, help="number of motion classes, 1-12 (default: 10)")
     synth.add_argument("--per-class", default="16,4,4", metavar="TRAIN[,VAL[,TEST]]",
                        help="videos per class and split (default: %(default)s)")
     synth.add_argument("--frames", type=int, default=32, help="frames per video (default: 32)")
     synth.add_argument("--size", default="64", metavar="S|HxW", help="frame size, even (default: 64)")
-    synth.add_argument("--fps", type=int, default=30)
+    synth.add_argument("--fps", type=int, default=30, help="frames per second, at least 1 (default: 30)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                        help="processes rendering and encoding (default: %(default)s)")
     add_common(synth)
+    declare_outputs(synth, out="dir")
     synth.set_defaults(func=run_make_synthetic, human=format_make_synthetic)
 
 
@@ -54,15 +57,13 @@ def register(subparsers) -> None:
 
 
 def _check_one(record, num_frames: int, backend: str, timeout: float) -> Tuple[str, str, int]:
-    from ..data.decoding import DecodeFailure, read_meta
+    from ..data.decoding import DecodeFailure, read_meta, refuse_truncated
 
-    try:
-        meta = read_meta(record.path, backend=backend, timeout=timeout)
+    try:  # a truncated video is corrupt here as in eval and infer (see data.decoding)
+        meta = refuse_truncated(read_meta(record.path, backend=backend, timeout=timeout))
     except DecodeFailure as e:
-        kind = "missing" if e.reason == "missing" else "corrupt"
+        kind = e.reason if e.reason in ("missing", "unreadable") else "corrupt"
         return kind, e.reason + (f": {e.detail}" if e.detail else ""), 0
-    if meta.truncated:
-        return "corrupt", f"truncated: {meta.num_frames} of {meta.declared_frames} frames decodable", meta.num_frames
     if meta.num_frames < num_frames:
         return "too_short", f"{meta.num_frames} frames, fewer than DATA.NUM_FRAMES={num_frames}", meta.num_frames
     return "ok", "", meta.num_frames
@@ -74,6 +75,8 @@ def run_check_videos(args) -> dict:
     from ..data.dataset import load_annotation
 
     cfg = load_config(args.config, args.opts)
+    if not args.annotation and cfg.DATA.PATH_TO_DATA_DIR:
+        require_data_dir(cfg)
     ann = load_annotation(cfg, args.split, args.annotation)
     if args.workers < 1:
         raise VideoATSError(f"--workers must be at least 1, got {args.workers}")
@@ -81,7 +84,7 @@ def run_check_videos(args) -> dict:
     check = lambda rec: _check_one(rec, num_frames, cfg.DATA.DECODER, float(cfg.DATA.DECODE_TIMEOUT))
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         verdicts = list(pool.map(check, ann.records))
-    counts = {"ok": 0, "missing": 0, "corrupt": 0, "too_short": 0}
+    counts = {"ok": 0, "missing": 0, "unreadable": 0, "corrupt": 0, "too_short": 0}
     problems: List[dict] = []
     keep = []
     for index, (record, (kind, detail, frames)) in enumerate(zip(ann.records, verdicts)):
@@ -94,7 +97,7 @@ def run_check_videos(args) -> dict:
     written = None
     if args.write_clean:
         written = write_annotation(ann, keep, args.write_clean)
-    bad = counts["missing"] + counts["corrupt"]
+    bad = counts["missing"] + counts["unreadable"] + counts["corrupt"]
     return {
         "annotation": ann.source, "format": ann.format, "split": args.split, "videos": len(ann.records),
         "counts": counts, "decodable": counts["ok"] + counts["too_short"], "problems": problems,
@@ -106,8 +109,9 @@ def run_check_videos(args) -> dict:
 def format_check_videos(result: dict) -> str:
     c = result["counts"]
     lines = [f"{result['annotation']} ({result['format']}): {result['videos']} videos, "
-             f"{result['decodable']} decodable, {c['missing']} missing, {c['corrupt']} corrupt, "
-             f"{c['too_short']} too short"]
+             f"{result['decodable']} decodable, {c['missing']} missing, "
+             + (f"{c['unreadable']} unreadable, " if c.get("unreadable") else "")
+             + f"{c['corrupt']} corrupt, {c['too_short']} too short"]
     for p in result["problems"][:50]:
         lines.append(f"  {p['problem']:9s} {p['path']}  {p['detail']}")
     if len(result["problems"]) > 50:

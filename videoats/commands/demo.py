@@ -12,6 +12,7 @@ from importlib.resources import files
 
 from ..cli import add_common
 from ..errors import VideoATSError
+from ..paths import declare_outputs
 
 # package data (setup.cfg package_data), so a wheel install has it as well as a checkout; pip unpacks
 # wheels into folders, so these are real files that torch and safetensors can open by path
@@ -31,6 +32,7 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="where the synthetic videos are cached "
                                                 "(default: ~/.cache/videoats/demo_synthetic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    declare_outputs(p, output="dir", data="dir")
     p.set_defaults(func=run, human=human)
 
 
@@ -45,9 +47,9 @@ def _provenance() -> dict:
 
 def ensure_test_split(data_dir: str, recipe: dict) -> str:
     """Generate the synthetic test split unless the cache already holds the very same one."""
-    from ..data.synthetic import make_synthetic
+    from ..data.synthetic import STORAGE, make_synthetic
 
-    wanted = {k: recipe[k] for k in ("num_classes", "num_frames", "size", "seed")}
+    wanted = dict({k: recipe[k] for k in ("num_classes", "num_frames", "size", "seed")}, storage=STORAGE)
     marker = os.path.join(data_dir, "demo_split.json")
     try:
         with open(marker) as f:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..cli import add_common, add_config_args
+from ..paths import declare_outputs
 
 
 def register(subparsers) -> None:
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", metavar="DIR", help="where to write the results (default: OUTPUT_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
+    declare_outputs(p, output="dir")
     p.set_defaults(func=run, human=fmt)
 
 

@@ -1,8 +1,10 @@
 """`videoats infer`: top-k labels of the user's own videos, with the GFLOPs and tokens they cost.
 
-Bad inputs are answered one by one (missing, not a video, corrupt, zero frames, timeout) and the good ones
-still get their predictions; the exit status is non-zero only when nothing could be processed, so a
-script over a messy folder does not stop on the first broken file.
+Bad inputs are answered one by one (missing, unreadable, not a video, corrupt, zero frames, timeout) and the
+good ones still get their predictions; the exit status is non-zero only when nothing could be processed, so
+a script over a messy folder does not stop on the first broken file. In text mode each answer is printed as
+soon as its video is done (a progress bar on stderr shows where a folder run stands); the bad files follow,
+one line each with its reason.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def register(subparsers) -> None:
                    help="slide over the video and predict every clip, with its time span")
     p.add_argument("--stride", type=float, metavar="SECONDS",
                    help="with --per-clip: seconds between clip starts (default: one clip length)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_common(p)
     accept_overrides(p)
     p.set_defaults(func=run, human=fmt)
@@ -55,7 +58,9 @@ def _warn(lines) -> None:
 
 
 def run(args) -> dict:
-    from ..engine.inference import infer_videos
+    from tqdm import tqdm
+
+    from ..engine.inference import describe_run, infer_videos
     from ..engine.predictor import load_predictor
 
     videos, opts = list(args.inputs), args.opts
@@ -68,18 +73,27 @@ def run(args) -> dict:
     if args.per_clip and args.views and int(predictor.cfg.TEST.NUM_ENSEMBLE_VIEWS) != 1:
         predictor.warnings.append(f"--per-clip takes one clip per window: the clip count of --views "
                                   f"{args.views} is ignored (its crops are used)")
-    result = infer_videos(predictor, videos, topk=args.topk, per_clip=args.per_clip, stride=args.stride)
-    if not result["results"]:
-        why = "; ".join(f"{e['path']} ({e['reason']})" for e in result["errors"][:5])
-        more = f"; ... ({len(result['errors'])} in all)" if len(result["errors"]) > 5 else ""
-        line = f"no video could be processed: {why or 'no videos found in ' + ', '.join(videos)}{more}"
-        if not args.json:
-            raise VideoATSError(line)
-        print(f"videoats infer: error: {line}", file=sys.stderr)
-        result["exit_code"] = 2
-        return result
-    _warn(result["warnings"])
+    _warn(predictor.warnings)
+    stream = not args.json
+    shown = []
+
+    def show(answer: dict) -> None:
+        if not shown:  # the run's header, once, with the first answer
+            shown.append(describe_run(predictor, args.per_clip))
+            tqdm.write("\n".join(header_lines(shown[0])), file=sys.stdout)
+        tqdm.write("\n".join(video_lines(answer, shown[0])), file=sys.stdout)
+        sys.stdout.flush()
+
+    result = infer_videos(predictor, videos, topk=args.topk, per_clip=args.per_clip, stride=args.stride,
+                          on_result=show if stream else None, progress=not args.no_progress)
+    result["streamed"] = stream
     result["exit_code"] = 0
+    if not result["results"]:
+        bad = len(result["errors"])
+        result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
+                           f"{'each listed with its reason' if stream else 'see errors'})" if bad else
+                           f"no videos found in {', '.join(videos)}")
+        result["exit_code"] = 2
     return result
 
 
@@ -91,29 +105,42 @@ def _kept_text(kept, total) -> str:
     return ", ".join(f"block {k['block']} {k['mean']:.1f}" for k in kept) + f" (of {total} patch tokens)"
 
 
-def fmt(result: dict) -> str:
-    lines = [f"{result['setting']}  ({result['checkpoint'] or 'random weights'}; labels from "
-             f"{result['label_source']})"]
-    v = result["views"]
-    if result["mode"] == "per_clip":
-        lines.append(f"per clip: {v['crops']} crop(s) per clip, crops aggregated by {result['aggregation']}")
+def header_lines(run: dict) -> list:
+    """The setting and views every answer of a run shares."""
+    lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})"]
+    v = run["views"]
+    if run["mode"] == "per_clip":
+        lines.append(f"per clip: {v['crops']} crop(s) per clip, crops aggregated by {run['aggregation']}")
     else:
         lines.append(f"views: {v['clips']}x{v['crops']} ({v['clip_sampling']} clips), aggregated by "
-                     f"{result['aggregation']}; scores are probabilities")
-    for r in result["results"]:
-        lines.append("")
-        lines.append(f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s, {r['views']} views)")
-        for i, t in enumerate(r["topk"], 1):
-            lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
-        g = r["gflops"]
-        if g:
-            dense = result.get("dense_gflops_per_view")
-            extra = f" (dense {dense:.4g})" if dense and r["kept_tokens"] else ""
-            lines.append(f"  GFLOPs: {g['per_view']:.4g} per view{extra}, {g['total']:.4g} total")
-        if r["kept_tokens"]:
-            lines.append(f"  kept tokens (mean over views): {_kept_text(r['kept_tokens'], r['patch_tokens'])}")
-        for c in r.get("per_clip", []):
-            lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
+                     f"{run['aggregation']}; scores are probabilities")
+    return lines
+
+
+def video_lines(r: dict, run: dict) -> list:
+    """One video's answer (a blank line first, to separate it from the one before)."""
+    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s, {r['views']} views)"]
+    for i, t in enumerate(r["topk"], 1):
+        lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
+    g = r["gflops"]
+    if g:
+        dense = run.get("dense_gflops_per_view")
+        extra = f" (dense {dense:.4g})" if dense and r["kept_tokens"] else ""
+        lines.append(f"  GFLOPs: {g['per_view']:.4g} per view{extra}, {g['total']:.4g} total")
+    if r["kept_tokens"]:
+        lines.append(f"  kept tokens (mean over views): {_kept_text(r['kept_tokens'], r['patch_tokens'])}")
+    for c in r.get("per_clip", []):
+        lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
+    return lines
+
+
+def fmt(result: dict) -> str:
+    """The whole report, or only what was not streamed yet (bad files, skipped files)."""
+    lines = []
+    if not result.get("streamed"):
+        lines = header_lines(result)
+        for r in result["results"]:
+            lines += video_lines(r, result)
     if result["errors"]:
         lines.append("")
         lines.append(f"not processed ({len(result['errors'])}):")
@@ -122,4 +149,5 @@ def fmt(result: dict) -> str:
             lines.append(f"  {e['path']}: {e['reason']}{detail}")
     if result.get("skipped"):
         lines.append(f"skipped {len(result['skipped'])} non-video file(s) in the folders given")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    return text if result["results"] else text.lstrip("\n")

@@ -6,6 +6,7 @@ import sys
 from ..cli import add_common
 from ..engine.plots import load_results, plot_gflops_vs_top1
 from ..engine.report import _num as gflops_text
+from ..paths import declare_outputs
 
 
 def register(subparsers) -> None:
@@ -17,6 +18,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", default="gflops_vs_top1.png", metavar="PNG", help="(default: %(default)s)")
     p.add_argument("--title", default="", help="figure title")
     add_common(p)
+    declare_outputs(p, output="file")
     p.set_defaults(func=run, human=fmt)
 
 

@@ -66,7 +66,7 @@ def fmt(result: dict) -> str:
     test = result.get("test")
     if test:
         g = test.get("gflops_per_view")
-        lines.append(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  on {test['num_videos']} videos, "
+        lines.append(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  on {test['videos']}, "
                      f"{test['views']} views" + (f", {g:.4f} GFLOPs per view" if g is not None else "")
                      + f"  (results in {test['results']})")
     return "\n".join(lines)

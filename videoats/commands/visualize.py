@@ -6,6 +6,7 @@ import sys
 
 from ..cli import accept_overrides, add_common
 from ..errors import VideoATSError
+from ..paths import check_output_file, declare_outputs
 from .infer import add_model_args
 
 
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-grid", action="store_true", help="no patch grid lines")
     add_common(p)
     accept_overrides(p)
+    declare_outputs(p, output="file", gif="file")
     p.set_defaults(func=run, human=fmt)
 
 
@@ -38,10 +40,8 @@ def run(args) -> dict:
     video = videos[0]
     if args.frames is not None and args.frames < 1:
         raise VideoATSError(f"--frames {args.frames}: give at least 1")
-    for flag, path in (("--output", args.output), ("--gif", args.gif)):
-        if path and os.path.isdir(path):
-            raise VideoATSError(f"{flag} {path} is a folder; give a file name")
     output = args.output or f"{os.path.splitext(os.path.basename(video))[0]}_tokens.png"
+    check_output_file(output, "--output")  # the default name too, before the model is built
     predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint, ats="on",
                                opts=opts, labels_file=args.labels)
     try:

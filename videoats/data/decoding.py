@@ -5,12 +5,29 @@ over-report their frame count (decord#373), so every read runs in a helper threa
 ends in either frames or a `DecodeFailure` whose `reason` is one of REASONS. decord calls go through
 ctypes, which releases the GIL, so a stuck decord call does not block the thread that waits for it; the
 stuck thread is abandoned (a daemon) and the item is reported as a timeout.
+
+Partially decodable videos: a video whose frames stop decoding before the frame count its container declares
+(a cut download, a damaged stream) is *truncated*. Every read also decodes the last declared frame, so
+`VideoMeta.truncated` is known whichever frames a clip asks for. One policy follows from it: a truncated
+video is never tested on - check-videos, eval, infer and infer --per-clip all report it as "corrupt" with
+the detail "truncated: N of M frames decodable" (`refuse_truncated`) - while training may still draw its
+decodable frames (frames past the break are clamped to the last good one, as for a short video), because a
+random augmentation clip loses little by that and is not a reported number.
+
+Library noise: FFmpeg (inside PyAV and, separately, inside decord) and decord print their own log lines on
+the C-level stderr for a damaged file, dozens per video and outside Python's control. Unless the user asked
+for `--verbose` (environment variable VIDEOATS_VERBOSE, which DataLoader workers inherit), their log levels
+are set to quiet and the process's stderr file descriptor points at /dev/null while a native decoder call
+runs; the failure reaches the user once, in our words, through the DecodeFailure the caller reports.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
@@ -19,13 +36,73 @@ import numpy as np
 
 logger = logging.getLogger("videoats.data")
 
-REASONS = ("missing", "corrupt", "zero_frames", "timeout")
+REASONS = ("missing", "unreadable", "corrupt", "zero_frames", "timeout")
 BACKENDS = ("decord", "pyav")
+VERBOSE_ENV = "VIDEOATS_VERBOSE"  # set by the CLI for --verbose
 
 try:  # decord has no wheels for some platforms; PyAV then does all the work
     import decord as _decord
 except Exception:  # pragma: no cover - depends on the platform
     _decord = None
+
+
+# ---------------------------------------------------------------------------------------------- library logs
+
+_log_state = {"verbose": None}
+_stderr_lock = threading.Lock()
+_stderr_state = {"depth": 0, "saved": None}
+
+
+def _verbose() -> bool:
+    return bool(os.environ.get(VERBOSE_ENV))
+
+
+def _set_library_levels(verbose: bool) -> None:
+    """Quiet (or, for --verbose, talkative) FFmpeg/decord log levels, set again only when the wish changes."""
+    if _log_state["verbose"] == verbose:
+        return
+    import av.logging
+
+    av.logging.set_level(av.logging.WARNING if verbose else None)  # None: PyAV keeps FFmpeg silent
+    if _decord is not None:
+        _decord.logging.set_level(_decord.logging.WARNING if verbose else _decord.logging.QUIET)
+    _log_state["verbose"] = verbose
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while native decoders run (nested and threaded use counted).
+
+    decord's own error lines (`video_reader.cc: ERROR opening ...`) bypass every log level, so the
+    descriptor itself is redirected; Python-level writes are not affected when they go through another
+    stream, and the descriptor is restored when the last concurrent decode ends. No-op with --verbose.
+    """
+    verbose = _verbose()
+    _set_library_levels(verbose)
+    if verbose:
+        yield
+        return
+    with _stderr_lock:
+        if _stderr_state["depth"] == 0:
+            try:
+                saved = os.dup(2)
+            except OSError:  # no stderr at all: nothing to silence
+                saved = None
+            if saved is not None:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 2)
+                os.close(devnull)
+            _stderr_state["saved"] = saved
+        _stderr_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _stderr_lock:
+            _stderr_state["depth"] -= 1
+            if _stderr_state["depth"] == 0 and _stderr_state["saved"] is not None:
+                os.dup2(_stderr_state["saved"], 2)
+                os.close(_stderr_state["saved"])
+                _stderr_state["saved"] = None
 
 
 class DecodeFailure(Exception):
@@ -159,8 +236,6 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
         except av.error.FFmpegError as e:
             if decoded == 0:
                 raise DecodeFailure("corrupt", f"PyAV decode failed ({_first_line(e)})") from None
-            logger.warning("%s: decoding stopped at frame %d of %d (%s)", path, decoded, num_frames,
-                           _first_line(e))
         if decoded == 0:
             raise DecodeFailure("zero_frames", "no frame could be decoded")
         if decoded <= last_wanted:  # shorter than the header said: clamp like the protocol clamps
@@ -219,24 +294,60 @@ def run_with_timeout(fn: Callable, timeout: float, *args):
     return box["value"]
 
 
+def check_readable(path: str) -> int:
+    """The file's size, or DecodeFailure saying truly why it cannot be read (missing vs. unreadable)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DecodeFailure("missing", "no such file") from None
+    except NotADirectoryError:
+        raise DecodeFailure("missing", "no such file (a folder on its path is a file)") from None
+    except OSError as e:
+        raise DecodeFailure("unreadable", f"cannot look at it ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DecodeFailure("unreadable", "it is a folder, not a video file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeFailure("unreadable", "not a regular file")
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        what = "permission denied" if e.errno in (errno.EACCES, errno.EPERM) else (e.strerror or str(e))
+        raise DecodeFailure("unreadable", f"cannot be opened ({what})") from None
+    return info.st_size
+
+
+def _with_last_frame(pick: IndexPicker) -> IndexPicker:
+    """`pick` plus the last declared frame, so that every read sees whether the video decodes to its end."""
+
+    def picker(num_frames: int, fps: float) -> np.ndarray:
+        wanted = np.asarray(pick(num_frames, fps), dtype=np.int64)
+        return np.append(wanted, max(num_frames - 1, 0))
+
+    return picker
+
+
 def read_frames(path: str, pick: IndexPicker, backend: str = "decord", short_side: int = 0,
                 timeout: float = 60.0, num_threads: int = 1, fallback: bool = True):
     """(frames uint8 (N, H, W, 3) RGB, indices (N,), VideoMeta) for the indices `pick` chooses.
 
     `backend` is tried first; the other one is tried when it fails (decord missing, a decord error, or a
-    decord timeout), each attempt bounded by `timeout` seconds. Raises DecodeFailure.
+    decord timeout), each attempt bounded by `timeout` seconds. Raises DecodeFailure. A truncated video
+    comes back with `meta.truncated` set; callers that test on videos pass meta to `refuse_truncated`.
     """
-    if not os.path.isfile(path):
-        raise DecodeFailure("missing", "no such file")
-    if os.path.getsize(path) == 0:
+    if check_readable(path) == 0:
         raise DecodeFailure("zero_frames", "the file is empty (0 bytes)")
     order = [backend] + ([b for b in BACKENDS if b != backend] if fallback else [])
     if not decord_available():
         order = [b for b in order if b != "decord"] or ["pyav"]
     failure: Optional[DecodeFailure] = None
+    checked = _with_last_frame(pick)
     for name in order:
         try:
-            return run_with_timeout(_READERS[name], timeout, path, pick, short_side, num_threads)
+            with native_stderr_silenced():
+                frames, indices, meta = run_with_timeout(_READERS[name], timeout, path, checked, short_side,
+                                                         num_threads)
+            return frames[:-1], indices[:-1], meta
         except DecodeFailure as e:
             if failure is not None and failure.reason in ("timeout", "zero_frames") and e.reason == "corrupt":
                 pass  # keep the more telling first reason
@@ -247,6 +358,13 @@ def read_frames(path: str, pick: IndexPicker, backend: str = "decord", short_sid
         except Exception as e:  # an unexpected decoder error is still a bad file, not a crash
             failure = DecodeFailure("corrupt", f"{name}: {_first_line(e)}")
     raise failure
+
+
+def refuse_truncated(meta: VideoMeta) -> VideoMeta:
+    """`meta`, or DecodeFailure('corrupt') for a truncated video (the testing side of the policy above)."""
+    if meta.truncated:
+        raise DecodeFailure("corrupt", f"truncated: {meta.num_frames} of {meta.declared_frames} frames decodable")
+    return meta
 
 
 def read_meta(path: str, backend: str = "decord", timeout: float = 60.0) -> VideoMeta:

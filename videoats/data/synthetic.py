@@ -9,7 +9,14 @@ which gives an adaptive-token model a reason to keep more tokens on some clips t
 The output is laid out like a Kinetics copy - `train.csv`/`val.csv`/`test.csv` in the official
 `label,youtube_id,time_start,time_end,split` format, H.264 mp4 clips named
 `{youtube_id}_{time_start:06d}_{time_end:06d}.mp4` in `<split>/<label>/` folders, and `labels.txt` - so the
-very same loaders read it. Everything derives from the seed: the same seed gives the same files.
+very same loaders read it.
+
+The same seed gives the same decoded pixels, on any machine and with any number of workers: every clip draws
+from its own seed (seed, split, class, index), and the clips are stored losslessly (H.264 RGB, libx264rgb
+crf 0), so a reader decodes exactly the rendered frames. Lossy x264 (even single-threaded) is not
+reproducible - the same frames encoded twice decoded up to 42/255 apart - and a conversion to YUV would
+depend on the machine's swscale code path; lossless RGB leaves the encoder no choice that shows in the pixels.
+(`crf=N` still writes lossy yuv420p H.264, like a Kinetics download, for loader benchmarks; not reproducible.)
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 _BRIGHT = np.array([(255, 70, 70), (70, 255, 70), (90, 140, 255), (255, 255, 80), (255, 90, 255),
                     (80, 255, 255), (255, 255, 255), (255, 170, 50)], dtype=np.float32)
 _CHUNK = 32  # frames rendered at once, to bound memory on long videos
+STORAGE = "h264rgb-lossless"  # how clips are stored; a cache of clips stored otherwise is not the same data
 
 
 # ---------------------------------------------------------------------------------------------- scenes
@@ -214,16 +222,17 @@ def render_frames(scene: dict, num_frames: int, start: int = 0, stop: Optional[i
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def write_mp4(path: str, chunks, height: int, width: int, fps: int = 30, crf: int = 18,
-              codec: str = "libx264", pix_fmt: str = "yuv420p") -> None:
-    """H.264 with one encoder thread, so that the same frames give the same bytes."""
+def write_mp4(path: str, chunks, height: int, width: int, fps: int = 30, crf: Optional[int] = None) -> None:
+    """Lossless H.264 in RGB (crf None: decodes to exactly the frames given), or lossy yuv420p at `crf`."""
     import av
+
+    codec, pix_fmt = ("libx264rgb", "rgb24") if crf is None else ("libx264", "yuv420p")
 
     def encode(tmp: str) -> None:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+            stream.options = {"crf": str(0 if crf is None else crf), "preset": "veryfast", "threads": "1"}
             stream.codec_context.thread_count = 1
             for chunk in chunks:
                 for array in chunk:
@@ -287,12 +296,14 @@ def _per_class(videos_per_class: Union[int, Sequence[int], Dict[str, int]]) -> D
 def make_synthetic(out_dir: str, num_classes: int = 10,
                    videos_per_class: Union[int, Sequence[int], Dict[str, int]] = (16, 4, 4),
                    num_frames: int = 32, size: Union[int, Tuple[int, int]] = 64, fps: int = 30,
-                   seed: int = 0, crf: int = 18, workers: int = 1) -> dict:
+                   seed: int = 0, crf: Optional[int] = None, workers: int = 1) -> dict:
     """Write the benchmark under `out_dir` and return a summary (paths, counts per split, seconds).
 
     videos_per_class: per split, as an int (train; val and test get a quarter, at least 1), a
     (train, val, test) sequence or a {split: count} dict. size: square side or (height, width), even
-    numbers (yuv420p). workers > 1 renders and encodes in that many processes; the output is the same.
+    numbers. fps: a whole number of frames per second, at least 1. crf: None (lossless and reproducible, see
+    the module docstring) or an x264 quality for lossy files. workers > 1 renders and encodes in that many
+    processes; the output is the same.
     """
     if not 1 <= num_classes <= len(CLASS_NAMES):
         raise VideoATSError(f"num_classes must be 1..{len(CLASS_NAMES)} (there are {len(CLASS_NAMES)} "
@@ -300,9 +311,11 @@ def make_synthetic(out_dir: str, num_classes: int = 10,
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if height % 2 or width % 2 or min(height, width) < 16:
         raise VideoATSError(f"synthetic video size {height}x{width}: give even sizes of at least 16 "
-                            f"(H.264 yuv420p needs even sizes)")
+                            f"(even, so that the lossy yuv420p option works too)")
     if num_frames < 2:
         raise VideoATSError(f"num_frames must be at least 2, got {num_frames}")
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise VideoATSError(f"frame rate (--fps) must be a whole number of at least 1, got {fps}")
     per_class = _per_class(videos_per_class)
     started = time.perf_counter()
     out_dir = os.path.abspath(out_dir)
@@ -337,6 +350,7 @@ def make_synthetic(out_dir: str, num_classes: int = 10,
     summary = {"out_dir": out_dir, "num_classes": num_classes, "label_names": names,
                "videos": {s: sum(1 for j in plan if j["split"] == s) for s in SPLIT_NAMES},
                "num_frames": num_frames, "height": height, "width": width, "fps": fps, "seed": seed,
+               "storage": STORAGE if crf is None else f"h264-yuv420p-crf{crf}",
                "files": files, "seconds": round(time.perf_counter() - started, 3)}
     atomic_write_text(os.path.join(out_dir, "synthetic.json"),
                 json.dumps({k: v for k, v in summary.items() if k not in ("seconds", "out_dir", "files")},

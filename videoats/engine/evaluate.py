@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import zoo
 from ..errors import VideoATSError
+from ..paths import check_output_dir, require_data_dir
 from .distributed import rank_world, resolve_device
 
 
@@ -246,7 +247,9 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
 
     Every input problem is raised as VideoATSError before any video is decoded. Under torch.distributed each
     process evaluates its shard and every process returns the same results; only rank 0 writes files
-    (to `output_dir`, default cfg.OUTPUT_DIR; empty string: write nothing).
+    (to `output_dir`, default cfg.OUTPUT_DIR; empty string: write nothing). The output folder is checked
+    before any video is decoded; if the final write still fails (disk full, folder removed), the results
+    come back with `error` saying so, rather than being lost.
     """
     from ..data import build_dataset, build_loader
     from ..config import cfg_to_yaml
@@ -260,10 +263,11 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     checkpoint = zoo.resolve(checkpoint) if checkpoint else checkpoint  # zoo:NAME -> the cached file
     if checkpoint and not os.path.exists(checkpoint):
         raise VideoATSError(f"checkpoint not found: {checkpoint} (give --checkpoint or TEST.CHECKPOINT_FILE)")
-    data_dir = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
-    if data_dir and not os.path.isdir(data_dir):
-        raise VideoATSError(f"data folder not found: {data_dir}; set DATA.PATH_TO_DATA_DIR to the folder with "
-                            "the annotation files")
+    out = cfg.OUTPUT_DIR if output_dir is None else output_dir
+    if out and rank == 0:
+        check_output_dir(out, "--output" if output_dir else "OUTPUT_DIR")
+    if cfg.DATA.PATH_TO_DATA_DIR:
+        require_data_dir(cfg)
     split = cfg.TEST.SPLIT
     dataset = build_dataset(cfg, split)
     built = model is None
@@ -318,7 +322,11 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
         world=world, device=str(device), warnings=warnings)
     doc["seconds"] = round(time.perf_counter() - started, 3)
-    out = cfg.OUTPUT_DIR if output_dir is None else output_dir
     if out and rank == 0:
-        doc["files"] = write_outputs(doc, predictions, views, out)
+        try:
+            doc["files"] = write_outputs(doc, predictions, views, out)
+        except OSError as e:
+            doc["files"] = {}
+            doc["error"] = f"the results could not be written to {out}: {e.strerror or e} (the metrics above " \
+                           "are all that is left of this run)"
     return doc

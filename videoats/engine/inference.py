@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -25,7 +26,7 @@ from torch import Tensor
 from ..errors import VideoATSError
 from .predictor import Predictor
 
-REASONS = ("missing", "not_a_video", "corrupt", "zero_frames", "timeout")
+REASONS = ("missing", "unreadable", "not_a_video", "corrupt", "zero_frames", "timeout")
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
                     ".ts", ".mts", ".ogv", ".gif")
 MAX_FRAMES_PER_READ = 256  # decode long per-clip runs in pieces, so memory does not grow with the video
@@ -180,7 +181,7 @@ def read_clip_frames(path: str, settings, planner: Callable[[int, float], ClipPl
 
     Raises DecodeFailure (reasons in REASONS) before anything is yielded when the video is unusable.
     """
-    from ..data.decoding import DecodeFailure, read_frames
+    from ..data.decoding import DecodeFailure, read_frames, refuse_truncated
 
     s = settings
     box: Dict[str, ClipPlan] = {}
@@ -194,10 +195,7 @@ def read_clip_frames(path: str, settings, planner: Callable[[int, float], ClipPl
 
         frames, _, meta = read_frames(path, pick, backend=s.decoder, short_side=s.decode_short_side,
                                       timeout=s.decode_timeout, num_threads=s.decode_threads)
-        if meta.truncated:
-            raise DecodeFailure("corrupt", f"truncated: {meta.num_frames} of {meta.declared_frames} frames "
-                                           "decodable")
-        return frames, meta
+        return frames, refuse_truncated(meta)
 
     try:
         frames, meta = read(0)
@@ -399,29 +397,12 @@ def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool
     return result
 
 
-def infer_videos(predictor: Predictor, inputs: Sequence[str], topk: int = 5, per_clip: bool = False,
-                 stride: Optional[float] = None, on_result: Optional[Callable[[dict], None]] = None) -> dict:
-    """Every input answered or listed with its reason; folders expanded (see `expand_inputs`)."""
-    from ..data.decoding import DecodeFailure
-
-    if topk < 1:
-        raise VideoATSError(f"--topk {topk}: give at least 1")
-    if stride is not None and stride <= 0:
-        raise VideoATSError(f"--stride {stride}: give a positive number of seconds")
-    paths, skipped = expand_inputs(inputs)
-    results, errors = [], []
-    for path in paths:
-        try:
-            r = predict_video(predictor, path, topk=topk, per_clip=per_clip, stride=stride)
-        except DecodeFailure as e:
-            errors.append({"path": path, "reason": e.reason, "detail": e.detail})
-            continue
-        results.append(r)
-        if on_result is not None:
-            on_result(r)
-    s = predictor.settings()
+def describe_run(predictor: Predictor, per_clip: bool = False) -> dict:
+    """What every answer of a run shares (setting, views, aggregation, dense GFLOPs): known before the first
+    video, so that a caller streaming the answers can print it first."""
     from .metrics import AGGREGATION_DOC
 
+    s = predictor.settings()
     method = str(predictor.cfg.TEST.AGGREGATION)
     try:
         from .flops import CONVENTION
@@ -435,6 +416,46 @@ def infer_videos(predictor: Predictor, inputs: Sequence[str], topk: int = 5, per
         "aggregation": method, "aggregation_doc": AGGREGATION_DOC.get(method, ""),
         "score": "probability; its order is the aggregation's order",
         "dense_gflops_per_view": dense_gflops_per_view(predictor), "gflops_convention": CONVENTION,
-        "inputs": len(paths), "results": results, "errors": errors, "skipped": skipped,
         "warnings": list(predictor.warnings),
     }
+
+
+def infer_videos(predictor: Predictor, inputs: Sequence[str], topk: int = 5, per_clip: bool = False,
+                 stride: Optional[float] = None, on_result: Optional[Callable[[dict], None]] = None,
+                 progress: bool = False) -> dict:
+    """Every input answered or listed with its reason; folders expanded (see `expand_inputs`).
+
+    `on_result(answer)` is called as each video is done (so a long folder run shows its answers as they
+    come); `progress` draws a bar over the videos on stderr when stderr is a terminal.
+    """
+    from ..data.decoding import DecodeFailure
+
+    if topk < 1:
+        raise VideoATSError(f"--topk {topk}: give at least 1")
+    if stride is not None and stride <= 0:
+        raise VideoATSError(f"--stride {stride}: give a positive number of seconds")
+    run = describe_run(predictor, per_clip)
+    paths, skipped = expand_inputs(inputs)
+    results, errors = [], []
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="infer", unit="video", file=sys.stderr, dynamic_ncols=True, leave=False)
+    try:
+        for path in paths:
+            try:
+                r = predict_video(predictor, path, topk=topk, per_clip=per_clip, stride=stride)
+            except DecodeFailure as e:
+                errors.append({"path": path, "reason": e.reason, "detail": e.detail})
+                r = None
+            if bar is not None:
+                bar.update(1)
+            if r is not None:
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {**run, "inputs": len(paths), "results": results, "errors": errors, "skipped": skipped}

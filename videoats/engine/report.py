@@ -167,6 +167,15 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
 # ---------------------------------------------------------------------------------------------- text
 
 
+def videos_text(coverage: dict, where: str = "results.json") -> str:
+    """How many videos a number is over, said the same way everywhere: "15 of 32 videos (17 unreadable,
+    see results.json)", or "32 videos" when all were evaluated, so that a lower count is never hidden."""
+    evaluated, expected = coverage["evaluated_videos"], coverage["expected_videos"]
+    if evaluated == expected:
+        return f"{expected} videos"
+    return f"{evaluated} of {expected} videos ({coverage['not_evaluated_videos']} unreadable, see {where})"
+
+
 def _pct(x):
     return "n/a" if x is None else f"{x:6.2f} %"
 
@@ -183,7 +192,7 @@ def format_summary(doc: dict) -> str:
     m, c, g, p = doc["metrics"], doc["coverage"], doc["gflops"], doc["protocol"]
     views = p["views"]
     lines = [f"videoats eval  {doc['model']['label']}  on {doc['split']} "
-             f"({c['evaluated_videos']} of {c['expected_videos']} videos, {doc['world_size']} process(es))",
+             f"({videos_text(c)}, {doc['world_size']} process(es))",
              f"checkpoint    {doc['checkpoint'] or 'none (random weights)'}",
              f"protocol      {views} views (clips x crops), {p['num_frames']} frames every {p['sampling_rate']}, "
              f"{p['crop_size']} px; aggregation {doc['aggregation']['method']}", "-" * 72,
@@ -214,7 +223,8 @@ def format_summary(doc: dict) -> str:
     lines.append(f"{'coverage':<38}{c['evaluated_videos']} of {c['expected_videos']} videos, "
                  f"{c['evaluated_views']} of {c['expected_views']} views")
     for item in c["not_evaluated"][:10]:
-        lines.append(f"  not evaluated ({item['reason']}): {item['path']}")
+        lines.append(f"  not evaluated: {item['path']}: {item['reason']}"
+                     + (f" ({item['detail']})" if item.get("detail") else ""))
     if len(c["not_evaluated"]) > 10:
         lines.append(f"  ... and {len(c['not_evaluated']) - 10} more (see the results file)")
     for item in c["incomplete"][:5]:

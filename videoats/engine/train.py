@@ -31,6 +31,7 @@ from torch import nn
 
 from .. import zoo
 from ..errors import VideoATSError
+from ..paths import check_output_dir, require_data_dir
 from . import distributed as D
 from .optim import WarmupCosine, build_optimizer, precision_setup
 from .train_log import RunLog, ats_stats, epoch_line, num, progress_bar
@@ -52,10 +53,7 @@ def _datasets(cfg):
     """Every split the run will read, built (annotations parsed) before the first step."""
     from ..data import build_dataset
 
-    data_dir = os.path.expanduser(cfg.DATA.PATH_TO_DATA_DIR)
-    if not data_dir or not os.path.isdir(data_dir):
-        raise VideoATSError(f"data folder not found: {data_dir or '(DATA.PATH_TO_DATA_DIR is empty)'}; set "
-                            "DATA.PATH_TO_DATA_DIR to the folder with the annotation files")
+    require_data_dir(cfg)
     train_set = build_dataset(cfg, "train")
     if len(train_set.label_names) != int(cfg.MODEL.NUM_CLASSES):
         raise VideoATSError(f"the training annotation names {len(train_set.label_names)} classes but "
@@ -210,7 +208,8 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    paths = _paths(os.path.abspath(os.path.expanduser(cfg.OUTPUT_DIR)))
+    paths = _paths(check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR") if main else
+                   os.path.abspath(os.path.expanduser(cfg.OUTPUT_DIR)))
     train_set, val_set = _datasets(cfg)
     label_names = list(train_set.label_names)
     accum = _accumulation(cfg, world)
@@ -406,19 +405,22 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
                   "val": last_val, "metrics_log": paths["metrics"], "resumed": state is not None}
         if cfg.TRAIN.FINAL_TEST:
             from .evaluate import evaluate
+            from .report import videos_text
 
             ckpt = result["best"]["checkpoint"] or paths["last"]
             say(f"final test on the {cfg.TEST.SPLIT} split with {ckpt}")
             doc = evaluate(cfg, checkpoint=ckpt, output_dir=paths["test"], progress=progress)
-            video = doc["metrics"]["video"]
+            video, coverage = doc["metrics"]["video"], doc["coverage"]
             result["test"] = {"checkpoint": ckpt, "top1": video["top1"], "top5": video["top5"],
-                              "num_videos": video["num_videos"], "gflops_per_view": doc["gflops"]["per_view"],
+                              "num_videos": video["num_videos"], "expected_videos": coverage["expected_videos"],
+                              "videos": videos_text(coverage), "gflops_per_view": doc["gflops"]["per_view"],
                               "views": doc["protocol"]["views"], "results": paths["test"]}
+            if doc.get("error"):
+                result["error"] = doc["error"]
             log.record("test", epochs * steps_per_epoch, **{k: v for k, v in result["test"].items()
                                                            if isinstance(v, (int, float))})
-            say(f"test top-1 {num(video['top1'])}%  top-5 {num(video['top5'])}%  "
-                f"({video['num_videos']} videos, {doc['protocol']['views']} views, "
-                f"{num(doc['gflops']['per_view'], 3)} GFLOPs/view)")
+            say(f"test top-1 {num(video['top1'])}%  top-5 {num(video['top5'])}%  on {videos_text(coverage)}; "
+                f"{doc['protocol']['views']} views, {num(doc['gflops']['per_view'], 3)} GFLOPs/view")
     finally:
         log.close()
     result["seconds"] = round(time.perf_counter() - started, 2)
