@@ -284,3 +284,38 @@ def test_zoo_names_reach_eval_infer_and_training_init(server, home, tmp_path, ca
     assert "mapped" in _init_weights(net, "zoo:tiny5", [str(i) for i in range(5)], print)
     assert torch.equal(net.head.weight, five.head.weight)
     assert len(server.log) == 1
+
+
+def test_an_unusable_cache_folder_is_one_line(server, home, tmp_path, monkeypatch):
+    serve(server, "small", "small.bin", SMALL)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(zoo.HOME_ENV, str(blocker))
+    with pytest.raises(VideoATSError, match=r"cannot create the zoo cache folder .*a_file/zoo/small: .*; set "
+                                            r"VIDEOATS_HOME to a writable folder"):
+        zoo.fetch("small")
+    monkeypatch.setenv(zoo.HOME_ENV, str(tmp_path / "ok"))
+    monkeypatch.setattr(zoo, "publish", lambda tmp, path: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(VideoATSError, match=r"zoo weights small: cannot write to the cache folder .* \(No space "
+                                            r"left\); free some space or set VIDEOATS_HOME to another folder"):
+        zoo.fetch("small", progress=False)
+
+
+def test_processes_asking_at_once_download_once(server, home):
+    """torchrun ranks all resolve the same name: the folder lock lets one download and the others read it."""
+    serve(server, "shared", "shared.bin", SMALL * 50)
+    got, errors = [], []
+
+    def one():
+        try:
+            got.append(zoo.fetch("shared", progress=False))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(got)) == 1 and open(got[0], "rb").read() == SMALL * 50
+    assert len(server.log) == 1

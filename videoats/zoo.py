@@ -149,15 +149,19 @@ def fetch(name: str, progress: bool = True) -> str:
     except OSError as err:
         raise VideoATSError(f"cannot create the zoo cache folder {where}: {err.strerror}; set {HOME_ENV} to a "
                             "writable folder")
-    with _locked(where):
-        for file_name, url in e.files:
-            path = os.path.join(where, file_name)
-            if not os.path.isfile(path):
-                _download(name, url, path + ".part", progress)
-                _check(name, path + ".part", path, url, fresh=True)
-                publish(path + ".part", path)
-            else:
-                _check(name, path, path, url, fresh=False)
+    try:
+        with _locked(where):
+            for file_name, url in e.files:
+                path = os.path.join(where, file_name)
+                if not os.path.isfile(path):
+                    _download(name, url, path + ".part", progress)
+                    _check(name, path + ".part", path, url, fresh=True)
+                    publish(path + ".part", path)
+                else:
+                    _check(name, path, path, url, fresh=False)
+    except OSError as err:  # network errors are turned into VideoATSError where they happen: this is the disk
+        raise VideoATSError(f"zoo weights {name}: cannot write to the cache folder {where} "
+                            f"({err.strerror or err}); free some space or set {HOME_ENV} to another folder")
     return local_path(name)
 
 
