@@ -183,7 +183,7 @@ def test_a_sample_does_not_depend_on_its_batch():
 @pytest.mark.parametrize("name", VIDEO_MODELS + ["deit_tiny_patch8_32"])
 @pytest.mark.parametrize("drop_tokens", [True, False])
 def test_keeping_every_token_equals_the_dense_model(name, drop_tokens, monkeypatch):
-    def keep_all(scores, n_samples, present=None):
+    def keep_all(scores, n_samples, present=None, width=None):
         r, m = scores.shape
         index = torch.arange(m).expand(r, m)
         return index, (present if present is not None else torch.ones(r, m, dtype=torch.bool))
@@ -213,10 +213,17 @@ def test_gradients_reach_every_parameter_and_finetuning_lowers_the_loss(name):
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
 
+    # a task both models can learn: each class is a fixed random picture (the same in every frame) under
+    # noise. Measured over seeds 0-5 and 1 or 2 threads, 40 AdamW steps at 1e-3 end at 5-19% of the first
+    # loss (X-ViT learns slowest), so the bound of 50% holds with a wide margin on any machine; at 3e-3 or
+    # 5e-3 X-ViT diverges for some seeds, which is why the rate is lower than TimeSformer would need.
+    g = torch.Generator().manual_seed(0)
+    templates = torch.randn(4, 3, 1, 32, 32, generator=g)
+    x = templates[y] + 0.5 * torch.randn(8, 3, 8, 32, 32, generator=g)
     model = videoats.create_model(name, num_classes=4, ats=ats).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = torch.nn.functional.cross_entropy(model(x), y).item()
-    for _ in range(20):
+    for _ in range(40):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()

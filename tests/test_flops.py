@@ -169,14 +169,14 @@ def test_padded_equals_what_a_batch_computes(variant, drop):
     assert float(sample_gflops(model, x).mean()) <= padded_gflops(model, x) + 1e-12
 
 
-def _keep_all(scores, n_samples, present=None):
+def _keep_all(scores, n_samples, present=None, width=None):
     r, m = scores.shape
     index = torch.arange(m, device=scores.device).expand(r, m)
     keep = torch.ones(r, m, dtype=torch.bool) if present is None else present.bool()
     return index, keep
 
 
-def _keep_top(scores, n_samples, present=None):
+def _keep_top(scores, n_samples, present=None, width=None):
     return scores.argmax(dim=1, keepdim=True), torch.ones(scores.shape[0], 1, dtype=torch.bool)
 
 

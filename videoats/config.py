@@ -12,6 +12,7 @@ from typing import Iterable, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
+from .ats.core import MODES, VARIANTS
 from .errors import VideoATSError
 
 
@@ -29,6 +30,11 @@ class CfgNode(_FvCfgNode):
             raise VideoATSError(f"config {cfg_filename}{where}: not valid YAML ({getattr(e, 'problem', e)})")
         except FileNotFoundError as e:
             raise VideoATSError(f"config {cfg_filename}: _BASE_ file not found: {e.filename}")
+        except UnicodeDecodeError as e:  # a binary file (a checkpoint, a video) given as the config
+            raise VideoATSError(f"config {cfg_filename}: not a text file (byte {e.start} is not UTF-8); give a "
+                                "YAML config file")
+        except OSError as e:
+            raise VideoATSError(f"config {cfg_filename}: cannot be read ({e.strerror or e})")
         if not isinstance(loaded, dict):
             raise VideoATSError(f"config {cfg_filename}: expected a mapping of keys at the top level")
         _check_keys(self, loaded, cfg_filename)
@@ -64,10 +70,10 @@ _C.LOG_PERIOD = 10
 _C.MODEL = CfgNode()
 _C.MODEL.NAME = "timesformer_8x224"
 _C.MODEL.NUM_CLASSES = 600
-# Overrides of the registered architecture; empty or 0 keeps the registered value.
+# Overrides of the registered architecture; empty or null keeps the registered value (0 is a value: off).
 _C.MODEL.ATTENTION_TYPE = ""  # TimeSformer: divided_space_time | joint_space_time | space_only
-_C.MODEL.DROP_PATH_RATE = 0.0
-_C.MODEL.DROPOUT_RATE = 0.0
+_C.MODEL.DROP_PATH_RATE = None  # stochastic depth of the last block (registered: TimeSformer 0.1, X-ViT 0)
+_C.MODEL.DROPOUT_RATE = None  # dropout before the head (registered: X-ViT 0.5, TimeSformer 0)
 _C.MODEL.ACT_CHECKPOINT = False
 
 _C.ATS = CfgNode()
@@ -77,6 +83,7 @@ _C.ATS.TOKENS = [0.5]  # one value for all stages or one per stage; a value <= 1
 _C.ATS.VARIANT = "tube"  # image | tube | frame | joint
 _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batch maximum)
 _C.ATS.MIN_TOKENS = 8
+_C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
 
 _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""
@@ -188,7 +195,8 @@ def load_config(path: Optional[str] = None, opts: Iterable[str] = ()) -> CfgNode
 
 
 _CHOICES = {
-    "ATS.VARIANT": ("image", "tube", "frame", "joint"),
+    "ATS.VARIANT": VARIANTS,
+    "ATS.MODE": MODES,
     "DATA.ANNOTATION_FORMAT": ("auto", "kinetics_csv", "path_label", "folders"),
     "DATA.DECODER": ("decord", "pyav"),
     "TEST.CLIP_SAMPLING": ("official", "centered"),
@@ -200,6 +208,56 @@ _CHOICES = {
 }
 
 
+_INF = float("inf")
+# every numeric key: (lowest, highest, what to say); checked up front so a bad value fails before any work
+_RANGES = {
+    "SEED": (0, 2 ** 63 - 1, "a non-negative integer"),
+    "LOG_PERIOD": (1, _INF, "at least 1 (log every N steps)"),
+    "MODEL.NUM_CLASSES": (1, _INF, "at least 1"),
+    "MODEL.DROP_PATH_RATE": (0.0, 0.999, "in [0, 1) or null (the registered value)"),
+    "MODEL.DROPOUT_RATE": (0.0, 0.999, "in [0, 1) or null (the registered value)"),
+    "ATS.TOKENS": (1e-9, _INF, "positive: a ratio in (0, 1] or a token count"),
+    "ATS.MIN_TOKENS": (1, _INF, "at least 1"),
+    "ATS.BLOCKS": (0, _INF, "block indices from 0"),
+    "DATA.NUM_FRAMES": (1, _INF, "at least 1"),
+    "DATA.SAMPLING_RATE": (1, _INF, "at least 1"),
+    "DATA.TARGET_FPS": (1e-9, _INF, "positive"),
+    "DATA.TRAIN_JITTER_SCALES": (1, _INF, "positive sizes"),
+    "DATA.TRAIN_CROP_SIZE": (1, _INF, "at least 1"),
+    "DATA.TEST_CROP_SIZE": (1, _INF, "at least 1"),
+    "DATA.MEAN": (-_INF, _INF, "three numbers"),
+    "DATA.STD": (1e-12, _INF, "three positive numbers"),
+    "DATA.DECODE_SHORT_SIDE": (0, _INF, "0 (off) or a size in pixels"),
+    "DATA.DECODE_TIMEOUT": (1e-9, _INF, "positive seconds"),
+    "DATA.DECODE_THREADS": (0, _INF, "0 (the decoder decides) or a thread count"),
+    "DATA.NUM_WORKERS": (0, _INF, "0 or more"),
+    "TEST.BATCH_SIZE": (1, _INF, "at least 1"),
+    "TEST.NUM_ENSEMBLE_VIEWS": (1, _INF, "at least 1"),
+    "TEST.NUM_SPATIAL_CROPS": (1, _INF, "at least 1"),
+    "TRAIN.BATCH_SIZE": (1, _INF, "at least 1"),
+    "TRAIN.GLOBAL_BATCH_SIZE": (0, _INF, "0 (off) or a clip count"),
+    "TRAIN.EPOCHS": (1, _INF, "at least 1"),
+    "TRAIN.EVAL_PERIOD": (0, _INF, "0 (no validation) or a number of epochs"),
+    "TRAIN.CHECKPOINT_PERIOD": (0, _INF, "0 (the last epoch only) or a number of epochs"),
+    "TRAIN.CHECKPOINT_STEPS": (0, _INF, "0 (off) or a step count"),
+    "SOLVER.BASE_LR": (0.0, _INF, "0 or more"),
+    "SOLVER.MIN_LR": (0.0, _INF, "0 or more"),
+    "SOLVER.WEIGHT_DECAY": (0.0, _INF, "0 or more"),
+    "SOLVER.MOMENTUM": (0.0, 1.0, "in [0, 1]"),
+    "SOLVER.WARMUP_EPOCHS": (0.0, _INF, "0 or more"),
+    "SOLVER.LABEL_SMOOTHING": (0.0, 0.999, "in [0, 1)"),
+    "SOLVER.CLIP_GRAD": (0.0, _INF, "0 (off) or a norm"),
+}
+_OPTIONAL = ("MODEL.DROP_PATH_RATE", "MODEL.DROPOUT_RATE")
+
+
+def _value(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
 def validate(cfg: CfgNode) -> None:
     """Checks a value's range or choice, naming the key."""
     for key, choices in _CHOICES.items():
@@ -208,12 +266,14 @@ def validate(cfg: CfgNode) -> None:
             value = value[part]
         if value not in choices:
             raise VideoATSError(f"config key {key} = {value!r} is not one of {', '.join(choices)}")
-    for key in ("DATA.NUM_FRAMES", "DATA.SAMPLING_RATE", "DATA.TEST_CROP_SIZE", "DATA.TRAIN_CROP_SIZE",
-                "TEST.BATCH_SIZE", "TEST.NUM_ENSEMBLE_VIEWS", "TEST.NUM_SPATIAL_CROPS", "TRAIN.BATCH_SIZE",
-                "MODEL.NUM_CLASSES"):
-        section, name = key.split(".")
-        if int(cfg[section][name]) < 1:
-            raise VideoATSError(f"config key {key} = {cfg[section][name]!r} must be at least 1")
+    for key, (low, high, what) in _RANGES.items():
+        value = _value(cfg, key)
+        if value is None and key in _OPTIONAL:
+            continue
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        for v in numbers:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                raise VideoATSError(f"config key {key} = {value!r} must be {what}")
     if len(cfg.DATA.MEAN) != 3 or len(cfg.DATA.STD) != 3:
         raise VideoATSError("config keys DATA.MEAN and DATA.STD need three values (one per RGB channel)")
 
@@ -229,6 +289,7 @@ def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
         variant=cfg.ATS.VARIANT,
         drop_tokens=bool(cfg.ATS.DROP_TOKENS),
         min_tokens=int(cfg.ATS.MIN_TOKENS),
+        mode=str(cfg.ATS.MODE),
     )
 
 

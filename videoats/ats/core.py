@@ -34,9 +34,11 @@ import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
-from .sampler import inverse_transform_sample, num_samples
+from .sampler import host_draws, inverse_transform_sample, max_kept, never_binds, num_samples
 
 VARIANTS = ("image", "tube", "frame", "joint")
+MODES = ("trim", "static")
+OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode")
 
 
 @dataclass
@@ -46,16 +48,19 @@ class ATSConfig:
     variant: Optional[str] = None  # None: image for image models, tube for video models
     drop_tokens: bool = True  # prune in eval mode; training always masks
     min_tokens: int = 8
+    mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
 
     @classmethod
     def from_any(cls, ats) -> "ATSConfig":
         if isinstance(ats, ATSConfig):
             return ats
         if isinstance(ats, dict):
-            unknown = set(ats) - {"blocks", "tokens", "variant", "drop_tokens", "min_tokens"}
+            if not ats:
+                raise VideoATSError("ats={} names no block: give dict(blocks=[...], ...) to turn ATS on, or "
+                                    "ats=None for the dense model")
+            unknown = set(ats) - set(OPTIONS)
             if unknown:
-                raise VideoATSError(f"unknown ATS option(s) {sorted(unknown)}; known: blocks, tokens, variant, "
-                                    "drop_tokens, min_tokens")
+                raise VideoATSError(f"unknown ATS option(s) {sorted(unknown)}; known: {', '.join(OPTIONS)}")
             return cls(**ats)
         raise VideoATSError(f"ats must be a dict or ATSConfig, got {type(ats).__name__}")
 
@@ -81,16 +86,19 @@ class ATSConfig:
             raise VideoATSError(f"ATS blocks {bad} out of range: the model has blocks 0..{depth - 1}")
         if len(set(blocks)) != len(blocks):
             raise VideoATSError(f"ATS blocks {blocks} repeat a block")
+        if self.mode not in MODES:
+            raise VideoATSError(f"unknown ATS mode {self.mode!r}; choose one of {', '.join(MODES)}")
         tokens = self.tokens
         if isinstance(tokens, (list, tuple)) and len(tokens) != len(blocks):
             raise VideoATSError(f"ATS tokens {list(tokens)}: give one value or one per block ({len(blocks)})")
         most = group_size(variant, num_frames, num_patches) + 1
         for t in tokens if isinstance(tokens, (list, tuple)) else [tokens]:
-            if not isinstance(t, (int, float)) or t <= 0 or t > most:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 or t > most:
                 raise VideoATSError(f"ATS token budget {t!r} must be a ratio in (0, 1] or a count up to "
                                     f"{most} (the tokens of one {variant} sample, CLS included)")
-        return ATSConfig(sorted(blocks), tokens if not isinstance(tokens, tuple) else list(tokens), variant,
-                         bool(self.drop_tokens), int(self.min_tokens))
+        if isinstance(tokens, (list, tuple)):  # the i-th budget belongs to the i-th block as given
+            tokens = [t for _, t in sorted(zip(blocks, tokens))]
+        return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode)
 
 
 def group_size(variant: str, num_frames: int, num_patches: int) -> int:
@@ -105,15 +113,22 @@ RAGGED = ("frame", "joint")
 class Layout:
     """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
     all are). In the ragged layout, `column` (B, T, W) gives each slot's column in the location-aligned grid
-    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there."""
+    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there. `every_slot`:
+    token-wise layers compute every slot instead of gathering the present ones (the static layout, where
+    gathering would need the present count from the device)."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
+    every_slot: bool = False
 
     @property
     def temporal_valid(self) -> Optional[Tensor]:
         """The present mask of `aligned(x)`."""
         return self.valid if self.column is None else self.aligned_valid
+
+    def rows(self, mask: Optional[Tensor]) -> Optional[Tensor]:
+        """The mask token-wise layers gather present rows by (None: compute every row)."""
+        return None if self.every_slot else mask
 
     def aligned(self, x: Tensor) -> Tensor:
         """(B, T, W, ...) slots -> (B, T, U, ...) where a column is one location in every frame (absent: 0)."""
@@ -142,6 +157,7 @@ class StageRecord:
     mask: Tensor  # (B, T, L0) bool over the original locations: tokens present after this stage
     padded_slots: int  # slots per frame actually computed after this stage (batch maximum)
     aligned_slots: int  # locations temporal mixing runs over after this stage (= padded_slots unless ragged)
+    every_slot: bool = False  # token-wise layers computed every slot (static layout), not only present ones
 
     @property
     def kept(self) -> Tensor:
@@ -150,7 +166,15 @@ class StageRecord:
 
 
 class SamplingRun:
-    """The state of one forward pass: which original location each slot holds, and what was kept."""
+    """The state of one forward pass: which original location each slot holds, and what was kept.
+
+    Shapes after a stage come from the host in one of two ways (`ATSConfig.mode`, pruned layout only):
+    - `trim`: padded to the batch's largest kept count, read from the device once per stage;
+    - `static`: fixed by the budget and the grid (`max_kept`), so nothing is read from the device and the
+      forward pass can be captured whole (CUDA graphs, `torch.compile(fullgraph=True)`); slots beyond a
+      sample's kept count are masked, and token-wise layers compute every slot.
+    Both keep the same tokens, so their outputs agree on every kept token (and with the masked layout).
+    """
 
     def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool):
         self.config, self.prune = config, prune
@@ -158,6 +182,8 @@ class SamplingRun:
         self.batch, self.frames, self.slots0 = batch, frames, slots
         self.location = torch.arange(slots, device=device).expand(batch, frames, slots)  # slot -> location
         self.ragged = prune and config.variant in RAGGED
+        self.static = prune and config.mode == "static"
+        self.width, self.aligned_width = slots, slots  # static layout: the widths the host knows
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -193,10 +219,16 @@ class SamplingRun:
         else:  # image, frame
             rows, ref = scores.reshape(b * t, l), self.slots0 + 1
             present = None if valid is None else valid.reshape(b * t, l)
-        counts = (torch.full(rows.shape[:1], rows.shape[1], device=rows.device) if present is None
-                  else present.sum(dim=1))
-        n = num_samples(cfg.budget(block), counts + 1, ref, cfg.min_tokens)
-        index, keep = inverse_transform_sample(rows, n, present)
+        budget = cfg.budget(block)
+        # the draw count is known on the host when every row has it: all candidates present, or a budget
+        # that never binds; otherwise it is a per-row tensor, bounded by the reference grid
+        if present is None:
+            n = host_draws(budget, rows.shape[1] + 1, ref, cfg.min_tokens)
+        elif never_binds(budget, ref):
+            n = ref - 1
+        else:
+            n = num_samples(budget, present.sum(dim=1) + 1, ref, cfg.min_tokens)
+        index, keep = inverse_transform_sample(rows, n, present, width=max(ref - 1, 2))
         # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
         chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
         chosen = chosen.scatter_add_(1, index, keep.int()) > 0
@@ -211,38 +243,59 @@ class SamplingRun:
         """Where kept tokens go next: (slot index to gather, (B, L') aligned or (B, T, W') ragged, or None to
         keep the grid; the new layout)."""
         b, t = self.batch, self.frames
-        index = None
-        if self.prune:
-            index, width = _held_first(keep if self.ragged else keep.any(dim=1))
-            per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
-            keep = keep.gather(2, per_frame)
-            self.location = self.location.gather(2, per_frame)
+        # over the original locations; the same before and after the slots are compacted
         mask = torch.zeros(b, t, self.slots0, dtype=torch.bool, device=keep.device)
         mask.scatter_(2, self.location, keep)
-        valid = None if bool(keep.all()) else keep
-        layout, aligned = Layout(valid), keep.shape[2]
+        if not self.prune:  # masked: every slot stays, dropped tokens become absent
+            self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
+            return None, Layout(keep)
+        held = keep if self.ragged else keep.any(dim=1)  # per frame (ragged) or per sample (aligned)
+        if self.static:
+            width = self._static_width(block, keep.shape[2])
+            aligned = min(self.aligned_width, t * width) if self.ragged else width
+            every_kept = False
+        else:  # trim: the batch's largest counts, in one device read
+            counts = held.sum(dim=-1)
+            width, fewest, aligned = torch.stack([counts.max(), counts.min(),
+                                                  mask.any(dim=1).sum(dim=-1).max()]).tolist()
+            every_kept = fewest == width  # every row fills its slots: no mask needed
+            aligned = aligned if self.ragged else width
+        self.width, self.aligned_width = width, aligned
+        index = _held_first(held, width)
+        per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
+        keep = keep.gather(2, per_frame)
+        self.location = self.location.gather(2, per_frame)
+        valid = None if every_kept else keep
+        layout = Layout(valid, every_slot=self.static)
         if self.ragged and t > 1:
-            layout, aligned = self._ragged(mask, keep, valid)
-        self._records[block] = StageRecord(block, mask, keep.shape[2], aligned)
+            layout = self._ragged(mask, keep, valid, aligned)
+        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width,
+                                           self.static)
         return index, layout
 
-    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor]) -> Tuple[Layout, int]:
+    def _static_width(self, block: int, slots: int) -> int:
+        """Slots per frame after this stage in the static layout: the most any sample can keep."""
+        cfg, t = self.config, self.frames
+        if cfg.variant == "joint":
+            return min(slots, max_kept(cfg.budget(block), t * slots, cfg.min_tokens))
+        return max_kept(cfg.budget(block), slots, cfg.min_tokens)
+
+    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor], width: int) -> Layout:
         """The location-aligned view of a ragged grid: columns are the locations some frame kept."""
         held = mask.any(dim=1)  # (B, L0)
-        locations, width = _held_first(held)  # column -> location
+        locations = _held_first(held, width)  # column -> location
         column_of = torch.full_like(held, width, dtype=torch.long)
         column_of.scatter_(1, locations, torch.arange(width, device=held.device).expand_as(locations))
         column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
         column = column.masked_fill(~keep, width)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
-        return Layout(valid, column, aligned_valid), width
+        return Layout(valid, column, aligned_valid, every_slot=self.static)
 
 
-def _held_first(held: Tensor) -> Tuple[Tensor, int]:
+def _held_first(held: Tensor, width: int) -> Tensor:
     """Indices of the held positions along the last dim, in their order, then the others (a stable sort
-    of the dropped flags), cut to the largest held count: (index (..., width), width)."""
-    width = int(held.sum(dim=-1).max())
-    return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width], width
+    of the dropped flags), cut to `width` (at least the largest held count)."""
+    return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width]
 
 
 def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:

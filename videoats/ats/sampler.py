@@ -61,46 +61,64 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
     return draws.clamp(min=2).long()
 
 
-_STEPS = {}  # (count, device) -> the official linspace and step numbers: built once, reused every forward
+def host_draws(tokens: float, present: int, reference: int, min_tokens: int = 8) -> int:
+    """`num_samples` for one present count known on the host (no device read)."""
+    return int(num_samples(tokens, torch.tensor([present]), reference, min_tokens)[0])
 
 
-def _steps(count: int, device) -> Tuple[Tensor, Tensor]:
-    key = (count, str(device))
-    if key not in _STEPS:
-        if len(_STEPS) > 4096:
-            _STEPS.clear()
-        _STEPS[key] = (torch.linspace(0, 1.0, count, device=device)[None] * (count - 1),
-                       torch.arange(0, count, device=device, dtype=torch.float32)[None])
-    return _STEPS[key]
+def never_binds(tokens: float, reference: int) -> bool:
+    """True when a budget never cuts a row of at most `reference` tokens: every row then draws
+    `reference - 1` ys, a count the host knows without reading the device."""
+    return tokens >= 1 if tokens <= 1 else tokens >= reference
 
 
-def _targets(ys_start: Tensor, n_samples: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-    """Each row's evenly spaced targets from its ys_start to 1, in the official arithmetic; rows with
-    fewer draws than the widest are padded (second output False there, None when no row is)."""
-    counts = n_samples.tolist()
-    distinct = set(counts)
-    if len(distinct) == 1:  # the usual case (batch 1, tube, equal budgets): no row bookkeeping
-        count = counts[0]
-        scaled_lin, steps = _steps(count, ys_start.device)
-        return ys_start + (scaled_lin - ys_start * steps) / (count - 1), None
-    width = max(distinct)
-    ys = torch.zeros(len(counts), width, device=ys_start.device)
-    for count in distinct:
-        rows = (n_samples == count).nonzero().squeeze(1)
-        scaled_lin, steps = _steps(count, ys_start.device)
-        start = ys_start.index_select(0, rows)
-        ys[rows, :count] = start + (scaled_lin - start * steps) / (count - 1)
-    drawn = torch.arange(width, device=ys.device)[None, :] < n_samples[:, None]
-    return ys, drawn
+def max_kept(tokens: float, slots: int, min_tokens: int = 8) -> int:
+    """The most candidates a row of `slots` candidates can keep under the budget, whatever its scores and
+    whichever of them are present: the width of a stage in the static layout. Kept <= present and
+    kept <= draws; both grow with the present count, so the bound is taken with every candidate present."""
+    n = slots + 1  # the CLS counts
+    k = n * float(tokens) if tokens <= 1 else min(float(n), float(tokens))
+    k = float(torch.tensor(max(k, float(min_tokens)), dtype=torch.float64).round())  # torch's half-to-even
+    return slots if k >= n else min(slots, max(int(k) - 1, 2))
 
 
-def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+def _linspace_rows(counts: Tensor, width: int) -> Tensor:
+    """(R, width) float32: row r holds torch.linspace(0, 1, counts[r]) (then zeros), computed for every row
+    at once with the formula of torch's linspace kernel (from the start up to half way, from the end after)."""
+    i = torch.arange(width, device=counts.device, dtype=torch.float32)[None]
+    last = (counts - 1).to(torch.float32)[:, None]
+    step = 1.0 / last
+    lin = torch.where(i < (counts // 2)[:, None], step * i, 1.0 - step * (last - i))
+    return lin.masked_fill_(i >= counts[:, None], 0.0)
+
+
+def _targets(ys_start: Tensor, n_samples, width: int) -> Tuple[Tensor, Optional[Tensor]]:
+    """Each row's evenly spaced targets from its ys_start to 1, in the official arithmetic:
+    ys = start + (lin * (c - 1) - start * i) / (c - 1) for c draws. `n_samples` is an int (every row draws
+    as many: torch.linspace itself, as the official code) or an (R,) tensor (rows are padded to `width`,
+    second output False there). No device read, no loop over counts, nothing cached between calls."""
+    if isinstance(n_samples, int):
+        count = n_samples
+        steps = torch.arange(0, count, device=ys_start.device, dtype=torch.float32)[None]
+        lin = torch.linspace(0, 1.0, count, device=ys_start.device)[None]
+        return ys_start + (lin * (count - 1) - ys_start * steps) / (count - 1), None
+    counts = n_samples[:, None]
+    steps = torch.arange(0, width, device=ys_start.device, dtype=torch.float32)[None]
+    last = (counts - 1).to(torch.float32)
+    ys = ys_start + (_linspace_rows(n_samples, width) * last - ys_start * steps) / last
+    return ys, steps < counts
+
+
+def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None,
+                             width: Optional[int] = None) -> Tuple[Tensor, Tensor]:
     """Pick tokens whose score-CDF is nearest to evenly spaced targets; duplicates collapse.
 
     scores: (R, M), non-negative; a zero score is never picked. n_samples: targets per row (an int or
     (R,) tensor). Returns `index` (R, W) into the M candidates, in ascending score order, and `keep`
-    (R, W) bool (False where a duplicate collapsed), W = min(max n_samples, M). The kept count per row
-    is what makes ATS adaptive. `present` (R, M) marks real candidates: absent ones (padding, tokens
+    (R, W) bool (False where a duplicate collapsed), W = min(width, M). The kept count per row
+    is what makes ATS adaptive. `width` bounds the draws of every row (default: max n_samples, which
+    reads the device once when n_samples is a tensor; callers that know a bound pass it, so the sample
+    never waits for the device). `present` (R, M) marks real candidates: absent ones (padding, tokens
     dropped earlier) are left out as if the row were shorter, which is what the official code computes on
     a pruned sample of its own; so a sample's choice does not depend on its padding.
     """
@@ -120,8 +138,12 @@ def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor
 
     # targets from the smallest non-zero CDF value up to 1, in the official arithmetic
     ys_start = (ncdf + (ncdf == 0).float() * 1e8).min(dim=1, keepdim=True)[0]
-    n_samples = torch.as_tensor(n_samples, device=s.device).expand(r)
-    ys, drawn = _targets(ys_start, n_samples)
+    if isinstance(n_samples, Tensor):
+        n_samples = n_samples.to(s.device).expand(r)
+        width = int(n_samples.max()) if width is None else int(width)
+    else:
+        n_samples = width = int(n_samples)
+    ys, drawn = _targets(ys_start, n_samples, width)
 
     # nearest CDF value per target (first index on ties, as argmin): the CDF is sorted, so look at the
     # neighbours of each target's insertion point, then step back to the start of a plateau

@@ -13,8 +13,6 @@ from typing import Dict, List, Optional
 from ..cli import add_common
 from ..errors import VideoATSError
 
-_MEANS = {"xvit": ((0.5,) * 3, (0.5,) * 3), "deit": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-_DEFAULT_NORM = ((0.45,) * 3, (0.225,) * 3)  # TimeSformer's test protocol
 
 
 def register(subparsers) -> None:
@@ -138,75 +136,59 @@ def _view_shape(model):
     return (3, t, h, w) if getattr(model, "is_video", False) else (3, h, w)
 
 
-def _norm(name: str):
-    for key, value in _MEANS.items():
-        if name.startswith(key):
-            return value
-    return _DEFAULT_NORM
+def _clip_settings(shape, views):
+    """The clip settings `videoats infer` uses for this model without a config (the default protocol at the
+    model's frames and crop size), so that a file's counts here are the ones `infer` reports for it."""
+    from ..config import get_cfg
+    from ..data import ClipSettings
+
+    cfg = get_cfg()
+    cfg.DATA.NUM_FRAMES = shape[1] if len(shape) == 4 else 1
+    cfg.DATA.TEST_CROP_SIZE = shape[-1]
+    cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = views
+    return ClipSettings.from_cfg(cfg)
 
 
-def _synthetic_batch(shape, batch: int, seed: int, norm):
+def _synthetic_batch(shape, batch: int, seed: int, settings):
     """Rendered motion clips (the synthetic benchmark's scenes) at the view size, normalised."""
     import numpy as np
     import torch
 
-    try:
-        from ..data.synthetic import CLASS_NAMES, _scene, render_frames
-    except ImportError as e:  # pragma: no cover - depends on the data package
-        raise VideoATSError(f"synthetic clips are unavailable ({e}); use --input random or video files")
+    from ..data.sampling import normalize
+    from ..data.synthetic import CLASS_NAMES, _scene, render_frames
+
     video = len(shape) == 4
     t, h, w = (shape[1], shape[2], shape[3]) if video else (1, shape[1], shape[2])
     clips = []
     for i in range(batch):
         rng = np.random.default_rng(seed * 100003 + i)
         scene = _scene(rng, CLASS_NAMES[int(rng.integers(len(CLASS_NAMES)))], h, w)
-        frames = render_frames(scene, max(t, 2))[:t]  # (T, H, W, 3) uint8
-        x = torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(255.0)  # (3, T, H, W)
+        frames = torch.from_numpy(render_frames(scene, max(t, 2))[:t])  # (T, H, W, 3) uint8
+        x = normalize(frames.permute(3, 0, 1, 2), settings.mean, settings.std, channel_dim=0)  # (3, T, H, W)
         clips.append(x if video else x[:, 0])
-    return _normalise(torch.stack(clips), norm)
+    return torch.stack(clips)
 
 
-def _normalise(x, norm):
+def _file_batches(paths, shape, settings):
+    """Every view (clip x crop) of every file, decoded, placed and cropped by the code `videoats infer`
+    runs (`read_clip_frames` with the protocol's clip plan, then `make_views`)."""
     import torch
 
-    mean, std = (torch.tensor(v, dtype=x.dtype).view(1, 3, *([1] * (x.dim() - 2))) for v in norm)
-    return (x - mean) / std
+    from ..data.decoding import DecodeFailure
+    from ..engine.inference import make_views, protocol_plan, read_clip_frames
 
-
-def _file_batches(paths, shape, views, norm):
-    """Every view (clip x crop) of every file: frames evenly spaced within each of `clips` equal segments,
-    short side resized to the crop size, `crops` crops along the long side."""
-    import numpy as np
-    import torch
-
-    from ..data.decoding import DecodeFailure, read_frames
-    from ..data.sampling import spatial_crops
-
-    clips, crops = views
-    video = len(shape) == 4
-    t, size = (shape[1] if video else 1), shape[-1]
     for path in paths:
         if not os.path.isfile(path):
             raise VideoATSError(f"--input {path!r}: no such file (or use 'synthetic' / 'random')")
-
-        def pick(n, fps, _c=clips, _t=t):
-            idx = [np.linspace(c * n / _c, (c + 1) * n / _c - 1, _t) for c in range(_c)]
-            return np.unique(np.clip(np.concatenate(idx), 0, max(n - 1, 0)).astype(np.int64))
-
+        chunks = []
         try:
-            frames, indices, _ = read_frames(path, pick)
+            for first, frames in read_clip_frames(path, settings, lambda n, fps: protocol_plan(settings, n, fps)):
+                if first is not None:
+                    chunks.append(make_views(frames, settings, settings.num_crops))
         except DecodeFailure as e:
             raise VideoATSError(f"--input {path!r}: cannot decode ({e})")
-        n = int(indices.max()) + 1 if len(indices) else 1
-        lookup = {int(v): i for i, v in enumerate(indices)}
-        views_out = []
-        for c in range(clips):
-            want = np.clip(np.linspace(c * n / clips, (c + 1) * n / clips - 1, t), 0, n - 1).astype(np.int64)
-            rows = [lookup.get(int(i), min(lookup.values(), key=lambda j: abs(int(indices[j]) - int(i)))) for i in want]
-            clip = torch.from_numpy(frames[rows]).permute(3, 0, 1, 2).float().div_(255.0)  # (3, T, H, W)
-            for crop in spatial_crops(clip, size, crops):
-                views_out.append(crop if video else crop[:, 0])
-        yield path, _normalise(torch.stack(views_out), norm)
+        views = torch.cat(chunks)
+        yield path, views if len(shape) == 4 else views[:, :, 0]
 
 
 def run(args) -> dict:
@@ -246,20 +228,20 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     source = args.input[0] if len(args.input) == 1 else None
     if source is None and any(i in ("random", "synthetic") for i in args.input):
         raise VideoATSError("--input: give 'synthetic', 'random', or video files, not a mix")
-    norm = _norm(args.model)
+    settings = _clip_settings(shape, views)
     if source == "random":
         gen = torch.Generator().manual_seed(args.seed)
         batches = (("random", torch.randn(args.batch_size, *shape, generator=gen)) for _ in range(args.batches))
         label = (f"random normal noise, {args.batches} x {args.batch_size} samples: NOT real content, "
                  "kept tokens (and GFLOPs) on real videos differ")
     elif source == "synthetic":
-        batches = (("synthetic", _synthetic_batch(shape, args.batch_size, args.seed + b, norm))
+        batches = (("synthetic", _synthetic_batch(shape, args.batch_size, args.seed + b, settings))
                    for b in range(args.batches))
         label = (f"synthetic motion clips (videoats.data.synthetic scenes), {args.batches} x {args.batch_size} "
                  "samples: counts are for this input, not for Kinetics")
     files = source not in ("random", "synthetic")
     if files:
-        batches = _file_batches(args.input, shape, views, norm)
+        batches = _file_batches(args.input, shape, settings)
         label = f"{len(args.input)} video file(s), every view ({views[0]}x{views[1]}) of each"
     meter = F.GFlopsMeter()
     kept: Dict[int, list] = {}

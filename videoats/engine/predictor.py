@@ -38,7 +38,8 @@ class Predictor:
 
     @property
     def patch_size(self) -> int:
-        return int(getattr(self.model, "patch_size", 16))
+        """Pixels per token side, read off the patch-embedding convolution every backbone has."""
+        return int(self.model.patch_embed.proj.kernel_size[0])
 
     @property
     def ats_enabled(self) -> bool:
@@ -177,6 +178,9 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
         num_classes = None  # the registered default
     kw = {"attention_type": cfg.MODEL.ATTENTION_TYPE} if cfg.MODEL.ATTENTION_TYPE else {}
     model = create_model(name, num_classes=num_classes, **kw)
+    if not getattr(model, "is_video", False):
+        raise VideoATSError(f"{name} is an image model; infer, visualize and the demo take video models (see "
+                            f"`videoats models`); count its GFLOPs with `videoats flops --model {name}`")
     num_classes = int(getattr(model, "num_classes", num_classes or 0))
     cfg.MODEL.NUM_CLASSES = num_classes
     if not from_file:  # clip geometry from the model itself

@@ -97,9 +97,9 @@ def build_train_model(cfg) -> nn.Module:
     kw = {}
     if cfg.MODEL.ATTENTION_TYPE:
         kw["attention_type"] = cfg.MODEL.ATTENTION_TYPE
-    if cfg.MODEL.DROP_PATH_RATE > 0:
+    if cfg.MODEL.DROP_PATH_RATE is not None:
         kw["drop_path_rate"] = float(cfg.MODEL.DROP_PATH_RATE)
-    if cfg.MODEL.DROPOUT_RATE > 0:
+    if cfg.MODEL.DROPOUT_RATE is not None:
         kw["dropout_rate"] = float(cfg.MODEL.DROPOUT_RATE)
     D.seed_everything(int(cfg.SEED))  # the same initial weights on every rank and every run
     return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)

@@ -134,7 +134,7 @@ def frame_attention(
     """
     b, t, l = grid
     key_valid = cls_valid(layout.valid)
-    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, key_valid)
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(key_valid))
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
@@ -149,7 +149,7 @@ def frame_attention(
                                                                                q.shape[-1])
             q = torch.cat([q[:, :, :1], patches], dim=2)
     out = attend(q, k, v, key_valid)
-    out = tokenwise(attn.proj, out, cls_valid(layout.valid))
+    out = tokenwise(attn.proj, out, layout.rows(cls_valid(layout.valid)))
     return out, index, layout
 
 
@@ -207,6 +207,6 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     x = gather_slots(x, index)
     xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, cls_valid(layout.valid)), p,
-                        block.training, b)
+    rows = layout.rows(cls_valid(layout.valid))
+    xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout

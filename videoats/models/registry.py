@@ -48,7 +48,7 @@ def create_model(name: str, num_classes: Optional[int] = None, ats=None, pretrai
     if pretrained:
         weights = zoo.default_for(name) if pretrained is True else str(pretrained)
         load_checkpoint(model, zoo.PREFIX + weights, allow_head_reset=num_classes is not None)
-    if ats:
+    if ats is not None:
         from ..ats import apply_ats
 
         apply_ats(model, ats)

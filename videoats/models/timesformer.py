@@ -56,9 +56,10 @@ class DividedBlock(nn.Module):
         l = xa.shape[2]
         xt = xa.transpose(1, 2).reshape(b * l, t, d)
         tv = None if tv is None else tv.transpose(1, 2).reshape(b * l, t)
-        q, k, v = split_heads(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), xt, tv),
+        rows = layout.rows(tv)
+        q, k, v = split_heads(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), xt, rows),
                               self.temporal_attn.num_heads)
-        rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), attend(q, k, v, tv), tv)
+        rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), attend(q, k, v, tv), rows)
         x = x + drop_path(layout.unaligned(rt.reshape(b, l, t, d).transpose(1, 2)), p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
         xs = with_cls(cls, x)
@@ -66,7 +67,7 @@ class DividedBlock(nn.Module):
         x = gather_slots(x, slots) + drop_path(out[:, 1:].reshape(b, t, -1, d), p, training, b)
         cls = cls + drop_path(out[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True), p, training, b)
         # MLP on present tokens only
-        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.valid), p, training, b)
+        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.rows(layout.valid)), p, training, b)
         cls = cls + drop_path(self.mlp(self.norm2(cls)), p, training, b)
         return cls, x, layout
 
