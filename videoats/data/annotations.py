@@ -69,8 +69,12 @@ def read_labels_file(path: str) -> List[str]:
     if not names:
         raise VideoATSError(f"labels file {path} is empty (give one class name a line)")
     names = [n[1:-1] if len(n) > 1 and n[0] == n[-1] == '"' else n for n in names]
-    if len(set(names)) != len(names):
-        raise VideoATSError(f"labels file {path} lists a class name twice; give each class once")
+    first: Dict[str, int] = {}
+    for line, name in enumerate(names, start=1):
+        if name in first:
+            raise VideoATSError(f"labels file {path} lists {name!r} twice (entries {first[name]} and {line}); "
+                                "give each class once")
+        first[name] = line
     return names
 
 

@@ -1,0 +1,71 @@
+"""Input validation and progress of the CLI (issue #15): binary configs, duplicate labels, data folders that
+are not where a relative path points, and the infer progress bar with answers streamed as they come."""
+import io
+import os
+import sys
+
+import pytest
+
+from videoats.cli import main
+from videoats.data.annotations import read_labels_file
+from videoats.errors import VideoATSError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "synthetic", "tiny_timesformer.yaml")
+
+
+def one_error_line(capsys, command):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"videoats {command}: error: "), err
+    return err
+
+
+def test_a_binary_config_is_one_line(tmp_path, capsys):
+    binary = tmp_path / "model.pth"
+    binary.write_bytes(bytes(range(128, 256)) * 8)
+    assert main(["eval", "--config", str(binary)]) == 2
+    assert "not a text file" in one_error_line(capsys, "eval")
+
+
+def test_a_duplicate_label_is_named(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("walking\nrunning\n\njumping\nrunning\n")
+    with pytest.raises(VideoATSError, match=r"lists 'running' twice \(entries 2 and 4\)"):
+        read_labels_file(str(labels))
+
+
+def test_a_relative_data_folder_says_where_it_looked_and_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the repo root: configs/synthetic name data/synthetic
+    assert main(["eval", "--config", CONFIG, "--output", str(tmp_path / "out")]) == 2
+    err = one_error_line(capsys, "eval")
+    assert f"looked for {tmp_path / 'data' / 'synthetic'}, relative to the current folder" in err
+    assert "videoats make-synthetic data/synthetic" in err and "DATA.PATH_TO_DATA_DIR" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_infer_folder_streams_answers_under_a_progress_bar(tiny_synthetic, capsys, monkeypatch):
+    import videoats.engine.inference as inference
+
+    folder = os.path.join(tiny_synthetic, "test")
+    seen = []
+    real = inference.predict_video
+
+    def spy(predictor, path, **kw):  # what stdout holds when each video starts: the earlier answers
+        seen.append(capsys.readouterr().out)
+        return real(predictor, path, **kw)
+
+    monkeypatch.setattr(inference, "predict_video", spy)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["infer", folder, "--model", "timesformer_tiny_8x32", "--config", CONFIG, "--topk", "1"]) == 0
+    assert len(seen) == 10 and all(s.count(".mp4  (") == 1 for s in seen[1:])  # one new answer per video
+    assert "infer: 100%" in terminal.getvalue() and "10/10" in terminal.getvalue()
+
+    terminal.seek(0)
+    terminal.truncate()
+    assert main(["infer", folder, "--model", "timesformer_tiny_8x32", "--config", CONFIG, "--no-progress"]) == 0
+    assert "%|" not in terminal.getvalue()
