@@ -61,9 +61,16 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
     return draws.clamp(min=2).long()
 
 
+def _budget_count(tokens: float, present: int, min_tokens: int) -> int:
+    """`num_samples`' k for one row in plain Python (float64 and half-to-even rounding, as torch's)."""
+    k = present * float(tokens) if tokens <= 1 else min(float(present), float(tokens))
+    return round(max(k, float(min_tokens)))
+
+
 def host_draws(tokens: float, present: int, reference: int, min_tokens: int = 8) -> int:
-    """`num_samples` for one present count known on the host (no device read)."""
-    return int(num_samples(tokens, torch.tensor([present]), reference, min_tokens)[0])
+    """`num_samples` for one present count known on the host (no tensor, no device read)."""
+    k = _budget_count(tokens, present, min_tokens)
+    return max(reference - 1 if k >= present else k - 1, 2)
 
 
 def never_binds(tokens: float, reference: int) -> bool:
@@ -76,10 +83,8 @@ def max_kept(tokens: float, slots: int, min_tokens: int = 8) -> int:
     """The most candidates a row of `slots` candidates can keep under the budget, whatever its scores and
     whichever of them are present: the width of a stage in the static layout. Kept <= present and
     kept <= draws; both grow with the present count, so the bound is taken with every candidate present."""
-    n = slots + 1  # the CLS counts
-    k = n * float(tokens) if tokens <= 1 else min(float(n), float(tokens))
-    k = float(torch.tensor(max(k, float(min_tokens)), dtype=torch.float64).round())  # torch's half-to-even
-    return slots if k >= n else min(slots, max(int(k) - 1, 2))
+    k = _budget_count(tokens, slots + 1, min_tokens)  # the CLS counts
+    return slots if k >= slots + 1 else min(slots, max(k - 1, 2))
 
 
 def _linspace_rows(counts: Tensor, width: int) -> Tensor:

@@ -1,0 +1,67 @@
+"""Host-side costs of running a model, measured the same way on any device: aten ops dispatched and
+device-to-host reads.
+
+On a GPU every aten op is (at least) one kernel launch and every host read stalls Python until the GPU
+has caught up, so these two counts are what decides whether a saving in FLOPs becomes a saving in time.
+Both are properties of the code, not of the machine: counted on the CPU they are the counts a GPU sees,
+which is how `tools/bench_ats.py` and the tests measure them without a GPU.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+# ops whose result the host must wait for: a scalar read (`item`, `int`, `bool`) or an output shape that
+# depends on the data
+HOST_READ_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim",
+                           "unique_consecutive", "repeat_interleave"})
+# reads that do not dispatch an op on the CPU (a CPU tensor's memory is simply read): counted by a hook
+_UNDISPATCHED_READS = ("tolist", "numpy")
+
+
+@dataclass
+class OpCount:
+    ops: int = 0  # aten ops dispatched (views included: each is a call the host pays for)
+    host_reads: int = 0  # device-to-host reads
+    by_op: Counter = field(default_factory=Counter)
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, count: OpCount):
+        super().__init__()
+        self.count = count
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.count.ops += 1
+        self.count.by_op[name] += 1
+        if name in HOST_READ_OPS and not (name == "repeat_interleave" and kwargs and "output_size" in kwargs):
+            self.count.host_reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def count_ops() -> Iterator[OpCount]:
+    """Count the aten ops and host reads of the code run inside: `with count_ops() as c: model(x)`."""
+    count = OpCount()
+    saved = {name: getattr(torch.Tensor, name) for name in _UNDISPATCHED_READS}
+
+    def reading(original):
+        def read(self, *args, **kwargs):
+            count.host_reads += 1
+            return original(self, *args, **kwargs)
+        return read
+
+    try:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, reading(original))
+        with _Counter(count):
+            yield count
+    finally:
+        for name, original in saved.items():
+            setattr(torch.Tensor, name, original)
