@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import videoats
-from videoats.ats import apply_ats, kept_tokens, token_masks
+from videoats import apply_ats
+from videoats.ats import kept_tokens, token_masks
 from videoats.ats import core as ats_core
 from videoats.ats.sampler import inverse_transform_sample, num_samples
 from videoats.errors import VideoATSError

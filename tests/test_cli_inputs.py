@@ -48,7 +48,7 @@ class _Terminal(io.StringIO):
 
 
 def test_infer_folder_streams_answers_under_a_progress_bar(tiny_synthetic, capsys, monkeypatch):
-    import videoats.engine.inference as inference
+    import videoats.inference.predict as inference
 
     folder = os.path.join(tiny_synthetic, "test")
     seen = []

@@ -97,7 +97,7 @@ def test_check_functions_accept_what_can_be_written(tmp_path):
 
 
 def test_eval_whose_final_write_fails_still_prints_its_metrics(tiny_synthetic, tmp_path, capsys, monkeypatch):
-    import videoats.engine.report as report
+    import videoats.evaluation.report as report
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

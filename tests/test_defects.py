@@ -10,8 +10,12 @@ import videoats
 from videoats import cli
 from videoats.ats import ATSConfig, kept_tokens
 from videoats.config import load_config
-from videoats.engine import flops
-from videoats.engine.train import build_train_model
+from videoats import flops
+from functools import partial
+
+from videoats.models.build import build_from_cfg
+
+build_train_model = partial(build_from_cfg, for_training=True)
 from videoats.errors import VideoATSError
 
 from conftest import ramp_video

@@ -14,7 +14,7 @@ import torch
 
 from videoats.cli import main as cli_main
 from videoats.config import load_config
-from videoats.engine import metrics as M
+from videoats.evaluation import metrics as M
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -83,7 +83,7 @@ def test_unlabelled_rows_are_left_out():
 
 
 def test_coverage_incomplete_video():
-    from videoats.engine.report import _coverage
+    from videoats.evaluation.report import _coverage
 
     rec = lambda p, label=0: types.SimpleNamespace(path=p, label=label)  # noqa: E731
     ds = types.SimpleNamespace(views_per_video=6, num_videos=3, videos=[rec("a.mp4"), rec("b.mp4"), rec("c.mp4")])
@@ -123,7 +123,7 @@ def _cfg(data_dir, name="tiny_timesformer.yaml", *extra):
 
 def _checkpoint(tmp_path, cfg, label_names, name="ckpt.pt"):
     from videoats.checkpoint import save_checkpoint
-    from videoats.engine.evaluate import build_model
+    from videoats.models.build import build_from_cfg as build_model
 
     model = build_model(cfg)
     with torch.no_grad():  # a fixed, non-trivial head so predictions differ between classes
@@ -154,7 +154,7 @@ def _read_jsonl(path):
 
 
 def test_coverage_missing_and_corrupt(synth, tmp_path):
-    from videoats.engine.evaluate import evaluate
+    from videoats.evaluation.evaluate import evaluate
 
     data = str(tmp_path / "data")
     shutil.copytree(synth, data)
@@ -203,7 +203,7 @@ def test_cli_eval_json_ats_and_plots(synth, tmp_path, capsys):
 
     # a dense run with the human summary, through the PySlowFast-style entry point (tools/test_net.py),
     # then the GFLOPs-vs-top-1 plot of both runs
-    from videoats.commands.eval_cmd import main as test_net_main
+    from videoats.cli import test_net_main
 
     dense_out = tmp_path / "dense"
     assert test_net_main([*_cfg_args(synth), "TEST.AGGREGATION", "mean_softmax", "--output", str(dense_out)]) == 0
@@ -256,7 +256,7 @@ def test_label_order_mismatch_is_refused(synth, tmp_path, capsys):
 
 
 def test_torchrun_two_processes_match_single(synth, tmp_path):
-    from videoats.engine.evaluate import evaluate
+    from videoats.evaluation.evaluate import evaluate
 
     cfg = _cfg(synth, "tiny_timesformer_ats_tube.yaml")
     ckpt = _checkpoint(tmp_path, cfg, _labels(synth))

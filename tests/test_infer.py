@@ -210,7 +210,7 @@ def test_infer_shipped_checkpoint_returns_the_right_class(tmp_path, capsys):
 def test_render_token_grid_darkens_exactly_the_dropped_patches(tmp_path):
     from PIL import Image
 
-    from videoats.engine.visualize import render_token_grid
+    from videoats.inference.visualize import render_token_grid
 
     frames = np.full((3, 16, 24, 3), 200, np.uint8)  # 2 x 3 patches of 8 px
     masks = {2: np.array([[1, 0, 1, 0, 1, 0]] * 3, bool), 5: np.array([[1, 0, 0, 0, 0, 1]] * 3, bool)}

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from videoats.cli import main
-from videoats.engine.plots import point_labels
-from videoats.engine.visualize import TEXT, _font, render_token_grid
+from videoats.evaluation.plots import point_labels
+from videoats.inference.visualize import TEXT, _font, render_token_grid
 
 TINY = "timesformer_tiny_8x32"
 

@@ -18,7 +18,7 @@ import torch
 
 from videoats.cli import main as cli_main
 from videoats.config import load_config
-from videoats.engine.optim import lr_at
+from videoats.train.optim import lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "synthetic", "train_timesformer_tiny.yaml")
@@ -50,7 +50,7 @@ def weights(out, name="last.pt"):
 
 
 def run_train(data, out, **extra):
-    from videoats.engine.train import train
+    from videoats.train.loop import train
 
     torch.set_num_threads(1)
     return train(load_config(RECIPE, opts(data, out, **extra)), progress=False, echo=lambda s: None)
@@ -94,7 +94,7 @@ def test_activation_checkpointing_and_bf16(name):
     """Recomputing blocks in backward gives the same gradients (ATS on, drop path on), and bf16 autocast
     trains on CPU."""
     from videoats import create_model
-    from videoats.engine.optim import precision_setup
+    from videoats.train.optim import precision_setup
 
     ats = dict(blocks=[1], tokens=0.5, variant="joint")
     x, y = torch.randn(2, 3, 8, 32, 32), torch.tensor([1, 2])

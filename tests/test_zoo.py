@@ -18,8 +18,8 @@ from videoats import VideoATSError, zoo
 from videoats.checkpoint import inspect_checkpoint, save_checkpoint, to_hf_timesformer
 from videoats.cli import main
 from videoats.data.synthetic import make_synthetic
-from videoats.engine.predictor import load_predictor
-from videoats.engine.train import _init_weights
+from videoats.inference.predictor import load_predictor
+from videoats.train.loop import _init_weights
 
 TS = "timesformer_tiny_8x32"
 SMALL = bytes(range(256)) * 40  # 10 240 bytes, 3 chunks of the test's CHUNK

@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import videoats  # noqa: E402
-from videoats.ats import apply_ats, kept_tokens  # noqa: E402
-from videoats.engine.flops import dense_gflops, fvcore_count, padded_gflops, sample_gflops  # noqa: E402
+from videoats import apply_ats  # noqa: E402
+from videoats.ats import kept_tokens  # noqa: E402
+from videoats.flops import dense_gflops, fvcore_count, padded_gflops, sample_gflops  # noqa: E402
 
 
 def best_time(fn, repeats: int) -> float:

@@ -5,11 +5,12 @@
     python tools/count_flops.py --fvcore      # also trace every model (minutes on a CPU: ViT-B on 96 frames)
     python tools/count_flops.py --fvcore --models deit_small_patch16_224 --device cuda
 
-Numbers are per view in the fvcore convention (see videoats.engine.flops); totals are x clips x crops.
+Numbers are per view in the fvcore convention (see videoats.flops); totals are x clips x crops.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,8 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from videoats import create_model  # noqa: E402
-from videoats.commands.flops import _zero_init  # noqa: E402
-from videoats.engine.flops import CONVENTION, PUBLISHED, analytic_gflops, dense_gflops  # noqa: E402
+from videoats.flops import CONVENTION, PUBLISHED, analytic_gflops, dense_gflops  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -34,7 +34,8 @@ def main(argv=None) -> int:
 
     rows = []
     for name in args.models:
-        with _zero_init():  # counts read shapes only; skip seconds of random init
+        # the analytic count reads shapes only (the meta device: no weights); fvcore traces real tensors
+        with contextlib.nullcontext() if args.fvcore else torch.device("meta"):
             model = create_model(name).eval()
         pub = PUBLISHED.get(name, {})
         clips, crops = pub.get("views", (1, 1))

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from videoats.commands.train_cmd import main  # noqa: E402
+from videoats.cli import train_net_main as main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

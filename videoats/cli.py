@@ -1,6 +1,6 @@
 """The `videoats` command: one subcommand per job, each with `--help` and `--json`.
 
-A subcommand module in `videoats.commands` defines `register(subparsers)`, which adds its parser and sets
+A subcommand module in `videoats.commands` (listed in COMMANDS) defines `register(subparsers)`, which adds its parser and sets
 `func` (returns a JSON-able dict) and optionally `human` (turns that dict into text for people).
 Errors a user can fix surface as one line on stderr and exit code 2, never as a traceback. Output paths a
 command declares (`videoats.paths.declare_outputs`) are checked before it runs. A command whose result is
@@ -11,7 +11,6 @@ prefix; the video libraries' own logs are silenced unless `--verbose` (see `vide
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -20,12 +19,13 @@ import sys
 from typing import List, Optional, Tuple
 
 from . import __version__
+from .commands import convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd, visualize
+from .config import get_cfg
 from .errors import VideoATSError
 from .paths import check_declared
 
-# module names in videoats.commands, in the order `videoats --help` lists them
-COMMAND_MODULES = ["demo", "models", "convert", "flops", "eval_cmd", "train_cmd", "infer", "visualize",
-                   "data_cmds", "plot"]
+# in the order `videoats --help` lists them
+COMMANDS = [demo, models, convert, flops, eval_cmd, train_cmd, infer, visualize, data_cmds, plot, figures]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,36 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"videoats {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"videoats.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"videoats.commands.{name}":
-                continue  # a command not built yet
-            raise
+    for module in COMMANDS:
         module.register(sub)
     return parser
-
-
-def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options every subcommand has."""
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of text")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show info lines and the video libraries' own log messages (FFmpeg, decord)")
-    return parser
-
-
-def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """`--config FILE` plus `KEY VALUE` overrides anywhere on the line, as PySlowFast tools take them."""
-    parser.add_argument("--config", "--cfg", dest="config", required=required, help="YAML config file")
-    accept_overrides(parser)
-
-
-def accept_overrides(parser: argparse.ArgumentParser) -> None:
-    """This subcommand takes `KEY VALUE` config overrides (`main` hands them over as `args.opts`)."""
-    parser.set_defaults(takes_overrides=True)
-    parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + \
-        "Config overrides: KEY VALUE pairs anywhere on the line, e.g. TEST.BATCH_SIZE 4 ATS.ENABLE True"
 
 
 def split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
@@ -74,8 +47,6 @@ def split_overrides(argv: List[str]) -> Tuple[List[str], List[str]]:
     is not an existing file; the word after a key is its value whatever it looks like. So overrides can
     sit before, between or after options and videos, and argparse only sees the rest.
     """
-    from .config import get_cfg
-
     sections = set(get_cfg().keys())
     rest, opts, i = [], [], 0
     while i < len(argv):
@@ -171,6 +142,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"videoats {args.command}: error: {result['error']}", file=sys.stderr)
         return 2
     return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
+
+
+def test_net_main(argv=None) -> int:
+    """PySlowFast-style entry (`tools/test_net.py --cfg FILE KEY VALUE ...`): `videoats eval`."""
+    return main(["eval"] + list(sys.argv[1:] if argv is None else argv))
+
+
+def train_net_main(argv=None) -> int:
+    """PySlowFast-style entry (`tools/train_net.py --cfg FILE KEY VALUE ...`): `videoats train`."""
+    return main(["train"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -100,6 +100,19 @@ class ATSConfig:
             tokens = [t for _, t in sorted(zip(blocks, tokens))]
         return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode)
 
+    def to_dict(self) -> dict:
+        """Plain types, as results files record the setting."""
+        tokens = list(self.tokens) if isinstance(self.tokens, (list, tuple)) else self.tokens
+        return {"variant": self.variant, "blocks": list(self.blocks), "tokens": tokens,
+                "drop_tokens": bool(self.drop_tokens), "min_tokens": int(self.min_tokens), "mode": self.mode}
+
+    def label(self) -> str:
+        """`ATS variant blocks a-b tokens t`: how plots and tables name a setting."""
+        b = list(self.blocks)
+        blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
+        tokens = self.tokens if not isinstance(self.tokens, (list, tuple)) else "/".join(map(str, self.tokens))
+        return f"ATS {self.variant} b{blocks} k{tokens}"
+
 
 def group_size(variant: str, num_frames: int, num_patches: int) -> int:
     """Candidates in one sample at the first ATS stage."""

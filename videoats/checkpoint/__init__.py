@@ -8,4 +8,5 @@ TimeSformer authors do), and videoats checkpoints (`.safetensors` with JSON meta
 from .files import RawCheckpoint, read_checkpoint, save_checkpoint  # noqa: F401
 from .layouts import (detect_layout, from_hf_timesformer, from_official_xvit, to_hf_timesformer,  # noqa: F401
                       to_official_timesformer, to_official_xvit)
-from .loading import LoadReport, inspect_checkpoint, load_checkpoint, resize_pos_1d, resize_time  # noqa: F401
+from .loading import (LoadReport, family_of_layout, inspect_checkpoint, load_checkpoint, load_weights,  # noqa: F401
+                      resize_pos_1d, resize_time)

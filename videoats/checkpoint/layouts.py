@@ -148,3 +148,12 @@ def detect_layout(sd: Dict[str, Tensor]) -> str:
     if "pos_embed" in keys and any(re.match(r"blocks\.\d+\.attn\.qkv\.weight$", k) for k in keys):
         return "timm_vit"
     return "unknown"
+
+
+def to_our_keys(sd: Dict[str, Tensor], layout: str) -> Tuple[Dict[str, Tensor], List[str]]:
+    """A state dict of `layout` in our key names, and the keys it has that we knowingly drop."""
+    if layout == "hf_timesformer":
+        return from_hf_timesformer(sd), []
+    if layout == "xvit_official":
+        return from_official_xvit(sd)
+    return sd, []

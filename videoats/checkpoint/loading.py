@@ -14,18 +14,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
+from .. import zoo
 from ..errors import VideoATSError
+from ..models.registry import Family, families, family_of
+from ..models.resize import resize_pos_1d, resize_time  # noqa: F401  (re-exported by videoats.checkpoint)
 from .files import FORMAT_TAG, RawCheckpoint, read_checkpoint
-from .layouts import TIMM_IGNORED, detect_layout, from_hf_timesformer, from_official_xvit
+from .layouts import TIMM_IGNORED, detect_layout, to_our_keys
 
-FAMILY_OF_LAYOUT = {"hf_timesformer": "timesformer", "timesformer_official": "timesformer",
-                    "xvit_official": "xvit", "xvit_state_dict": "xvit", "timm_vit": "vit"}
-FAMILY_TEXT = {"timesformer": "TimeSformer", "xvit": "X-ViT", "vit": "image ViT (timm)", "other": "model"}
-HEAD_KEYS = {"timesformer": ("head.weight", "head.bias"), "vit": ("head.weight", "head.bias"),
-             "xvit": ("temporal_head.mlp.4.weight", "temporal_head.mlp.4.bias")}
 META_KEYS = ("model_name", "num_classes", "label_names", "config", "format_version", "epoch", "cfg", "hf_config")
 SHOW = 5  # keys named in an error message
 
@@ -59,19 +56,13 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def model_family(model: nn.Module) -> str:
-    from timm.models.vision_transformer import VisionTransformer
+def family_of_layout(layout: str) -> Optional[Family]:
+    """The family whose weights a checkpoint layout holds (each family record names its layouts)."""
+    return next((f for f in families() if layout in f.layouts), None)
 
-    from ..models.timesformer import TimeSformer
-    from ..models.xvit import XViT
 
-    if isinstance(model, TimeSformer):
-        return "timesformer"
-    if isinstance(model, XViT):
-        return "xvit"
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    return "other"
+def _title(family: Optional[Family]) -> str:
+    return family.title if family is not None else "model"
 
 
 def _shape(t: Tensor) -> str:
@@ -85,69 +76,19 @@ def _listing(keys, sd: Optional[Dict[str, Tensor]] = None) -> str:
     return ", ".join(shown) + more
 
 
-# ------------------------------------------------------------------------------------------ resizing
-
-def resize_time(t: Tensor, n: int, dim: int = 1) -> Tensor:
-    """1-D nearest over frames, as TimeSformer does (`F.interpolate` nearest: index i -> floor(i*T0/n))."""
-    x = t.float().movedim(dim, -1)
-    shape = x.shape
-    x = F.interpolate(x.reshape(1, -1, shape[-1]), size=n, mode="nearest")
-    return x.reshape(*shape[:-1], n).movedim(-1, dim).to(t.dtype)
-
-
-def resize_pos_1d(pos: Tensor, tokens: int) -> Tensor:
-    """TimeSformer's load_pretrained: 1-D nearest over the flattened patch sequence; the CLS entry kept."""
-    patches = F.interpolate(pos[:, 1:].float().transpose(1, 2), size=tokens - 1, mode="nearest")
-    return torch.cat([pos[:, :1], patches.transpose(1, 2).to(pos.dtype)], dim=1)
-
-
-def resize_pos_2d(pos: Tensor, tokens: int) -> Tensor:
-    """Bicubic over the square patch grid (timm and X-ViT); the CLS entry kept."""
-    old, new = round((pos.shape[1] - 1) ** 0.5), round((tokens - 1) ** 0.5)
-    if old * old != pos.shape[1] - 1 or new * new != tokens - 1:
-        raise VideoATSError(f"cannot resize a position embedding of {pos.shape[1]} tokens to {tokens}: "
-                            "the patch grids are not square")
-    d = pos.shape[-1]
-    grid = pos[:, 1:].float().reshape(1, old, old, d).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, d).to(pos.dtype)], dim=1)
-
-
-def resize_pos_timm(pos: Tensor, tokens: int) -> Tensor:
-    """timm's own resampling (bicubic with antialias), so that a timm ViT loads as timm would load it."""
-    from timm.layers import resample_abs_pos_embed
-
-    new = round((tokens - 1) ** 0.5)
-    if new * new != tokens - 1:
-        raise VideoATSError(f"cannot resize a position embedding to {tokens} tokens: the patch grid is not square")
-    return resample_abs_pos_embed(pos.float(), [new, new], num_prefix_tokens=1).to(pos.dtype)
-
-
-def _resize_rules(family: str):
-    """key -> (token dim, function(tensor, new length), how)."""
-    if family == "timesformer":
-        return {"pos_embed": (1, resize_pos_1d, "1-D nearest over the flattened patches, as TimeSformer"),
-                "time_embed": (1, resize_time, "1-D nearest over frames")}
-    if family == "xvit":
-        return {"pos_embed": (1, resize_pos_2d, "bicubic over the 2-D patch grid, as X-ViT"),
-                "temp_embed": (1, resize_time, "1-D nearest over segment frames")}
-    if family == "vit":
-        return {"pos_embed": (1, resize_pos_timm, "bicubic over the patch grid, as timm")}
-    return {}
-
-
 # ------------------------------------------------------------------------------- ImageNet init
 
-def timm_to_video(sd: Dict[str, Tensor], model_sd: Dict[str, Tensor], family: str, report: LoadReport):
+def timm_to_video(sd: Dict[str, Tensor], model_sd: Dict[str, Tensor], family: Family, report: LoadReport):
     """ImageNet ViT weights -> a video model, as the TimeSformer authors initialise: temporal attention and
     its norm copied from the spatial ones, temporal_fc and time_embed zero (the video model starts as the
-    image model applied per frame); X-ViT keeps its temporal embedding and head at their init."""
+    image model applied per frame); a family's `image_init_kept` keys keep the model's own init (X-ViT: its
+    temporal embedding and head), its `image_init_ignored` checkpoint keys are left out."""
     if "dist_token" in sd or any(k.startswith("head_dist.") for k in sd):
         raise VideoATSError("distilled DeiT weights (with dist_token) are not supported for video init; "
                             "use the non-distilled DeiT or ViT weights")
     out = {}
     for k, v in sd.items():
-        if k.startswith(TIMM_IGNORED) or (family == "xvit" and k.startswith("head.")):
+        if k.startswith(TIMM_IGNORED) or (family.image_init_ignored and k.startswith(family.image_init_ignored)):
             report.ignored.append(k)
         else:
             out[k] = v
@@ -166,7 +107,7 @@ def timm_to_video(sd: Dict[str, Tensor], model_sd: Dict[str, Tensor], family: st
         elif ".temporal_fc." in k or k == "time_embed":
             out[k] = torch.zeros_like(v)
             report.initialized[k] = "zero"
-        elif family == "xvit" and (k == "temp_embed" or k.startswith("temporal_head.")):
+        elif family.image_init_kept and k.startswith(family.image_init_kept):
             out[k] = v.clone()
             report.initialized[k] = "model init (not in image weights)"
     return out
@@ -188,29 +129,22 @@ def _new_head(like: Tensor) -> Tensor:
     return t.to(like.dtype)
 
 
-def _to_our_layout(raw: RawCheckpoint, model: nn.Module, family: str, report: LoadReport):
-    """(state dict in our key names, the checkpoint's model family, whether it is an ImageNet init)."""
-    sd = raw.state_dict
-    layout = detect_layout(sd)
-    if raw.meta.get("format") == FORMAT_TAG:
-        report.source_format = "videoats"
-    else:
-        report.source_format = layout
-    if layout == "hf_timesformer":
-        sd = from_hf_timesformer(sd)
-    elif layout == "xvit_official":
-        sd, ignored = from_official_xvit(sd)
-        report.ignored.extend(ignored)
-    src_family = FAMILY_OF_LAYOUT.get(layout, "other")
-    if layout == "unknown" and family != "other":
+def _to_our_layout(raw: RawCheckpoint, model: nn.Module, family: Optional[Family], report: LoadReport):
+    """(state dict in our key names, whether it is an ImageNet init of a video model)."""
+    layout = detect_layout(raw.state_dict)
+    report.source_format = "videoats" if raw.meta.get("format") == FORMAT_TAG else layout
+    sd, ignored = to_our_keys(raw.state_dict, layout)
+    report.ignored.extend(ignored)
+    src_family = family_of_layout(layout)
+    if layout == "unknown" and family is not None:
         raise VideoATSError(f"{raw.path}: unrecognised checkpoint layout (keys like {_listing(sorted(sd))}); "
                             "expected an official TimeSformer/X-ViT, Hugging Face, timm or videoats checkpoint")
     # image ViT weights into a video model: the ImageNet init (a no-op for space_only TimeSformer)
-    init = src_family == "vit" and family in ("timesformer", "xvit")
-    if family != "other" and src_family != family and not init and layout != "unknown":
+    init = src_family is not None and not src_family.is_video and family is not None and family.is_video
+    if family is not None and src_family is not family and not init and layout != "unknown":
         raise VideoATSError(
-            f"{raw.path} holds {FAMILY_TEXT[src_family]} weights ({report.source_format}) but model "
-            f"{getattr(model, 'model_name', type(model).__name__)} is a {FAMILY_TEXT[family]}: "
+            f"{raw.path} holds {_title(src_family)} weights ({report.source_format}) but model "
+            f"{getattr(model, 'model_name', type(model).__name__)} is a {_title(family)}: "
             "build the matching model (e.g. --model with the checkpoint's architecture)")
     return sd, init
 
@@ -224,7 +158,7 @@ def load_checkpoint(model: nn.Module, path_or_dir, strict: bool = True, allow_he
     """
     raw = read_checkpoint(path_or_dir)
     name = getattr(model, "model_name", type(model).__name__)
-    family = model_family(model)
+    family = family_of(model)
     report = LoadReport(source_format="", path=raw.path, container=raw.container, stripped_prefixes=raw.stripped,
                         metadata={k: raw.meta[k] for k in META_KEYS if k in raw.meta})
     sd, init = _to_our_layout(raw, model, family, report)
@@ -243,7 +177,8 @@ def load_checkpoint(model: nn.Module, path_or_dir, strict: bool = True, allow_he
             raise VideoATSError(f"{where} has width {sd[k].shape[-1]} but model {name} has "
                                 f"{model_sd[k].shape[-1]}{hint}: it is for another architecture")
     # head: a different class count is refused unless asked for (or implied by an ImageNet init)
-    head_keys = [k for k in HEAD_KEYS.get(family, ()) if k in model_sd]
+    family_heads = family.head_keys if family is not None else ()
+    head_keys = [k for k in family_heads if k in model_sd]
     head_differs = [k for k in head_keys if k not in sd or sd[k].shape != model_sd[k].shape]
     if head_differs:
         w = sd.get(head_keys[0]) if head_keys else None
@@ -258,12 +193,12 @@ def load_checkpoint(model: nn.Module, path_or_dir, strict: bool = True, allow_he
             sd[k] = _new_head(model_sd[k])
             report.resized[k] = f"{old} -> {_shape(model_sd[k])} (new head for {want} classes, re-initialised)"
     for k in list(sd):
-        if k not in model_sd and allow_head_reset and k.startswith(tuple(h.rsplit(".", 1)[0] + "." for h in
-                                                                         HEAD_KEYS.get(family, ()))):
+        if k not in model_sd and allow_head_reset and k.startswith(tuple(h.rsplit(".", 1)[0] + "."
+                                                                         for h in family_heads)):
             report.ignored.append(k)  # a head the (head-less) model does not have
             del sd[k]
     # position/time embeddings: resized when only their token count differs
-    for k, (dim, fn, how) in _resize_rules(family).items():
+    for k, (dim, fn, how) in (family.resize_rules if family is not None else {}).items():
         if k in sd and k in model_sd and sd[k].shape != model_sd[k].shape:
             a, b = sd[k].shape, model_sd[k].shape
             if len(a) == len(b) and all(x == y for i, (x, y) in enumerate(zip(a, b)) if i != dim):
@@ -295,20 +230,35 @@ def load_checkpoint(model: nn.Module, path_or_dir, strict: bool = True, allow_he
     return report
 
 
+def load_weights(model: nn.Module, path: str, *, allow_head_reset: bool = False, what: str = "checkpoint",
+                 not_found: str = "", fix: str = "") -> LoadReport:
+    """`load_checkpoint` for the jobs: a zoo name resolved, a missing file and anything the loader raises turned
+    into one line (`what` names the setting, `not_found` / `fix` end the two messages)."""
+    path = zoo.resolve(path)
+    if not os.path.exists(path):
+        raise VideoATSError(f"{what} not found: {path}{not_found}")
+    try:
+        return load_checkpoint(model, path, allow_head_reset=allow_head_reset)
+    except VideoATSError:
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise VideoATSError(f"{what} {path} does not fit model {getattr(model, 'model_name', type(model).__name__)}: "
+                            f"{first[:200]}{fix}")
+
+
 def inspect_checkpoint(path_or_dir) -> Dict[str, Any]:
     """Layout, class count and metadata of a checkpoint without a model (what `convert` needs to build one)."""
     raw = read_checkpoint(path_or_dir)
     sd = raw.state_dict
     layout = detect_layout(sd)
     fmt = "videoats" if raw.meta.get("format") == FORMAT_TAG else layout
-    if layout == "hf_timesformer":
-        sd = from_hf_timesformer(sd)
-    elif layout == "xvit_official":
-        sd, _ = from_official_xvit(sd)
+    sd, _ = to_our_keys(sd, layout)
     num_classes = None
-    for k in ("head.weight", "temporal_head.mlp.4.weight"):
-        if k in sd:
-            num_classes = int(sd[k].shape[0])
-    return {"path": raw.path, "source_format": fmt, "family": FAMILY_OF_LAYOUT.get(layout, "other"),
+    for f in families():
+        if f.head_keys[0] in sd:
+            num_classes = int(sd[f.head_keys[0]].shape[0])
+    src_family = family_of_layout(layout)
+    return {"path": raw.path, "source_format": fmt, "family": src_family.name if src_family else "other",
             "num_classes": num_classes, "metadata": {k: raw.meta[k] for k in META_KEYS if k in raw.meta},
             "size_bytes": os.path.getsize(raw.path)}

@@ -12,7 +12,7 @@ from ..paths import declare_outputs
 
 
 def register(subparsers) -> None:
-    from ..cli import add_common
+    from ._args import add_common
 
     p = subparsers.add_parser(
         "convert", help="convert an official TimeSformer/X-ViT, Hugging Face or timm checkpoint to videoats",
@@ -51,9 +51,8 @@ def _config_text(source_config, model_name: str, num_classes) -> str:
 
 def run(args) -> dict:
     from ..checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-    from ..checkpoint.loading import model_family
     from ..data.annotations import read_labels_file
-    from ..models import create_model
+    from ..models import create_model, family_of
 
     out = args.out
     if not out.endswith((".safetensors", ".pt", ".pth")):
@@ -68,7 +67,7 @@ def run(args) -> dict:
     if num_classes is None and info["family"] != "vit":
         num_classes = info["num_classes"]  # keep the checkpoint's classes unless told otherwise
     model = create_model(args.model, num_classes=num_classes)
-    if (num_classes is None and info["num_classes"] and model_family(model) == "vit"
+    if (num_classes is None and info["num_classes"] and not family_of(model).is_video
             and getattr(model, "num_classes", None) != info["num_classes"]):
         model = create_model(args.model, num_classes=info["num_classes"])  # image weights into an image model
     report = load_checkpoint(model, args.src, allow_head_reset=args.reset_head)

@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
-from ..cli import add_common, add_config_args
+from ._args import add_common, add_config_args
 from ..errors import VideoATSError
 from ..paths import declare_outputs, require_data_dir
 

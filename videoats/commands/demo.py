@@ -10,7 +10,7 @@ import json
 import os
 from importlib.resources import files
 
-from ..cli import add_common
+from ._args import add_common
 from ..errors import VideoATSError
 from ..paths import declare_outputs
 
@@ -68,9 +68,9 @@ def ensure_test_split(data_dir: str, recipe: dict) -> str:
 def run(args) -> dict:
     from ..checkpoint import inspect_checkpoint
     from ..config import config_from_yaml
-    from ..engine.evaluate import evaluate
-    from ..engine.predictor import load_predictor
-    from ..engine.visualize import visualize_clip
+    from ..evaluation.evaluate import evaluate
+    from ..inference.predictor import load_predictor
+    from ..inference.visualize import visualize_clip
 
     provenance = _provenance()
     data_dir = os.path.expanduser(args.data or os.path.join("~", ".cache", "videoats", "demo_synthetic"))

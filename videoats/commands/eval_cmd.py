@@ -1,13 +1,12 @@
-"""`videoats eval`: the multi-view test of a config + checkpoint on a dataset (see videoats.engine.evaluate).
+"""`videoats eval`: the multi-view test of a config + checkpoint on a dataset (see videoats.evaluation.evaluate).
 
 Launch with torchrun for several processes; the process group is started here from the torchrun variables,
 and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
-import sys
 
-from ..cli import add_common, add_config_args
+from ._args import add_common, add_config_args
 from ..paths import declare_outputs
 
 
@@ -28,8 +27,8 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from ..config import load_config
-    from ..engine.distributed import init_from_env
-    from ..engine.evaluate import evaluate
+    from ..runtime import init_from_env
+    from ..evaluation.evaluate import evaluate
 
     cfg = load_config(args.config, args.opts)
     started = init_from_env(cfg)
@@ -51,13 +50,6 @@ def run(args) -> dict:
 
 
 def fmt(result: dict) -> str:
-    from ..engine.report import format_summary
+    from ..evaluation.report import format_summary
 
     return format_summary(result)
-
-
-def main(argv=None) -> int:
-    """PySlowFast-style entry (`tools/test_net.py --cfg FILE KEY VALUE ...`) sharing this command's code."""
-    from ..cli import main as cli_main
-
-    return cli_main(["eval"] + list(sys.argv[1:] if argv is None else argv))

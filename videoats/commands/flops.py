@@ -7,11 +7,10 @@ padded-batch figure apart (what a batch really computes when its samples keep di
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from typing import Dict, List, Optional
 
-from ..cli import add_common
 from ..errors import VideoATSError
+from ._args import add_common
 
 
 
@@ -77,10 +76,13 @@ def _ats_config(args) -> Optional[dict]:
 
 
 def _build(args):
-    from .. import create_model
+    import torch
+
+    from .. import create_model, load_checkpoint
+    from ..models import family_of_name
 
     kw: Dict[str, object] = {}
-    image = args.model.startswith("deit")
+    image = not family_of_name(args.model).is_video
     if args.frames is not None:
         if args.frames < 1:
             raise VideoATSError(f"--frames must be at least 1, got {args.frames}")
@@ -94,45 +96,19 @@ def _build(args):
     if args.num_classes is not None and args.num_classes < 1:
         raise VideoATSError(f"--num-classes must be at least 1, got {args.num_classes}")
     ats = _ats_config(args)
-    if ats is None and not args.checkpoint:  # a dense count reads shapes only: skip seconds of random init
-        with _zero_init():
-            model = create_model(args.model, num_classes=args.num_classes, **kw)
-    else:
-        model = create_model(args.model, num_classes=args.num_classes, ats=ats, **kw)
+    if ats is None and not args.checkpoint and args.counter == "analytic":
+        with torch.device("meta"):  # an analytic count reads shapes only: no weights to initialise
+            return create_model(args.model, num_classes=args.num_classes, **kw).eval()
+    model = create_model(args.model, num_classes=args.num_classes, ats=ats, **kw)
     if args.checkpoint:
-        from .. import load_checkpoint
-
         load_checkpoint(model, args.checkpoint)
     return model.eval()
 
 
-@contextmanager
-def _zero_init():
-    """Weight init as zero fills while building (ViT-B's random init takes seconds on a CPU)."""
-    import torch.nn.init as init
-
-    names = [n for n in ("trunc_normal_", "kaiming_uniform_", "uniform_", "normal_", "xavier_uniform_")
-             if hasattr(init, n)]
-    saved = {(init, n): getattr(init, n) for n in names}
-    try:
-        import timm.models.vision_transformer as tv
-
-        saved.update({(tv, n): getattr(tv, n) for n in ("trunc_normal_", "lecun_normal_") if hasattr(tv, n)})
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        for mod, n in saved:
-            setattr(mod, n, lambda t, *a, **k: t.detach().zero_() if hasattr(t, "zero_") else t)
-        yield
-    finally:
-        for (mod, n), f in saved.items():
-            setattr(mod, n, f)
-
-
 def _view_shape(model):
-    from ..engine.flops import _input_thw
+    from ..flops import input_thw
 
-    t, h, w = _input_thw(model, None)
+    t, h, w = input_thw(model, None)
     return (3, t, h, w) if getattr(model, "is_video", False) else (3, h, w)
 
 
@@ -175,7 +151,7 @@ def _file_batches(paths, shape, settings):
     import torch
 
     from ..data.decoding import DecodeFailure
-    from ..engine.inference import make_views, protocol_plan, read_clip_frames
+    from ..inference.predict import make_views, protocol_plan, read_clip_frames
 
     for path in paths:
         if not os.path.isfile(path):
@@ -192,21 +168,22 @@ def _file_batches(paths, shape, settings):
 
 
 def run(args) -> dict:
-    from ..engine import flops as F
+    from .. import flops as fl
+    from ..data.clips import parse_views
 
     model = _build(args)
-    views = F.parse_views(args.views) if args.views else ((1, 3) if getattr(model, "is_video", False) else (1, 1))
+    views = parse_views(args.views) if args.views else ((1, 3) if getattr(model, "is_video", False) else (1, 1))
     n_views = views[0] * views[1]
     shape = _view_shape(model)
-    result = dict(model=args.model, view_shape=list(shape), views=f"{views[0]}x{views[1]}", convention=F.CONVENTION)
+    result = dict(model=args.model, view_shape=list(shape), views=f"{views[0]}x{views[1]}", convention=fl.CONVENTION)
     dense = {}
-    with F.dense_mode(model):
+    with fl.dense_mode(model):
         if args.counter in ("analytic", "both"):
-            dense["analytic"] = F.analytic_gflops(model)
+            dense["analytic"] = fl.analytic_gflops(model)
         if args.counter in ("fvcore", "both"):
-            dense["fvcore"] = F.dense_gflops(model)
+            dense["fvcore"] = fl.dense_gflops(model)
     result["dense"] = dict(per_view=dense, total={k: v * n_views for k, v in dense.items()})
-    pub = F.PUBLISHED.get(args.model)
+    pub = fl.PUBLISHED.get(args.model)
     default_shape = args.frames is None and args.img_size is None
     if pub and default_shape:
         ours = dense.get("analytic", dense.get("fvcore"))
@@ -220,8 +197,9 @@ def run(args) -> dict:
 def _run_ats(args, model, shape, views, dense) -> dict:
     import torch
 
-    from ..ats import kept_tokens
-    from ..engine import flops as F
+    from .. import flops as fl
+    from ..runner import account
+    from ..summary import stats
 
     if args.batches < 1 or args.batch_size < 1:
         raise VideoATSError("--batches and --batch-size must be at least 1")
@@ -243,24 +221,26 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     if files:
         batches = _file_batches(args.input, shape, settings)
         label = f"{len(args.input)} video file(s), every view ({views[0]}x{views[1]}) of each"
-    meter = F.GFlopsMeter()
+    meter = fl.GFlopsMeter()
     kept: Dict[int, list] = {}
     fv_first = None
     with torch.no_grad():
         for src, x in batches:
             model(x)
-            meter.update(model, x, video_ids=[src] * len(x) if files else None)
-            for block, k in kept_tokens(model).items():
+            out = account(model, x)
+            meter.add(out.gflops, out.padded, video_ids=[src] * len(x) if files else None)
+            for block, k in out.kept.items():
                 kept.setdefault(block, []).extend(k.tolist())
             if fv_first is None and args.counter in ("fvcore", "both"):
                 one = x[:1]
-                fv = F.fvcore_count(model, one).gflops
-                fv_first = dict(fvcore=fv, padded_analytic=F.padded_gflops(model, one),
-                                sample_analytic=float(F.sample_gflops(model, one)[0]))
+                fv = fl.fvcore_count(model, one).gflops
+                fv_first = dict(fvcore=fv, padded_analytic=fl.padded_gflops(model, one),
+                                sample_analytic=float(fl.sample_gflops(model, one)[0]))
     summary = meter.summary(views)
     base = dense.get("analytic", dense.get("fvcore"))
     cfg = model.ats
-    out = dict(config=dict(blocks=list(cfg.blocks), tokens=cfg.tokens, variant=cfg.variant,
+    setting = cfg.to_dict()
+    out = dict(config=dict(blocks=setting["blocks"], tokens=setting["tokens"], variant=setting["variant"],
                            layout="pruned" if cfg.drop_tokens else "masked"),
                input=label, weights=args.checkpoint or "random initialisation (no --checkpoint): kept tokens "
                                                         "reflect untrained attention",
@@ -268,7 +248,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
                per_sample_total=summary["total"], total_is=summary["total_is"],
                padded_per_view=summary["padded_per_view"], padded_total=summary["padded_total"],
                saving_vs_dense_pct=100.0 * (1.0 - summary["per_view"]["mean"] / base),
-               kept_tokens={str(b): F.summarize(v) for b, v in sorted(kept.items())})
+               kept_tokens={str(b): stats(v) for b, v in sorted(kept.items())})
     if fv_first is not None:
         out["fvcore_check_first_sample"] = fv_first
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import accept_overrides, add_common
+from ._args import accept_overrides, add_common
 from ..errors import VideoATSError
 
 
@@ -60,8 +60,8 @@ def _warn(lines) -> None:
 def run(args) -> dict:
     from tqdm import tqdm
 
-    from ..engine.inference import describe_run, infer_videos
-    from ..engine.predictor import load_predictor
+    from ..inference.predict import describe_run, infer_videos
+    from ..inference.predictor import load_predictor
 
     videos, opts = list(args.inputs), args.opts
     if not videos:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import zoo
-from ..cli import add_common
+from ._args import add_common
 from ..models import create_model, list_models
 
 

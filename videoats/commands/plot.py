@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import sys
 
-from ..cli import add_common
-from ..engine.plots import load_results, plot_gflops_vs_top1
-from ..engine.report import _num as gflops_text
+from ..evaluation.plots import load_results, plot_gflops_vs_top1
+from ..evaluation.report import number_text as gflops_text
 from ..paths import declare_outputs
+from ._args import add_common
 
 
 def register(subparsers) -> None:

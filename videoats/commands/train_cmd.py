@@ -1,13 +1,12 @@
-"""`videoats train`: train or fine-tune a model from a config (see videoats.engine.train).
+"""`videoats train`: train or fine-tune a model from a config (see videoats.train.loop).
 
 Launch with torchrun for several processes or machines; the process group is started here from the
 torchrun variables, and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
-import sys
 
-from ..cli import add_common, add_config_args
+from ._args import add_common, add_config_args
 
 EPILOG = """\
 several processes:  torchrun --standalone --nproc_per_node 2 -m videoats.cli train --config CFG
@@ -39,8 +38,8 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from ..config import load_config
-    from ..engine import distributed as D
-    from ..engine.train import train
+    from .. import runtime as D
+    from ..train.loop import train
 
     cfg = load_config(args.config, args.opts)
     started = D.init_from_env(cfg)
@@ -70,10 +69,3 @@ def fmt(result: dict) -> str:
                      f"{test['views']} views" + (f", {g:.4f} GFLOPs per view" if g is not None else "")
                      + f"  (results in {test['results']})")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """PySlowFast-style entry (`tools/train_net.py --cfg FILE KEY VALUE ...`) sharing this command's code."""
-    from ..cli import main as cli_main
-
-    return cli_main(["train"] + list(sys.argv[1:] if argv is None else argv))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli import accept_overrides, add_common
+from ._args import accept_overrides, add_common
 from ..errors import VideoATSError
 from ..paths import check_output_file, declare_outputs
 from .infer import add_model_args
@@ -31,8 +31,8 @@ def register(subparsers) -> None:
 
 def run(args) -> dict:
     from ..data.decoding import DecodeFailure
-    from ..engine.predictor import load_predictor
-    from ..engine.visualize import visualize_clip
+    from ..inference.predictor import load_predictor
+    from ..inference.visualize import visualize_clip
 
     videos, opts = list(args.inputs), args.opts
     if len(videos) != 1:

@@ -21,9 +21,9 @@ from typing import Dict, List, Optional, Sequence
 
 from ..atomic import atomic_write_text
 from ..errors import VideoATSError
+from .files import VIDEO_EXTENSIONS
 
 FORMATS = ("kinetics_csv", "path_label", "folders")
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 logger = logging.getLogger("videoats.data")
 
-REASONS = ("missing", "unreadable", "corrupt", "zero_frames", "timeout")
+REASONS = ("missing", "unreadable", "not_a_video", "corrupt", "zero_frames", "timeout")  # not_a_video: files.py
 BACKENDS = ("decord", "pyav")
 VERBOSE_ENV = "VIDEOATS_VERBOSE"  # set by the CLI for --verbose
 

@@ -1,3 +1,8 @@
-"""Model families, one file each; importing this package registers them all."""
-from .registry import create_model, list_models, register_model  # noqa: F401
+"""Model families, one file each (blocks, family record, builders); importing this package registers them.
+
+`ats_patch.py` turns ATS on for any of them (and for a timm ViT); `build.py` builds the model a config
+describes.
+"""
+from .ats_patch import apply_ats  # noqa: F401
+from .registry import Family, create_model, family_of, family_of_name, list_models, register_model  # noqa: F401
 from . import timesformer, vit, xvit  # noqa: F401,E402  (registration side effects)

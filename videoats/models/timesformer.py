@@ -19,7 +19,9 @@ from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, gather_slots,
                      grid_block, split_heads, tokenwise, with_cls)
-from .registry import register_model
+from .cost import CostSpec, attn_block_cost, lin, ln, patch_cost
+from .registry import Family, register_family, register_model
+from .resize import resize_pos_1d, resize_time
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 
@@ -167,6 +169,30 @@ class TimeSformer(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         return self.head(self.head_drop(self.forward_features(video)))
+
+
+def flops_spec(model: "TimeSformer", ats_path: bool) -> CostSpec:
+    """Cost terms read off the built modules (divided: spatial + temporal attention; space_only: per-frame
+    CLS; joint: one sequence over the clip)."""
+    blocks, kind = [], model.attention_type
+    for blk in model.blocks:
+        b = attn_block_cost(blk.norm1, blk.attn, blk.norm2, blk.mlp)
+        if kind == "divided_space_time":
+            ta = blk.temporal_attn
+            b.t_tok = ln(blk.temporal_norm1) + lin(ta.qkv) + lin(ta.proj) + lin(blk.temporal_fc)
+            b.t_pair = 2 * (ta.qkv.out_features // 3)
+        blocks.append(b)
+    layout = {"divided_space_time": "divided", "space_only": "frame", "joint_space_time": "joint"}[kind]
+    return CostSpec(layout, patch_cost(model.patch_embed), blocks, head_fixed=ln(model.norm) + lin(model.head),
+                    upsample=True, native_patches=model.num_patches, dim=model.patch_embed.proj.out_channels)
+
+
+FAMILY = register_family(__name__, Family(
+    name="timesformer", title="TimeSformer", is_video=True, matches=lambda m: isinstance(m, TimeSformer),
+    flops_spec=flops_spec, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225),
+    head_keys=("head.weight", "head.bias"), layouts=("timesformer_official", "hf_timesformer"),
+    resize_rules={"pos_embed": (1, resize_pos_1d, "1-D nearest over the flattened patches, as TimeSformer"),
+                  "time_embed": (1, resize_time, "1-D nearest over frames")}))
 
 
 def _build(num_frames, img_size, num_classes, kw, **arch):

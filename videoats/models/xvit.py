@@ -19,7 +19,9 @@ from torch import Tensor
 from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import PlainBlock, call_block, grid_block
-from .registry import register_model
+from .cost import CostSpec, attn_block_cost, lin, ln, patch_cost
+from .registry import Family, register_family, register_model
+from .resize import resize_pos_2d, resize_time
 from .timesformer import PatchEmbed
 
 
@@ -143,6 +145,28 @@ class XViT(nn.Module):
 
     def forward(self, video: Tensor) -> Tensor:
         return self.temporal_head(self.frame_drop(self.forward_features(video)))
+
+
+def flops_spec(model: "XViT", ats_path: bool) -> CostSpec:
+    """A ViT per frame (per-frame CLS; the shift moves channels, it costs nothing), then the temporal head:
+    one block over 1 + T tokens and an MLP."""
+    th = model.temporal_head
+    enc = th.encoder
+    head_block = attn_block_cost(enc.norm1, enc.attn, enc.norm2, enc.mlp)
+    mlp_head = sum(ln(m) + lin(m) for m in th.mlp)
+    return CostSpec("frame", patch_cost(model.patch_embed),
+                    [attn_block_cost(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks],
+                    head_fixed=mlp_head, head_per_frame=ln(model.norm), head_block=head_block,
+                    dim=model.patch_embed.proj.out_channels)
+
+
+FAMILY = register_family(__name__, Family(
+    name="xvit", title="X-ViT", is_video=True, matches=lambda m: isinstance(m, XViT), flops_spec=flops_spec,
+    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), head_keys=("temporal_head.mlp.4.weight", "temporal_head.mlp.4.bias"),
+    layouts=("xvit_official", "xvit_state_dict"),
+    resize_rules={"pos_embed": (1, resize_pos_2d, "bicubic over the 2-D patch grid, as X-ViT"),
+                  "temp_embed": (1, resize_time, "1-D nearest over segment frames")},
+    image_init_ignored=("head.",), image_init_kept=("temp_embed", "temporal_head.")))
 
 
 @register_model

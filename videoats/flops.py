@@ -50,13 +50,16 @@ import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import VideoATSError
+from .errors import VideoATSError
+from .models.cost import CostSpec, plain_cost as _plain
+from .models.registry import family_of
+from .summary import stats
 
 CONVENTION = ("fvcore convention: 1 fused multiply-add = 1 flop; counts linear/conv layers, attention matmuls "
               "(q.k^T, attn.v, the ATS scoring row) and LayerNorm (5/element); GELU, softmax, adds not counted")
@@ -165,7 +168,7 @@ def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> Fvcor
     batch = int(inputs.shape[0])
     if missing and strict:
         raise VideoATSError(f"fvcore cannot count {sorted(missing)} in {type(model).__name__}: the count would "
-                            "be too low; add a handle in videoats.engine.flops")
+                            "be too low; add a handle in videoats.flops")
     return FvcoreCount(total / batch / 1e9, batch, {k: v / batch / 1e9 for k, v in by_op.items()},
                        dict(not_counted), missing)
 
@@ -186,7 +189,7 @@ def dense_mode(model: nn.Module):
 def dense_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = None, device=None) -> float:
     """Per-view GFLOPs of the dense model by fvcore on a batch of 1 (input (C, T, H, W), or (C, H, W) for
     image models; default: the model's own frames and size). ATS, if on, is switched off for the count."""
-    t, h, w = _input_thw(model, input_shape)
+    t, h, w = input_thw(model, input_shape)
     shape = (1, 3, t, h, w) if _is_video(model) else (1, 3, h, w)
     param = next(model.parameters())
     x = torch.zeros(shape, device=device or param.device, dtype=param.dtype)
@@ -197,106 +200,23 @@ def dense_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = None, 
 # ---------------------------------------------------------------------------------------------- analytic
 
 
-def _lin(m) -> int:
-    return m.in_features * m.out_features if isinstance(m, nn.Linear) else 0
-
-
-def _ln(m) -> int:
-    """fvcore's LayerNorm price per token: 5 per element with affine parameters, 4 without."""
-    if isinstance(m, nn.LayerNorm):
-        return int(math.prod(m.normalized_shape)) * (5 if m.weight is not None else 4)
-    return 0
-
-
-@dataclass
-class _Block:
-    pre: int = 0  # per token entering spatial/frame attention: LayerNorm + qkv
-    proj: int = 0  # per query row leaving attention
-    mlp: int = 0  # per token through norm2 + MLP
-    pair: int = 0  # per (query, key) pair: q.k + attn.v
-    score: int = 0  # per key of the ATS scoring row
-    t_tok: int = 0  # TimeSformer temporal: per token (norm, qkv, proj, temporal_fc)
-    t_pair: int = 0  # TimeSformer temporal: per (query, key) pair
-
-
-def _attn_block(norm1, attn, norm2, mlp) -> _Block:
-    dqk = attn.qkv.out_features // 3
-    return _Block(pre=_ln(norm1) + _lin(attn.qkv), proj=_lin(attn.proj),
-                  mlp=_ln(norm2) + _lin(mlp.fc1) + _lin(mlp.fc2), pair=2 * dqk, score=dqk)
-
-
-def _plain(b: _Block, tokens: int) -> int:
-    """A dense pre-norm block over `tokens` tokens."""
-    return (b.pre + b.proj + b.mlp) * tokens + b.pair * tokens * tokens
-
-
-@dataclass
-class _Spec:
-    family: str  # divided | frame (per-frame CLS: X-ViT, space_only, ATS timm) | joint | vit (timm dense)
-    patch: int  # patch-embedding conv per patch
-    blocks: list
-    head_fixed: int  # head cost that does not depend on T
-    head_per_frame: int = 0  # final LayerNorm on per-frame CLS (X-ViT)
-    head_block: Optional[_Block] = None  # X-ViT temporal block over 1 + T tokens
-    final_norm: int = 0  # per token of the final LayerNorm when it sees all tokens (timm dense)
-    upsample: bool = False  # TimeSformer's nearest pos-embed resize (fvcore counts 1 per output element)
-    native_patches: int = 0
-    dim: int = 0
-
-
 def _is_video(model) -> bool:
     return bool(getattr(model, "is_video", False))
 
 
-def _is_timm_vit(model) -> bool:
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(model, VisionTransformer)
+def _spec(model: nn.Module, ats_path: bool) -> CostSpec:
+    """The cost terms of the model's family (declared in its family file, next to its blocks)."""
+    family = family_of(model)
+    if family is None:
+        raise VideoATSError(f"no GFLOPs model for {type(model).__name__}")
+    return family.flops_spec(model, ats_path)
 
 
-def _spec(model: nn.Module, ats_path: bool) -> _Spec:
-    """Read the cost constants off the modules, so overridden widths/depths are priced as built."""
-    from ..models.timesformer import TimeSformer
-    from ..models.xvit import XViT
-
-    conv = model.patch_embed.proj
-    patch = conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] // conv.groups
-    head = _lin(getattr(model, "head", None))
-    if isinstance(model, TimeSformer):
-        blocks, kind = [], model.attention_type
-        for blk in model.blocks:
-            b = _attn_block(blk.norm1, blk.attn, blk.norm2, blk.mlp)
-            if kind == "divided_space_time":
-                ta = blk.temporal_attn
-                b.t_tok = _ln(blk.temporal_norm1) + _lin(ta.qkv) + _lin(ta.proj) + _lin(blk.temporal_fc)
-                b.t_pair = 2 * (ta.qkv.out_features // 3)
-            blocks.append(b)
-        family = {"divided_space_time": "divided", "space_only": "frame", "joint_space_time": "joint"}[kind]
-        return _Spec(family, patch, blocks, head_fixed=_ln(model.norm) + head, upsample=True,
-                     native_patches=model.num_patches, dim=conv.out_channels)
-    if isinstance(model, XViT):
-        th = model.temporal_head
-        enc = th.encoder
-        hb = _attn_block(enc.norm1, enc.attn, enc.norm2, enc.mlp)
-        mlp_head = sum(_ln(m) + _lin(m) for m in th.mlp)
-        return _Spec("frame", patch, [_attn_block(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks],
-                     head_fixed=mlp_head, head_per_frame=_ln(model.norm), head_block=hb, dim=conv.out_channels)
-    if _is_timm_vit(model):
-        blocks = [_attn_block(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks]
-        head_fixed = _lin(model.head) + _ln(getattr(model, "fc_norm", None))
-        if ats_path:  # the ATS forward norms the CLS alone
-            return _Spec("frame", patch, blocks, head_fixed=head_fixed + _ln(model.norm), dim=conv.out_channels)
-        return _Spec("vit", patch, blocks, head_fixed=head_fixed, final_norm=_ln(model.norm), dim=conv.out_channels)
-    raise VideoATSError(f"no GFLOPs model for {type(model).__name__}")
-
-
-def _input_thw(model, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+def input_thw(model, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:
     """(frames, height, width) of one view, from (C, T, H, W) / (C, H, W) or the model's defaults."""
     video = _is_video(model)
     if input_shape is None:
-        if _is_timm_vit(model):
+        if not hasattr(model, "img_size"):  # timm: the size lives with the patch embedding
             h, w = model.patch_embed.img_size
             return 1, int(h), int(w)
         return int(model.num_frames), int(model.img_size), int(model.img_size)
@@ -314,7 +234,7 @@ def _patch_size(model) -> Tuple[int, int]:
     return int(k[0]), int(k[1])
 
 
-def _count(spec: _Spec, batch: int, frames: int, locations: int, stages: Dict[int, Tuple[Tensor, int, int, bool]],
+def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict[int, Tuple[Tensor, int, int, bool]],
            padded: bool) -> Tensor:
     """FLOPs per sample (B,), float64, on the device of the stage masks (CPU without stages). stages:
     block -> (mask (B, T, L0) of tokens kept after it, slots per frame after it, locations temporal
@@ -381,7 +301,7 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
     ATS block, over the original patch locations}: the ATS forward of one sample keeping exactly those
     tokens, priced on its real tokens (what `sample_gflops` does for a recorded forward pass).
     """
-    t, h, w = _input_thw(model, input_shape)
+    t, h, w = input_thw(model, input_shape)
     ph, pw = _patch_size(model)
     l0 = (h // ph) * (w // pw)
     stages = {}
@@ -433,23 +353,8 @@ def padded_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] =
 # ---------------------------------------------------------------------------------------------- reporting
 
 
-def parse_views(text: str) -> Tuple[int, int]:
-    """'1x3' -> (clips, crops)."""
-    parts = str(text).lower().replace("×", "x").split("x")
-    try:
-        clips, crops = (int(p) for p in parts)
-    except ValueError:
-        raise VideoATSError(f"views {text!r}: write CLIPSxCROPS, e.g. 1x3")
-    if clips < 1 or crops < 1:
-        raise VideoATSError(f"views {text!r}: clips and crops must be at least 1")
-    return clips, crops
-
-
-def summarize(values: Iterable[float]) -> Dict[str, float]:
-    v = torch.as_tensor(list(values), dtype=torch.float64)
-    if v.numel() == 0:
-        return dict(mean=float("nan"), min=float("nan"), max=float("nan"), count=0)
-    return dict(mean=float(v.mean()), min=float(v.min()), max=float(v.max()), count=int(v.numel()))
+def _spread(values) -> Dict[str, float]:
+    return stats(values) or dict(mean=float("nan"), min=float("nan"), max=float("nan"), count=0)
 
 
 @dataclass
@@ -467,22 +372,27 @@ class GFlopsMeter:
 
     def update(self, model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None,
                video_ids: Optional[Sequence[object]] = None) -> Tensor:
+        """Count the last forward pass of `model` on `inputs`."""
         per = sample_gflops(model, inputs)
+        self.add(per, padded_gflops(model, inputs), video_ids)
+        return per
+
+    def add(self, per: Tensor, padded: float, video_ids: Optional[Sequence[object]] = None) -> None:
+        """Add a batch's per-sample and padded GFLOPs (as `runner.account` gives them)."""
         self.samples.extend(per.tolist())
-        self.padded_sum += padded_gflops(model, inputs) * len(per)
+        self.padded_sum += padded * len(per)
         if video_ids is not None:
             if len(video_ids) != len(per):
                 raise VideoATSError(f"{len(video_ids)} video ids for a batch of {len(per)} samples")
             for vid, g in zip(video_ids, per.tolist()):
                 self.per_video[vid] = self.per_video.get(vid, 0.0) + g
-        return per
 
     def summary(self, views: Tuple[int, int] = (1, 1)) -> Dict[str, object]:
-        per_view = summarize(self.samples)
+        per_view = _spread(self.samples)
         n = views[0] * views[1]
         padded = self.padded_sum / len(self.samples) if self.samples else float("nan")
         if self.per_video:
-            total, how = summarize(self.per_video.values()), "sum over each video's views"
+            total, how = _spread(self.per_video.values()), "sum over each video's views"
         else:
             total = {k: (v * n if k != "count" else v) for k, v in per_view.items()}
             how = "per view x clips x crops"

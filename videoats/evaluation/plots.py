@@ -7,6 +7,7 @@ import math
 import os
 from typing import Dict, List, Optional, Sequence
 
+from ..atomic import atomic_write
 from ..errors import VideoATSError
 
 
@@ -20,8 +21,6 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    from ..atomic import atomic_write
-
     def write(tmp):
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     try:

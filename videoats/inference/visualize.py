@@ -13,7 +13,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.clips import make_views, protocol_plan, read_clip_frames, view_pixels
 from ..errors import VideoATSError
+from ..summary import top_k
+from .predict import dense_gflops_per_view, run_views, scores_and_probs
 
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
@@ -236,9 +239,6 @@ def visualize_clip(predictor, path: str, output: str, gif: Optional[str] = None,
 
     Raises DecodeFailure when the video cannot be used, VideoATSError when the model samples no tokens.
     """
-    from .inference import (dense_gflops_per_view, make_views, protocol_plan, read_clip_frames, run_views,
-                            scores_and_probs, top_k, view_pixels)
-
     if not predictor.ats_enabled:
         raise VideoATSError(f"{predictor.model_name} runs without ATS: there are no token stages to draw "
                             "(set ATS.ENABLE True and ATS.BLOCKS)")
@@ -277,6 +277,6 @@ def visualize_clip(predictor, path: str, output: str, gif: Optional[str] = None,
     return {**predictor.describe(), "video": path, "output": image["path"], "gif": animation["path"] if animation
             else None, "image": image, "animation": animation, "frames": [int(source[t]) for t in rows],
             "clip_frames": [int(i) for i in source], "patch_tokens": total, "stages": stages,
-            "topk": top_k(agg, probs, predictor.label_names, 5),
+            "topk": top_k(agg, predictor.label_names, 5, probs),
             "gflops_per_view": round(float(out.gflops[0]), 6) if out.gflops is not None else None,
             "dense_gflops_per_view": dense_gflops_per_view(predictor), "warnings": list(predictor.warnings)}

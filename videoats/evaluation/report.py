@@ -13,17 +13,15 @@ import torch
 import yaml
 
 from ..atomic import atomic_write_text
+from ..flops import CONVENTION
+from ..summary import stats, top_k
 from . import metrics as M
+from .plots import plot_kept_tokens
 
 SCHEMA = "videoats.eval/1"
-FLOPS_CONVENTION = "fvcore: one fused multiply-add = one flop (as in the published tables)"
 CLIP_NOTE = ("single-view accuracy over all evaluated views (what a training-time validation reports); "
              "NOT comparable with published multi-view numbers")
 CORRUPT_REASONS = ("corrupt", "zero_frames")
-
-
-def _stats(t: Optional[torch.Tensor]):
-    return None if t is None or t.numel() == 0 else M.summary_stats(t.double().tolist())
 
 
 def _r(x, nd=4):
@@ -69,7 +67,7 @@ def _coverage(dataset, ids: torch.Tensor, counts: torch.Tensor, failed: List[dic
 
 
 def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) -> dict:
-    out = {"convention": FLOPS_CONVENTION, "views": vpv,
+    out = {"convention": CONVENTION, "views": vpv,
            "dense_per_view": _r(dense), "dense_total": _r(None if dense is None else dense * vpv),
            "per_view": _r(dense), "total": _r(None if dense is None else dense * vpv), "adaptive": None}
     if adaptive:
@@ -83,8 +81,8 @@ def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) 
         out.update(per_view=_r(mean), total=_r(mean * vpv))
         out["adaptive"] = {
             "what": "per-sample GFLOPs from each view's kept tokens (mean/min/max over evaluated views)",
-            "per_view": {k: _r(v) for k, v in _stats(g).items()},
-            "per_video_total": {k: _r(v) for k, v in _stats(per_video).items()},
+            "per_view": {k: _r(v) for k, v in stats(g).items()},
+            "per_video_total": {k: _r(v) for k, v in stats(per_video).items()},
             "padded_per_view": _r(padded), "padded_total": _r(padded * vpv),
             "padded_note": "what the padded batches really computed (each batch pads to its largest sample); "
                            "depends on TEST.BATCH_SIZE and on how views were batched",
@@ -96,7 +94,7 @@ def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) 
 def _kept(views: dict, tokens_per_view: Optional[int]) -> Optional[dict]:
     if not views.get("kept"):
         return None
-    return {str(b): {**{k: _r(v, 2) for k, v in _stats(c).items()}, "of": tokens_per_view}
+    return {str(b): {**{k: _r(v, 2) for k, v in stats(c).items()}, "of": tokens_per_view}
             for b, c in sorted(views["kept"].items())}
 
 
@@ -121,7 +119,7 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
     for row, v in enumerate(ev["ids"].tolist()):
         record = dataset.videos[v]
         label = int(ev["labels"][row])
-        top5 = M.topk_list(ev["scores"][row], names, 5)
+        top5 = top_k(ev["scores"][row], names, 5)
         p = {"video_index": v, "path": record.path, "label": label,
              "label_name": names[label] if 0 <= label < len(names) else None,
              "top5": top5, "correct": (top5[0]["index"] == label) if label >= 0 else None,
@@ -180,7 +178,7 @@ def _pct(x):
     return "n/a" if x is None else f"{x:6.2f} %"
 
 
-def _num(x, nd=2):
+def number_text(x, nd=2) -> str:
     """Big counts with separators, tiny-model counts with 3 significant digits (0.0267, not 0.03)."""
     if x is None:
         return "n/a"
@@ -202,19 +200,19 @@ def format_summary(doc: dict) -> str:
              f"{'clip-level top-1 (single view)':<38}{_pct(m['clip']['top1'])}   <- not the paper metric",
              "-" * 72]
     if g["per_view"] is not None or g["dense_per_view"] is not None:
-        lines.append(f"{'GFLOPs per view':<38}{_num(g['per_view']):>10}   x {c['views_per_video']} views = "
-                     f"{_num(g['total'])}")
+        lines.append(f"{'GFLOPs per view':<38}{number_text(g['per_view']):>10}   x {c['views_per_video']} views = "
+                     f"{number_text(g['total'])}")
         a = g.get("adaptive")
         if a:
             pv, pt = a["per_view"], a["per_video_total"]
-            lines += [f"{'  ATS per view mean/min/max':<38}{_num(pv['mean'])} / {_num(pv['min'])} / {_num(pv['max'])}",
-                      f"{'  ATS per video (all views) mean':<38}{_num(pt['mean'])}   "
-                      f"(min {_num(pt['min'])}, max {_num(pt['max'])})",
-                      f"{'  dense per view / total':<38}{_num(g['dense_per_view'])} / {_num(g['dense_total'])}"
-                      f"   saving {_num(a['saving_vs_dense'], 1)} %",
-                      f"{'  padded batches per view / total':<38}{_num(a['padded_per_view'])} / "
-                      f"{_num(a['padded_total'])}"]
-        lines.append(f"{'':<38}({FLOPS_CONVENTION})")
+            lines += [f"{'  ATS per view mean/min/max':<38}{number_text(pv['mean'])} / {number_text(pv['min'])} / {number_text(pv['max'])}",
+                      f"{'  ATS per video (all views) mean':<38}{number_text(pt['mean'])}   "
+                      f"(min {number_text(pt['min'])}, max {number_text(pt['max'])})",
+                      f"{'  dense per view / total':<38}{number_text(g['dense_per_view'])} / {number_text(g['dense_total'])}"
+                      f"   saving {number_text(a['saving_vs_dense'], 1)} %",
+                      f"{'  padded batches per view / total':<38}{number_text(a['padded_per_view'])} / "
+                      f"{number_text(a['padded_total'])}"]
+        lines.append(f"{'':<38}({CONVENTION})")
     else:
         lines.append("GFLOPs                                not counted")
     for block, s in (doc.get("kept_tokens") or {}).items():
@@ -246,8 +244,6 @@ def write_outputs(doc: dict, predictions: List[dict], views: dict, out_dir: str)
              "predictions": os.path.join(out_dir, "predictions.jsonl"),
              "summary": os.path.join(out_dir, "summary.txt")}
     if views.get("kept"):
-        from .plots import plot_kept_tokens
-
         of = next(iter((doc.get("kept_tokens") or {}).values()), {}).get("of")
         files["kept_tokens_plot"] = plot_kept_tokens(
             views["kept"], os.path.join(out_dir, "kept_tokens.png"), title=doc["model"]["label"], of=of)

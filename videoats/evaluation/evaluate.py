@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from typing import List, Optional
@@ -20,28 +21,23 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
 
 from .. import zoo
+from ..checkpoint import load_weights
+from ..config import cfg_to_yaml
+from ..data import build_dataset, build_loader
 from ..errors import VideoATSError
+from ..flops import dense_gflops
+from ..models.build import build_from_cfg, model_label
 from ..paths import check_output_dir, require_data_dir
-from .distributed import rank_world, resolve_device
+from ..runner import run_views
+from ..runtime import rank_world, resolve_device
+from . import report as reports
 
 
 # ---------------------------------------------------------------------------------------------- setup
-
-
-def build_model(cfg) -> nn.Module:
-    """The model the config describes (MODEL + ATS sections), initialised from cfg.SEED so that every
-    process of a distributed run (and a rerun) starts from the same weights when no checkpoint is given."""
-    from .. import create_model
-    from ..config import ats_from_cfg
-
-    kw = {}
-    if cfg.MODEL.ATTENTION_TYPE:
-        kw["attention_type"] = cfg.MODEL.ATTENTION_TYPE
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(cfg.SEED))
-        return create_model(cfg.MODEL.NAME, num_classes=int(cfg.MODEL.NUM_CLASSES), ats=ats_from_cfg(cfg), **kw)
 
 
 def _norm_label(name: str) -> str:
@@ -65,63 +61,11 @@ def _check_labels(label_names: List[str], num_classes: int, ckpt_labels) -> None
                 "DATA.LABELS_FILE to the checkpoint's class list")
 
 
-def _load_weights(model: nn.Module, path: str):
-    from .. import load_checkpoint
-
-    if not os.path.exists(path):
-        raise VideoATSError(f"checkpoint not found: {path} (give --checkpoint or TEST.CHECKPOINT_FILE)")
-    try:
-        return load_checkpoint(model, path, allow_head_reset=False)
-    except VideoATSError:
-        raise
-    except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VideoATSError(f"checkpoint {path} does not fit model {getattr(model, 'model_name', '?')}: "
-                            f"{first[:200]}; use the config of the architecture it was saved from")
-
-
 def _meta(report, key):
     meta = getattr(report, "metadata", None)
     if meta is None and isinstance(report, dict):
         meta = report.get("metadata", report)
     return (meta or {}).get(key)
-
-
-def model_label(model: nn.Module) -> str:
-    """`name` or `name + ATS variant blocks a-b tokens t`: how plots and tables name a setting."""
-    name = getattr(model, "model_name", type(model).__name__)
-    ats = getattr(model, "ats", None)
-    if ats is None:
-        return name
-    b = list(ats.blocks)
-    blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
-    tokens = ats.tokens if not isinstance(ats.tokens, (list, tuple)) else "/".join(map(str, ats.tokens))
-    return f"{name} + ATS {ats.variant} b{blocks} k{tokens}"
-
-
-def _ats_dict(model) -> Optional[dict]:
-    ats = getattr(model, "ats", None)
-    if ats is None:
-        return None
-    return {"variant": ats.variant, "blocks": list(ats.blocks),
-            "tokens": list(ats.tokens) if isinstance(ats.tokens, (list, tuple)) else ats.tokens,
-            "drop_tokens": bool(ats.drop_tokens), "min_tokens": int(ats.min_tokens)}
-
-
-# ---------------------------------------------------------------------------------------------- FLOPs
-
-
-def _flops_module():
-    try:
-        from . import flops
-    except ImportError:
-        return None
-    return flops
-
-
-def _dense_gflops(flops, model, view_shape) -> Optional[float]:
-    """Per-view dense GFLOPs on the view shape actually evaluated (the counter switches ATS off)."""
-    return None if flops is None else float(flops.dense_gflops(model, input_shape=tuple(view_shape)))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
@@ -186,23 +130,18 @@ def _merge_failed(parts: List[List[dict]]) -> List[dict]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _run_views(model, loader, device, batch_views: int, flops, progress: bool, rank: int) -> _ViewTable:
+def _run_views(model, loader, device, batch_views: int, progress: bool, rank: int) -> _ViewTable:
     """Forward the loader's views in chunks of `batch_views`, carrying leftovers into the next chunk."""
-    from ..ats import kept_tokens
-
     table = _ViewTable()
     adaptive = getattr(model, "ats", None) is not None
     pending = []  # (video, keys, labels) pieces waiting for a full chunk
 
     def forward(video, keys, labels):
-        video = video.to(device, non_blocking=True)
-        logits = model(video)
-        gflops = padded = kept = None
+        out = run_views(model, video, batch_views, device)
         if adaptive:
-            kept = kept_tokens(model)
-            if flops is not None:
-                gflops, padded = flops.sample_gflops(model, video), flops.padded_gflops(model, video)
-        table.add(keys, labels, logits, gflops, padded, kept)
+            table.add(keys, labels, out.logits, out.gflops, out.padded, out.kept)
+        else:
+            table.add(keys, labels, out.logits)
 
     def flush(final: bool):
         while pending and (final or sum(p[0].shape[0] for p in pending) >= batch_views):
@@ -216,14 +155,10 @@ def _run_views(model, loader, device, batch_views: int, flops, progress: bool, r
 
     bar = None
     if progress and rank == 0 and sys.stderr.isatty():
-        import shutil
-
-        from tqdm import tqdm
-
         # some pseudo-terminals report 0 columns, which makes tqdm draw nothing
         bar = tqdm(total=len(loader), desc="eval", unit="batch", file=sys.stderr,
                    ncols=min(120, shutil.get_terminal_size((100, 20)).columns))
-    with torch.inference_mode():
+    with torch.inference_mode():  # the loader's own work too
         for batch in loader:
             table.failed.extend(batch["failed"])
             if batch["video"].numel():
@@ -251,10 +186,6 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     before any video is decoded; if the final write still fails (disk full, folder removed), the results
     come back with `error` saying so, rather than being lost.
     """
-    from ..data import build_dataset, build_loader
-    from ..config import cfg_to_yaml
-    from .report import results_document, write_outputs
-
     started = time.perf_counter()
     rank, world = rank_world()
     warnings: List[str] = []
@@ -272,9 +203,10 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     dataset = build_dataset(cfg, split)
     built = model is None
     if built:
-        model = build_model(cfg)
+        model = build_from_cfg(cfg)
     net = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-    report = _load_weights(net, checkpoint) if checkpoint else None
+    report = load_weights(net, checkpoint, not_found=" (give --checkpoint or TEST.CHECKPOINT_FILE)",
+                          fix="; use the config of the architecture it was saved from") if checkpoint else None
     if checkpoint is None and built:
         warnings.append("no checkpoint given: a randomly initialised model was evaluated")
     _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
@@ -288,22 +220,17 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     was_training = net.training
     net.to(device).eval()
     view_shape = (3, int(cfg.DATA.NUM_FRAMES), int(cfg.DATA.TEST_CROP_SIZE), int(cfg.DATA.TEST_CROP_SIZE))
-    flops = _flops_module()
-    if flops is None:
-        warnings.append("GFLOPs not counted: videoats.engine.flops is not available")
-    dense = _dense_gflops(flops, net, view_shape)
+    dense = float(dense_gflops(net, input_shape=view_shape))  # fvcore, on the view shape evaluated
 
     crops = dataset.crops_per_video
     batch_views = int(cfg.TEST.BATCH_SIZE)
     sampler = None
     if world > 1:
-        from torch.utils.data.distributed import DistributedSampler
-
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
                           num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
     try:
-        table = _run_views(net, loader, device, batch_views, flops, progress, rank)
+        table = _run_views(net, loader, device, batch_views, progress, rank)
     finally:
         net.train(was_training)
 
@@ -316,15 +243,15 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     views = _merge(gathered)
     failed = _merge_failed([g["failed"] for g in gathered])
 
-    doc, predictions = results_document(
-        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net), ats=_ats_dict(net),
+    doc, predictions = reports.results_document(
+        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net), ats=net.ats.to_dict() if net.ats is not None else None,
         dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
         world=world, device=str(device), warnings=warnings)
     doc["seconds"] = round(time.perf_counter() - started, 3)
     if out and rank == 0:
         try:
-            doc["files"] = write_outputs(doc, predictions, views, out)
+            doc["files"] = reports.write_outputs(doc, predictions, views, out)
         except OSError as e:
             doc["files"] = {}
             doc["error"] = f"the results could not be written to {out}: {e.strerror or e} (the metrics above " \

@@ -1,4 +1,4 @@
-"""Processes, seeds and data order for `train`: what makes a run reproducible and resumable.
+"""Seeds and data order for `train`: what makes a run reproducible and resumable.
 
 Every random draw of a run depends only on (SEED, epoch, position), never on how the run got there:
 - the data order of an epoch is DistributedSampler's permutation seeded with SEED + epoch;
@@ -10,81 +10,19 @@ So a run resumed from a checkpoint written after step k of an epoch replays exac
 uninterrupted run makes, with or without workers, and no RNG state has to be carried across (it is still
 saved in checkpoints, per rank, for inspection and for code outside this engine).
 
-Launching: `torchrun` sets RANK / WORLD_SIZE / LOCAL_RANK; the group is gloo on CPU and nccl on GPU.
+The process group itself (rank, device, collectives) is `videoats.runtime`.
 """
 from __future__ import annotations
 
-import os
 import random
-from typing import Iterator, List, Tuple
+from typing import Iterator, Tuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import VideoATSError
-
-
-def rank_world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def resolve_device(cfg) -> torch.device:
-    """DEVICE auto|cpu|cuda -> this process's device (under torchrun, the GPU of its LOCAL_RANK)."""
-    if cfg.DEVICE == "cuda" and not torch.cuda.is_available():
-        raise VideoATSError("DEVICE cuda asked for but no CUDA device is visible; use DEVICE cpu or auto")
-    if cfg.DEVICE == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def init_from_env(cfg) -> bool:
-    """Start the process group when torchrun launched several processes (nccl on GPU, gloo on CPU);
-    True if this call started it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return False
-    device = resolve_device(cfg)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_gather_objects(obj) -> list:
-    _, world = rank_world()
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
-    """Sum a few float64 scalars over processes (loss sums, correct counts)."""
-    _, world = rank_world()
-    if world == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def broadcast_object(obj, src: int = 0):
-    _, world = rank_world()
-    if world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+from ..runtime import seed_everything
 
 
 # ---------------------------------------------------------------------------------------------- seeds
@@ -94,12 +32,6 @@ def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (SeedSequence hashing: nearby inputs give unrelated seeds)."""
     state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)  # also every CUDA device
 
 
 def rng_state() -> dict:
@@ -190,8 +122,3 @@ def seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
 def worker_threads(_worker_id: int) -> None:
     """DataLoader worker init: one intra-op thread per worker (decoding parallelises over workers)."""
     torch.set_num_threads(1)
-
-
-def cleanup(started: bool) -> None:
-    if started and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -11,7 +11,12 @@ import sys
 import time
 from typing import Callable, Dict, Optional
 
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from ..atomic import atomic_write_text
 from ..errors import VideoATSError
+from ..runner import account
 
 
 class RunLog:
@@ -33,17 +38,10 @@ class RunLog:
                             kept.append(line if line.endswith("\n") else line + "\n")
                     except ValueError:
                         pass  # a line cut by the kill
-            from ..atomic import atomic_write_text
-
             atomic_write_text(self.path, "".join(kept))
         elif resume_step is None and os.path.exists(self.path):
             os.remove(self.path)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(paths["tensorboard"], purge_step=resume_step if resume_step else None)
-        except ImportError:
-            echo("warning: tensorboard is not installed; no TensorBoard scalars")
+        self.tb = SummaryWriter(paths["tensorboard"], purge_step=resume_step if resume_step else None)
 
     def record(self, event: str, step: int, **values) -> None:
         if not self.enabled:
@@ -71,27 +69,20 @@ def flat(values: dict, prefix: str) -> Dict[str, float]:
 
 
 def ats_stats(net, video) -> dict:
-    """Mean kept tokens per ATS stage and mean GFLOPs per sample of the last forward pass."""
-    from ..ats import kept_tokens
-
-    out = {}
-    kept = kept_tokens(net)
-    if kept:
-        out["kept_tokens"] = {f"block{b}": float(k.float().mean()) for b, k in sorted(kept.items())}
+    """Mean kept tokens per ATS stage and mean GFLOPs per sample of the last forward pass (`runner.account`)."""
     try:
-        from .flops import sample_gflops
-
-        out["gflops_per_sample"] = float(sample_gflops(net, video).mean())
-    except (ImportError, VideoATSError, RuntimeError, KeyError):
-        pass
-    return out
+        out = account(net, video)
+    except (VideoATSError, RuntimeError, KeyError):
+        return {}
+    row = {"gflops_per_sample": float(out.gflops.mean())}
+    if out.kept:
+        row["kept_tokens"] = {f"block{b}": float(k.float().mean()) for b, k in sorted(out.kept.items())}
+    return row
 
 
 def progress_bar(enabled: bool, total: int, initial: int, desc: str):
     if not enabled or not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, leave=False,
                 file=sys.stderr)
 

@@ -10,10 +10,19 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..data.annotations import read_labels_file
-from ..data.dataset import under_data_dir
+import yaml
+
 from .. import zoo
+from ..checkpoint import inspect_checkpoint, load_weights
+from ..config import CfgNode, apply_overrides, ats_from_cfg, get_cfg, load_config, validate
+from ..data import ClipSettings
+from ..data.annotations import read_labels_file
+from ..data.clips import parse_views
+from ..data.dataset import under_data_dir
 from ..errors import VideoATSError
+from ..models import apply_ats
+from ..models.build import build_from_cfg, model_label
+from ..runtime import resolve_device
 
 
 @dataclass
@@ -46,8 +55,6 @@ class Predictor:
         return getattr(self.model, "ats", None) is not None
 
     def settings(self):
-        from ..data import ClipSettings
-
         return ClipSettings.from_cfg(self.cfg)
 
     def view_shape(self) -> Tuple[int, int, int, int]:
@@ -56,11 +63,9 @@ class Predictor:
 
     def describe(self) -> dict:
         """What was run, for the report: model, weights, ATS, label source, sampling."""
-        from .evaluate import _ats_dict, model_label
-
         d = self.cfg.DATA
         return {"model": self.model_name, "setting": model_label(self.model), "checkpoint": self.checkpoint,
-                "ats": _ats_dict(self.model), "num_classes": self.num_classes, "label_source": self.label_source,
+                "ats": self.model.ats.to_dict() if self.ats_enabled else None, "num_classes": self.num_classes, "label_source": self.label_source,
                 "num_frames": int(d.NUM_FRAMES), "sampling_rate": int(d.SAMPLING_RATE),
                 "target_fps": float(d.TARGET_FPS), "crop_size": int(d.TEST_CROP_SIZE),
                 "device": str(self.device)}
@@ -74,8 +79,6 @@ def default_ats_blocks(depth: int) -> List[int]:
 def _merge_lenient(node, values: dict, where: str, warnings: List[str], prefix: str = "") -> None:
     """Merge a checkpoint's stored config, keeping what this version knows (an old or newer videoats may
     have saved keys we do not have; that must not stop inference)."""
-    from ..config import CfgNode
-
     for key, value in (values or {}).items():
         full = prefix + str(key)
         if key not in node:
@@ -122,14 +125,6 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     weights have; label names come from `labels_file`, else the checkpoint, else the config's
     DATA.LABELS_FILE, else class indices. `ats`: None keeps the config's ATS.ENABLE, 'on'/'off' force it.
     """
-    import yaml
-
-    from .. import create_model, load_checkpoint
-    from ..ats import apply_ats
-    from ..checkpoint import inspect_checkpoint
-    from ..config import apply_overrides, ats_from_cfg, get_cfg, load_config, validate
-    from .distributed import resolve_device
-
     warnings: List[str] = []
     opts = list(opts or [])
     keys = _opt_keys(opts)
@@ -161,8 +156,6 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
                             "videoats checkpoint that names its model")
     cfg.MODEL.NAME = name
     if views:
-        from .flops import parse_views
-
         cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = parse_views(views)
 
     labels = read_labels_file(labels_file) if labels_file else None
@@ -176,8 +169,7 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
         num_classes = len(labels)
     else:
         num_classes = None  # the registered default
-    kw = {"attention_type": cfg.MODEL.ATTENTION_TYPE} if cfg.MODEL.ATTENTION_TYPE else {}
-    model = create_model(name, num_classes=num_classes, **kw)
+    model = build_from_cfg(cfg, num_classes=num_classes, with_ats=False)
     if not getattr(model, "is_video", False):
         raise VideoATSError(f"{name} is an image model; infer, visualize and the demo take video models (see "
                             f"`videoats models`); count its GFLOPs with `videoats flops --model {name}`")
@@ -209,13 +201,7 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     apply_ats(model, ats_from_cfg(cfg))
 
     if checkpoint:
-        try:
-            load_checkpoint(model, checkpoint)
-        except VideoATSError:
-            raise
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VideoATSError(f"checkpoint {checkpoint} does not fit model {name}: {first[:200]}")
+        load_weights(model, checkpoint, not_found=" (give the path to a checkpoint file)")
     else:
         warnings.append(f"no checkpoint given: {name} has random weights, so its predictions mean nothing "
                         "(give --checkpoint PATH)")

@@ -5,7 +5,7 @@ distributed run, which only gathers per-view logits, computes exactly what a sin
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -97,21 +97,3 @@ def evaluate_views(view_logits: Tensor, view_labels: Tensor, view_video: Tensor,
         "clip": {"top1": clip["top1"], "top5": clip["top5"], "num": clip["num"]},
         "ids": ids, "scores": scores, "labels": labels, "views": counts,
     }
-
-
-def topk_list(scores: Tensor, label_names: Sequence[str], k: int = 5) -> List[dict]:
-    """The k best classes of one score vector as [{index, label, score}]."""
-    k = min(k, scores.shape[-1])
-    order = torch.sort(scores, descending=True, stable=True).indices[:k]
-    out = []
-    for i in order.tolist():
-        name = label_names[i] if i < len(label_names) else str(i)
-        out.append({"index": i, "label": name, "score": round(float(scores[i]), 6)})
-    return out
-
-
-def summary_stats(values: Sequence[float]) -> Optional[Dict[str, float]]:
-    if len(values) == 0:
-        return None
-    t = torch.as_tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "min": float(t.min()), "max": float(t.max())}

@@ -1,0 +1,187 @@
+"""Run a model on the user's own videos: whole-video predictions over the test views, or one per clip.
+
+Why it is built this way:
+- A `Predictor` is made once (config, checkpoint metadata, weights, label names) and then asked about any
+  number of videos, so that `infer`, `visualize` and the demo share one way of turning flags into a model.
+- Frames are decoded, sampled and cropped with `videoats.data` (the same decoder fallbacks, timeouts and
+  protocol frame indices as `eval`), so a video gets the same views here as in an evaluation.
+- A bad video never stops the others: it comes back as a `DecodeFailure` whose reason is one of `data.decoding.REASONS`,
+  and the caller lists it next to the answers for the good ones.
+- The scores shown are probabilities whose order is the order of the configured aggregation
+  (TEST.AGGREGATION), so that the top-k a user reads is the top-k `eval` scores.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from torch import Tensor
+from tqdm import tqdm
+
+from .. import runner
+from ..data.clips import effective_fps, make_views, protocol_plan, read_clip_frames, sliding_plan
+from ..data.decoding import DecodeFailure
+from ..data.files import expand_inputs
+from ..errors import VideoATSError
+from ..evaluation.metrics import AGGREGATION_DOC, aggregate
+from ..flops import CONVENTION, analytic_gflops
+from ..runner import ViewOutputs
+from ..summary import stats, top_k
+from .predictor import Predictor
+
+
+def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> ViewOutputs:
+    """Forward views in chunks of TEST.BATCH_SIZE: logits, per-view GFLOPs and kept tokens (`runner.run_views`)."""
+    return runner.run_views(predictor.model, views, int(predictor.cfg.TEST.BATCH_SIZE), predictor.device, keep_masks)
+
+
+def scores_and_probs(view_logits: Tensor, method: str) -> Tuple[Tensor, Tensor]:
+    """(aggregated scores, probabilities in the same order) of one video's views.
+
+    Probabilities: softmax of the mean logit for sum_logits (the sum's order, without the sharpening a
+    sum of V views would give), softmax of the max for max_logits, the mean softmax itself otherwise.
+    """
+    agg = aggregate(view_logits, method)
+    if method == "sum_logits":
+        probs = (agg / max(1, view_logits.shape[0])).softmax(dim=-1)
+    elif method == "max_logits":
+        probs = agg.softmax(dim=-1)
+    else:
+        probs = agg
+    return agg, probs
+
+
+def _gflops_summary(gflops: Optional[Tensor]) -> Optional[dict]:
+    if gflops is None or gflops.numel() == 0:
+        return None
+    return {"per_view": round(float(gflops.mean()), 6), "per_view_min": round(float(gflops.min()), 6),
+            "per_view_max": round(float(gflops.max()), 6), "total": round(float(gflops.sum()), 6),
+            "views": int(gflops.numel())}
+
+
+def _kept_summary(kept: Dict[int, Tensor], patch_tokens: int) -> List[dict]:
+    out = []
+    for b in sorted(kept):
+        s = {k: round(v, 6) for k, v in stats(kept[b]).items()}
+        out.append({"block": int(b), **s, "fraction": round(s["mean"] / max(1, patch_tokens), 6)})
+    return out
+
+
+def patch_tokens(predictor: Predictor) -> int:
+    _, t, h, w = predictor.view_shape()
+    p = predictor.patch_size
+    return int(t * (h // p) * (w // p))
+
+
+def dense_gflops_per_view(predictor: Predictor) -> float:
+    """The dense model's per-view count (analytic, no tracing), to set beside what ATS spent."""
+    return round(float(analytic_gflops(predictor.model, predictor.view_shape())), 6)
+
+
+# ---------------------------------------------------------------------------------------------- per video
+
+
+def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool = False,
+                  stride: Optional[float] = None) -> dict:
+    """Top-k over the test views of one video (or, `per_clip`, of every sliding clip too).
+
+    Raises DecodeFailure for a video that cannot be used; everything else about the video is in the dict.
+    """
+    started = time.perf_counter()
+    s = predictor.settings()
+    crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
+    method = str(predictor.cfg.TEST.AGGREGATION)
+    if per_clip:
+        planner = lambda n, fps: sliding_plan(s, n, fps, stride)  # noqa: E731
+    else:
+        planner = lambda n, fps: protocol_plan(s, n, fps)  # noqa: E731
+    chunks = read_clip_frames(path, s, planner)
+    _, plan = next(chunks)
+    out = runner.concat([run_views(predictor, make_views(frames, s, crops)) for _, frames in chunks])
+    logits, gflops_t, kept_t = out.logits, out.gflops, out.kept
+    fps = effective_fps(plan.fps, s.target_fps)
+    tokens = patch_tokens(predictor)
+    agg, probs = scores_and_probs(logits, method)
+    result = {
+        "path": path, "num_frames": plan.num_frames, "fps": round(float(plan.fps), 4),
+        "duration_s": round(plan.num_frames / fps, 4),
+        "views": int(logits.shape[0]), "clips": len(plan.starts), "crops": crops,
+        "topk": top_k(agg, predictor.label_names, topk, probs),
+        "gflops": _gflops_summary(gflops_t), "kept_tokens": _kept_summary(kept_t, tokens),
+        "patch_tokens": tokens,
+    }
+    if per_clip:
+        windows = []
+        for c, start in enumerate(plan.starts):
+            rows = slice(c * crops, (c + 1) * crops)
+            a, p = scores_and_probs(logits[rows], method)
+            end = min(start + plan.span, plan.num_frames)
+            windows.append({
+                "index": c, "start_s": round(start / fps, 4), "end_s": round(end / fps, 4),
+                "start_frame": int(start), "end_frame": int(math.ceil(end - 1e-9)),
+                "frame_indices": plan.indices[c].tolist(),
+                "topk": top_k(a, predictor.label_names, topk, p),
+                "gflops": _gflops_summary(gflops_t[rows] if gflops_t is not None else None),
+                "kept_tokens": _kept_summary({b: v[rows] for b, v in kept_t.items()}, tokens),
+            })
+        result["stride_s"] = round((plan.starts[1] - plan.starts[0]) / fps, 4) if len(plan.starts) > 1 else None
+        result["clip_s"] = round(plan.span / fps, 4)
+        result["per_clip"] = windows
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def describe_run(predictor: Predictor, per_clip: bool = False) -> dict:
+    """What every answer of a run shares (setting, views, aggregation, dense GFLOPs): known before the first
+    video, so that a caller streaming the answers can print it first."""
+    s = predictor.settings()
+    method = str(predictor.cfg.TEST.AGGREGATION)
+    return {
+        **predictor.describe(),
+        "mode": "per_clip" if per_clip else "views",
+        "views": {"clips": 1 if per_clip else s.num_clips, "crops": s.num_crops,
+                  "clip_sampling": "sliding" if per_clip else s.clip_sampling},
+        "aggregation": method, "aggregation_doc": AGGREGATION_DOC.get(method, ""),
+        "score": "probability; its order is the aggregation's order",
+        "dense_gflops_per_view": dense_gflops_per_view(predictor), "gflops_convention": CONVENTION,
+        "warnings": list(predictor.warnings),
+    }
+
+
+def infer_videos(predictor: Predictor, inputs: Sequence[str], topk: int = 5, per_clip: bool = False,
+                 stride: Optional[float] = None, on_result: Optional[Callable[[dict], None]] = None,
+                 progress: bool = False) -> dict:
+    """Every input answered or listed with its reason; folders expanded (see `expand_inputs`).
+
+    `on_result(answer)` is called as each video is done (so a long folder run shows its answers as they
+    come); `progress` draws a bar over the videos on stderr when stderr is a terminal.
+    """
+    if topk < 1:
+        raise VideoATSError(f"--topk {topk}: give at least 1")
+    if stride is not None and stride <= 0:
+        raise VideoATSError(f"--stride {stride}: give a positive number of seconds")
+    run = describe_run(predictor, per_clip)
+    paths, skipped = expand_inputs(inputs)
+    results, errors = [], []
+    bar = None
+    if progress and sys.stderr.isatty():
+        bar = tqdm(total=len(paths), desc="infer", unit="video", file=sys.stderr, dynamic_ncols=True, leave=False)
+    try:
+        for path in paths:
+            try:
+                r = predict_video(predictor, path, topk=topk, per_clip=per_clip, stride=stride)
+            except DecodeFailure as e:
+                errors.append({"path": path, "reason": e.reason, "detail": e.detail})
+                r = None
+            if bar is not None:
+                bar.update(1)
+            if r is not None:
+                results.append(r)
+                if on_result is not None:
+                    on_result(r)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {**run, "inputs": len(paths), "results": results, "errors": errors, "skipped": skipped}
