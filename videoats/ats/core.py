@@ -127,8 +127,9 @@ class Layout:
     """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
     all are). In the ragged layout, `column` (B, T, W) gives each slot's column in the location-aligned grid
     (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there. `every_slot`:
-    token-wise layers compute every slot instead of gathering the present ones (the static layout, where
-    gathering would need the present count from the device)."""
+    token-wise layers compute every slot instead of gathering the present ones. The pruned layouts do: their
+    slots are (nearly) all present, and gathering would read the present count from the device in every
+    block; the masked layout (training) gathers, since there most slots are absent."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
@@ -170,7 +171,7 @@ class StageRecord:
     mask: Tensor  # (B, T, L0) bool over the original locations: tokens present after this stage
     padded_slots: int  # slots per frame actually computed after this stage (batch maximum)
     aligned_slots: int  # locations temporal mixing runs over after this stage (= padded_slots unless ragged)
-    every_slot: bool = False  # token-wise layers computed every slot (static layout), not only present ones
+    every_slot: bool = False  # token-wise layers computed every slot (pruned layouts), not only present ones
 
     @property
     def kept(self) -> Tensor:
@@ -185,7 +186,9 @@ class SamplingRun:
     - `trim`: padded to the batch's largest kept count, read from the device once per stage;
     - `static`: fixed by the budget and the grid (`max_kept`), so nothing is read from the device and the
       forward pass can be captured whole (CUDA graphs, `torch.compile(fullgraph=True)`); slots beyond a
-      sample's kept count are masked, and token-wise layers compute every slot.
+      sample's kept count are masked.
+    In both, token-wise layers compute every slot (padding included) rather than gather the present tokens,
+    which would read their count from the device in every block.
     Both keep the same tokens, so their outputs agree on every kept token (and with the masked layout).
     """
 
@@ -279,11 +282,10 @@ class SamplingRun:
         keep = keep.gather(2, per_frame)
         self.location = self.location.gather(2, per_frame)
         valid = None if every_kept else keep
-        layout = Layout(valid, every_slot=self.static)
+        layout = Layout(valid, every_slot=True)
         if self.ragged and t > 1:
             layout = self._ragged(mask, keep, valid, aligned)
-        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width,
-                                           self.static)
+        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width, True)
         return index, layout
 
     def _static_width(self, block: int, slots: int) -> int:
@@ -302,7 +304,7 @@ class SamplingRun:
         column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
         column = column.masked_fill(~keep, width)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
-        return Layout(valid, column, aligned_valid, every_slot=self.static)
+        return Layout(valid, column, aligned_valid, every_slot=True)
 
 
 def _held_first(held: Tensor, width: int) -> Tensor:

@@ -22,9 +22,10 @@ def cls_significance(q_cls: Tensor, k: Tensor, v: Tensor, scale: float, key_vali
     q_cls: (G, H, 1, d); k, v: (G, H, 1 + L, d), the CLS first; key_valid: (G, 1 + L) bool or None.
     Only the CLS row of the attention is computed (that is all the sample needs), with the official
     masked softmax: exp(a - max) * mask, then (e + eps/N) / (sum + eps), in fp32. Absent tokens score 0.
-    Returns (G, L).
+    Under autocast the keys and values stay in their half type (no fp32 copy of a whole activation): the
+    logits row is cast after the product, the value norm accumulates in fp32. Returns (G, L).
     """
-    logits = (q_cls.float() @ k.float().transpose(-2, -1)).squeeze(-2) * scale  # (G, H, N)
+    logits = (q_cls @ k.transpose(-2, -1)).float().squeeze(-2) * scale  # (G, H, N)
     n = logits.shape[-1]
     e = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     present = float(n)
@@ -36,8 +37,7 @@ def cls_significance(q_cls: Tensor, k: Tensor, v: Tensor, scale: float, key_vali
         # pruned batch and a masked one score alike (at batch 1 the two counts are the same)
         present = mask.sum(dim=-1, keepdim=True)
     attn = (e + SOFTMAX_EPS / present) / (e.sum(dim=-1, keepdim=True) + SOFTMAX_EPS)
-    g, h, _, d = v.shape
-    v_norm = torch.linalg.norm(v.float().transpose(1, 2).reshape(g, n, h * d), ord=2, dim=-1)
+    v_norm = torch.linalg.vector_norm(v, dim=(1, 3), dtype=torch.float32)  # over heads and channels
     score = attn.sum(dim=1) * v_norm
     if key_valid is not None:
         score = score * key_valid.float()
@@ -63,6 +63,7 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
 
 def _budget_count(tokens: float, present: int, min_tokens: int) -> int:
     """`num_samples`' k for one row in plain Python (float64 and half-to-even rounding, as torch's)."""
+    present = int(present)  # a traced shape (torch.jit.trace, fvcore) arrives as a tensor
     k = present * float(tokens) if tokens <= 1 else min(float(present), float(tokens))
     return round(max(k, float(min_tokens)))
 

@@ -49,18 +49,6 @@ def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
     return qkv[0], qkv[1], qkv[2]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
-    """Fused attention; absent keys (key_valid False) get no weight. Returns (G, Nq, H*d)."""
-    mask = None
-    if key_valid is not None:
-        # a row with no present key (a padding slot) attends to everything; its output is never used
-        key_valid = key_valid | ~key_valid.any(dim=-1, keepdim=True)
-        mask = key_valid[:, None, None, :]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    g, h, n, d = out.shape
-    return out.transpose(1, 2).reshape(g, n, h * d)
-
-
 def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """Memoise a function of a mask by the mask's identity: a block asks for the same mask's index (and its
     CLS-extended twin) several times, and each `nonzero` is a sync worth skipping."""
@@ -79,6 +67,27 @@ def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         return value
 
     return cached
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+    """Fused attention; absent keys (key_valid False) get no weight. Returns (G, Nq, H*d)."""
+    mask = None if key_valid is None else _attention_mask(key_valid)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    g, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(g, n, h * d)
+
+
+@per_mask
+def _attention_mask(key_valid: Tensor) -> Tensor:
+    """(G, N) present keys -> SDPA's (G, 1, 1, N) mask, built once per layout rather than in every block.
+    A row with no present key (a padding slot) attends to everything; its output is never used."""
+    return (key_valid | ~key_valid.any(dim=-1, keepdim=True))[:, None, None, :]
+
+
+@per_mask
+def location_rows(valid: Tensor) -> Tensor:
+    """(B, T, U) present mask -> (B*U, T): one row per location, over its frames (temporal attention)."""
+    return valid.transpose(1, 2).reshape(-1, valid.shape[1])
 
 
 @per_mask

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, gather_slots,
-                     grid_block, split_heads, tokenwise, with_cls)
+                     grid_block, location_rows, split_heads, tokenwise, with_cls)
 from .cost import CostSpec, attn_block_cost, lin, ln, patch_cost
 from .registry import Family, register_family, register_model
 from .resize import resize_pos_1d, resize_time
@@ -57,7 +57,7 @@ class DividedBlock(nn.Module):
         xa, tv = layout.aligned(x), layout.temporal_valid
         l = xa.shape[2]
         xt = xa.transpose(1, 2).reshape(b * l, t, d)
-        tv = None if tv is None else tv.transpose(1, 2).reshape(b * l, t)
+        tv = None if tv is None else location_rows(tv)
         rows = layout.rows(tv)
         q, k, v = split_heads(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), xt, rows),
                               self.temporal_attn.num_heads)
