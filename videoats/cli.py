@@ -16,7 +16,8 @@ import logging
 import os
 import re
 import sys
-from typing import List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 from . import __version__
 from .commands import convert, data_cmds, demo, eval_cmd, flops, infer, models, plot, train_cmd, visualize
@@ -101,9 +102,13 @@ class _OnceHandler(logging.StreamHandler):
             super().emit(record)
 
 
-def setup_logging(command: str, verbose: bool = False) -> None:
-    """Route the `videoats.*` loggers through one prefixed handler; info lines only with --verbose."""
+@contextmanager
+def command_logging(command: str, verbose: bool = False) -> Iterator[None]:
+    """Route the `videoats.*` loggers through one prefixed handler while a command runs (info lines only
+    with --verbose), then put logging back as it was: `main` also runs inside other programs (notebooks,
+    tests, tools), whose own logging must not stay switched off."""
     logger = logging.getLogger("videoats")
+    saved = (list(logger.handlers), logger.level, logger.propagate, os.environ.get(VERBOSE_ENV))
     for handler in [h for h in logger.handlers if isinstance(h, _OnceHandler)]:
         logger.removeHandler(handler)
     logger.addHandler(_OnceHandler(command))
@@ -113,6 +118,16 @@ def setup_logging(command: str, verbose: bool = False) -> None:
         os.environ[VERBOSE_ENV] = "1"
     else:
         os.environ.pop(VERBOSE_ENV, None)
+    try:
+        yield
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+        if saved[3] is None:
+            os.environ.pop(VERBOSE_ENV, None)
+        else:
+            os.environ[VERBOSE_ENV] = saved[3]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -125,7 +140,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if opts and not getattr(args, "takes_overrides", False):
         parser.error(f"{args.command} takes no config overrides (got {' '.join(opts)})")
     args.opts = opts
-    setup_logging(args.command, getattr(args, "verbose", False))
+    with command_logging(args.command, getattr(args, "verbose", False)):
+        return _run(args)
+
+
+def _run(args) -> int:
+    """One parsed command: its result printed, a user's error as one line and exit code 2."""
     try:
         check_declared(args)
         result = args.func(args)

@@ -127,5 +127,5 @@ def require_data_dir(cfg) -> str:
                                     ", relative to the current folder")
     hint = (f"write it with `videoats make-synthetic {given}`, or " if "synthetic" in given.lower() else "")
     problem = "is a file, not a folder" if os.path.exists(full) else "not found"
-    raise VideoATSError(f"data folder {given} {problem} ({where}); {hint}set DATA.PATH_TO_DATA_DIR to the folder "
+    raise VideoATSError(f"data folder {problem}: {given} ({where}); {hint}set DATA.PATH_TO_DATA_DIR to the folder "
                         "with the annotation files")
