@@ -13,6 +13,7 @@ import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
 from .ats.core import MODES, VARIANTS
+from .runtime import PRECISIONS
 from .errors import VideoATSError
 
 
@@ -117,6 +118,8 @@ _C.TEST.NUM_SPATIAL_CROPS = 3
 _C.TEST.CLIP_SAMPLING = "official"  # official (TimeSformer/X-ViT: clip k starts at (len-span)*k/n) | centered
 _C.TEST.AGGREGATION = "sum_logits"  # sum_logits | mean_softmax | max_logits
 _C.TEST.SPLIT = "test"  # which annotation file: train | val | test
+_C.TEST.PRECISION = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | bf16 | fp16 | fp32
+_C.TEST.COMPILE = False  # torch.compile the model for eval / infer (ATS static mode: one graph)
 
 _C.TRAIN = CfgNode()
 _C.TRAIN.ENABLE = True
@@ -202,6 +205,7 @@ _CHOICES = {
     "TEST.CLIP_SAMPLING": ("official", "centered"),
     "TEST.AGGREGATION": ("sum_logits", "mean_softmax", "max_logits"),
     "TEST.SPLIT": ("train", "val", "test"),
+    "TEST.PRECISION": PRECISIONS,
     "SOLVER.OPTIMIZER": ("adamw", "sgd"),
     "SOLVER.MIXED_PRECISION": ("none", "bf16", "fp16"),
     "DEVICE": ("auto", "cpu", "cuda"),

@@ -141,7 +141,9 @@ class FvcoreCount:
 def fvcore_count(model: nn.Module, inputs: Tensor, strict: bool = True) -> FvcoreCount:
     """Trace one forward pass with fvcore (defaults + an SDPA handle) and split unsupported ops into
     'not counted by convention' and 'missing'; strict refuses a count with holes in it."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's own use of torch.jit.script warns on every import: not ours to fix
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

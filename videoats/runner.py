@@ -5,8 +5,9 @@ the figures an `eval`, an `infer` and a `flops` run report for the same views co
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, ContextManager, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -31,13 +32,20 @@ def account(model: nn.Module, inputs: Tensor, keep_masks: bool = False) -> ViewO
     return ViewOutputs(None, sample_gflops(model, inputs).cpu(), padded_gflops(model, inputs), kept, masks)
 
 
-def run_views(model: nn.Module, views: Tensor, batch_size: int, device, keep_masks: bool = False) -> ViewOutputs:
-    """Forward `views` in chunks of `batch_size` (inference mode) and collect logits and `account`'s figures."""
+def run_views(model: nn.Module, views: Tensor, batch_size: int, device, keep_masks: bool = False,
+              forward: Optional[Callable[[Tensor], Tensor]] = None,
+              autocast: Callable[[], ContextManager] = nullcontext) -> ViewOutputs:
+    """Forward `views` in chunks of `batch_size` (inference mode) and collect logits and `account`'s figures.
+    `forward` is what runs the views (default `model`; a compiled `model`, see `runtime.compiled_for_inference`)
+    under `autocast`; the accounting reads `model`, whose ATS records the forward pass wrote."""
+    forward = model if forward is None else forward
     parts = []
     with torch.inference_mode():
         for i in range(0, views.shape[0], max(1, int(batch_size))):
             x = views[i:i + max(1, int(batch_size))].to(device, non_blocking=True)
-            logits = model(x).float().cpu()
+            with autocast():
+                logits = forward(x)
+            logits = logits.float().cpu()
             out = account(model, x, keep_masks)
             out.logits = logits
             parts.append(out)

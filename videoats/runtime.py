@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import List, Tuple
+from contextlib import nullcontext
+from typing import Callable, ContextManager, List, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +30,39 @@ def resolve_device(cfg) -> torch.device:
     if cfg.DEVICE == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_autocast(precision: str, device: torch.device) -> Callable[[], ContextManager]:
+    """The autocast an inference forward runs under (TEST.PRECISION): `auto` is bf16 on a CUDA device (fp16
+    where bf16 is missing) and full precision on the CPU, where half types are slower; bf16 / fp16 / fp32
+    force one. Dense and ATS models get the same, so their times and accuracies compare fairly."""
+    if precision not in PRECISIONS:
+        raise VideoATSError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return nullcontext
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp32":
+        return nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise VideoATSError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+    dtype = _HALF[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def compiled_for_inference(model: torch.nn.Module, enable: bool) -> torch.nn.Module:
+    """`torch.compile(model)` when TEST.COMPILE is on (the module to call; accounting still reads `model`).
+    ATS in its static mode reads nothing back from the device, so it must compile as one graph (fullgraph:
+    a graph break is an error, not a silent slowdown); the trim mode breaks once per stage, by design."""
+    if not enable:
+        return model
+    ats = getattr(model, "ats", None)
+    static = ats is not None and ats.drop_tokens and ats.mode == "static"
+    return torch.compile(model, fullgraph=static)
 
 
 def init_from_env(cfg) -> bool:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import List
+
+from ..runtime import PRECISIONS
 
 
 def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -23,3 +26,18 @@ def accept_overrides(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(takes_overrides=True)
     parser.epilog = ((parser.epilog + "\n") if parser.epilog else "") + \
         "Config overrides: KEY VALUE pairs anywhere on the line, e.g. TEST.BATCH_SIZE 4 ATS.ENABLE True"
+
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """`--compile` and `--precision`, the command-line faces of TEST.COMPILE and TEST.PRECISION."""
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (TEST.COMPILE); with ATS.MODE static ATS compiles as one graph")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="autocast for the forward passes (TEST.PRECISION; default auto: bf16 on CUDA, fp32 on "
+                             "the CPU); dense and ATS models get the same")
+
+
+def inference_overrides(args) -> List[str]:
+    """The config overrides `add_inference_args`' flags stand for."""
+    opts = ["TEST.COMPILE", "True"] if args.compile else []
+    return opts + (["TEST.PRECISION", args.precision] if args.precision else [])

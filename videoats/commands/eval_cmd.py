@@ -6,7 +6,7 @@ and only rank 0 prints and writes files.
 from __future__ import annotations
 
 
-from ._args import add_common, add_config_args
+from ._args import add_common, add_config_args, add_inference_args, inference_overrides
 from ..paths import declare_outputs
 
 
@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--checkpoint", help="weights to evaluate (default: TEST.CHECKPOINT_FILE)")
     p.add_argument("--output", metavar="DIR", help="where to write the results (default: OUTPUT_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_inference_args(p)
     add_common(p)
     declare_outputs(p, output="dir")
     p.set_defaults(func=run, human=fmt)
@@ -30,7 +31,7 @@ def run(args) -> dict:
     from ..runtime import init_from_env
     from ..evaluation.evaluate import evaluate
 
-    cfg = load_config(args.config, args.opts)
+    cfg = load_config(args.config, list(args.opts) + inference_overrides(args))
     started = init_from_env(cfg)
     rank = 0
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import accept_overrides, add_common
+from ._args import accept_overrides, add_common, add_inference_args, inference_overrides
 from ..errors import VideoATSError
 
 
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--stride", type=float, metavar="SECONDS",
                    help="with --per-clip: seconds between clip starts (default: one clip length)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_inference_args(p)
     add_common(p)
     accept_overrides(p)
     p.set_defaults(func=run, human=fmt)
@@ -63,7 +64,7 @@ def run(args) -> dict:
     from ..inference.predict import describe_run, infer_videos
     from ..inference.predictor import load_predictor
 
-    videos, opts = list(args.inputs), args.opts
+    videos, opts = list(args.inputs), list(args.opts) + inference_overrides(args)
     if not videos:
         raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")
     if args.stride is not None and not args.per_clip:

@@ -33,7 +33,7 @@ from ..flops import dense_gflops
 from ..models.build import build_from_cfg, model_label
 from ..paths import check_output_dir, require_data_dir
 from ..runner import run_views
-from ..runtime import rank_world, resolve_device
+from ..runtime import compiled_for_inference, inference_autocast, rank_world, resolve_device
 from . import report as reports
 
 
@@ -130,14 +130,16 @@ def _merge_failed(parts: List[List[dict]]) -> List[dict]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _run_views(model, loader, device, batch_views: int, progress: bool, rank: int) -> _ViewTable:
-    """Forward the loader's views in chunks of `batch_views`, carrying leftovers into the next chunk."""
+def _run_views(model, loader, device, batch_views: int, progress: bool, rank: int, run_model,
+               autocast) -> _ViewTable:
+    """Forward the loader's views in chunks of `batch_views`, carrying leftovers into the next chunk; `run_model`
+    is what runs them (`model` or its compiled self) under `autocast`."""
     table = _ViewTable()
     adaptive = getattr(model, "ats", None) is not None
     pending = []  # (video, keys, labels) pieces waiting for a full chunk
 
     def forward(video, keys, labels):
-        out = run_views(model, video, batch_views, device)
+        out = run_views(model, video, batch_views, device, forward=run_model, autocast=autocast)
         if adaptive:
             table.add(keys, labels, out.logits, out.gflops, out.padded, out.kept)
         else:
@@ -230,7 +232,9 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
                           num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
     try:
-        table = _run_views(net, loader, device, batch_views, progress, rank)
+        table = _run_views(net, loader, device, batch_views, progress, rank,
+                           compiled_for_inference(net, bool(cfg.TEST.COMPILE)),
+                           inference_autocast(str(cfg.TEST.PRECISION), device))
     finally:
         net.train(was_training)
 
@@ -249,6 +253,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
         world=world, device=str(device), warnings=warnings)
     doc["seconds"] = round(time.perf_counter() - started, 3)
+    doc["runtime"] = dict(precision=str(cfg.TEST.PRECISION), compiled=bool(cfg.TEST.COMPILE))
     if out and rank == 0:
         try:
             doc["files"] = reports.write_outputs(doc, predictions, views, out)

@@ -34,7 +34,8 @@ from .predictor import Predictor
 
 def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> ViewOutputs:
     """Forward views in chunks of TEST.BATCH_SIZE: logits, per-view GFLOPs and kept tokens (`runner.run_views`)."""
-    return runner.run_views(predictor.model, views, int(predictor.cfg.TEST.BATCH_SIZE), predictor.device, keep_masks)
+    return runner.run_views(predictor.model, views, int(predictor.cfg.TEST.BATCH_SIZE), predictor.device, keep_masks,
+                            forward=predictor.forward, autocast=predictor.autocast)
 
 
 def scores_and_probs(view_logits: Tensor, method: str) -> Tuple[Tensor, Tensor]:

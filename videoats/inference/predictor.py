@@ -22,7 +22,7 @@ from ..data.dataset import under_data_dir
 from ..errors import VideoATSError
 from ..models import apply_ats
 from ..models.build import build_from_cfg, model_label
-from ..runtime import resolve_device
+from ..runtime import compiled_for_inference, inference_autocast, resolve_device
 
 
 @dataclass
@@ -36,6 +36,15 @@ class Predictor:
     checkpoint: Optional[str]
     device: torch.device
     warnings: List[str] = field(default_factory=list)
+    forward: Optional[nn.Module] = None  # what runs the views: `model`, or `model` compiled (TEST.COMPILE)
+
+    def __post_init__(self):
+        if self.forward is None:
+            self.forward = compiled_for_inference(self.model, bool(self.cfg.TEST.COMPILE))
+
+    def autocast(self):
+        """The autocast context inference runs under (TEST.PRECISION; bf16 on CUDA by default)."""
+        return inference_autocast(str(self.cfg.TEST.PRECISION), self.device)()
 
     @property
     def model_name(self) -> str:
@@ -68,7 +77,8 @@ class Predictor:
                 "ats": self.model.ats.to_dict() if self.ats_enabled else None, "num_classes": self.num_classes, "label_source": self.label_source,
                 "num_frames": int(d.NUM_FRAMES), "sampling_rate": int(d.SAMPLING_RATE),
                 "target_fps": float(d.TARGET_FPS), "crop_size": int(d.TEST_CROP_SIZE),
-                "device": str(self.device)}
+                "device": str(self.device), "precision": str(self.cfg.TEST.PRECISION),
+                "compiled": bool(self.cfg.TEST.COMPILE)}
 
 
 def default_ats_blocks(depth: int) -> List[int]:
