@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
+from ..ats.core import MODES
 from ..errors import VideoATSError
 from ._args import add_common
 
@@ -37,6 +38,9 @@ def register(subparsers) -> None:
     g.add_argument("--ats-variant", help="image, tube, frame or joint (default: tube for video, image for images)")
     g.add_argument("--ats-masked", action="store_true",
                    help="keep the masked layout (no pruning), as in training: nothing is saved")
+    g.add_argument("--ats-mode", choices=MODES,
+                   help="pruned layout: trim (pad to the batch's largest count; default) or static (widths from "
+                        "the budget, no device read): the padded GFLOPs differ, the per-sample ones do not")
     g.add_argument("--checkpoint", help="weights to load first (kept tokens depend on the weights)")
     g.add_argument("--input", nargs="+", default=["synthetic"], metavar="SOURCE",
                    help="'synthetic' (rendered motion clips, default), 'random' (normal noise), or video files")
@@ -63,10 +67,11 @@ def _floats(text: str, what: str) -> List[float]:
 
 def _ats_config(args) -> Optional[dict]:
     if not args.ats_blocks:
-        if args.ats_tokens or args.ats_variant or args.ats_masked:
-            raise VideoATSError("--ats-tokens/--ats-variant/--ats-masked need --ats-blocks")
+        if args.ats_tokens or args.ats_variant or args.ats_masked or args.ats_mode:
+            raise VideoATSError("--ats-tokens/--ats-variant/--ats-masked/--ats-mode need --ats-blocks")
         return None
-    ats = dict(blocks=_ints(args.ats_blocks, "--ats-blocks"), drop_tokens=not args.ats_masked, tokens=1.0)
+    ats = dict(blocks=_ints(args.ats_blocks, "--ats-blocks"), drop_tokens=not args.ats_masked, tokens=1.0,
+               mode=args.ats_mode or "trim")
     if args.ats_tokens:
         tokens = _floats(args.ats_tokens, "--ats-tokens")
         ats["tokens"] = tokens[0] if len(tokens) == 1 else tokens
@@ -241,7 +246,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     cfg = model.ats
     setting = cfg.to_dict()
     out = dict(config=dict(blocks=setting["blocks"], tokens=setting["tokens"], variant=setting["variant"],
-                           layout="pruned" if cfg.drop_tokens else "masked"),
+                           layout=f"pruned ({cfg.mode})" if cfg.drop_tokens else "masked"),
                input=label, weights=args.checkpoint or "random initialisation (no --checkpoint): kept tokens "
                                                         "reflect untrained attention",
                samples=summary["per_view"]["count"], per_sample_per_view=summary["per_view"],

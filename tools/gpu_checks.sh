@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Every check only a GPU can show (issue #13), as one prepared run that fits a short lease:
+#   tools/gpu_checks.sh tests          the CUDA tests (ATS modes on CUDA, accounting, autocast), ~2 minutes
+#   tools/gpu_checks.sh static         bench_ats, static mode, eager and compiled, the issue's table rows
+#   tools/gpu_checks.sh trim           bench_ats, trim mode, eager (one device read per stage)
+# Results go to $OUT (or ./gpu_out): logs and one JSON line per bench_ats run. Python packages missing on
+# the GPU machine (fvcore and its needs, av, decord) travel as wheels in .whl (see the device README).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+
+bench() {  # one JSON line per run, the table on stderr for the log
+    python3 tools/bench_ats.py --device cuda --dtype bf16 --repeats 10 --warmup 3 --json "$@" >> "$out/bench.jsonl" \
+        2>> "$out/bench.err" || echo "failed: $*" | tee -a "$out/bench.err"
+}
+
+case "${1:-tests}" in
+    tests)
+        python3 -m pytest -q -rs -k "cuda or autocast" tests/test_static.py tests/test_defects.py \
+            tests/test_inference_runtime.py 2>&1 | tee "$out/cuda_tests.log"
+        ;;
+    static)
+        for v in tube frame joint; do
+            bench --model timesformer_8x224 --variant "$v" --mode static --compile --batch-sizes 1,32
+        done
+        bench --model xvit_b16_16x224 --variant tube --mode static --compile --batch-sizes 16
+        bench --model deit_small_patch16_224 --mode static --compile --batch-sizes 1,256
+        ;;
+    trim)
+        for v in tube frame joint; do
+            bench --model timesformer_8x224 --variant "$v" --mode trim --batch-sizes 1,8,32
+        done
+        bench --model deit_small_patch16_224 --mode trim --batch-sizes 1,64,256
+        ;;
+    *)
+        echo "usage: tools/gpu_checks.sh tests|static|trim" >&2
+        exit 2
+        ;;
+esac
