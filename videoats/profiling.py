@@ -16,10 +16,11 @@ from typing import Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# ops whose result the host must wait for: a scalar read (`item`, `int`, `bool`) or an output shape that
-# depends on the data
-HOST_READ_OPS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim",
-                           "unique_consecutive", "repeat_interleave"})
+# ops whose result the host must wait for: a scalar read (`item`, `int`, `bool`, `torch.equal`) or an output
+# shape that depends on the data. A scalar read surfaces as `_local_scalar_dense`, or under inference mode as
+# `item` / `is_nonzero` (the mode sees the outer op only, so a read is never counted twice)
+HOST_READ_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
+                           "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"})
 # reads that do not dispatch an op on the CPU (a CPU tensor's memory is simply read): counted by a hook
 _UNDISPATCHED_READS = ("tolist", "numpy")
 
