@@ -24,9 +24,12 @@ from .registry import Family, register_family, register_model
 from .resize import resize_pos_1d, resize_time
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+STEMS = ("patch", "tubelet")
 
 
 class PatchEmbed(nn.Module):
+    """The original stem: every frame is cut into p x p patches on its own (a frame-blind projection)."""
+
     def __init__(self, patch_size: int, dim: int):
         super().__init__()
         self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
@@ -34,6 +37,43 @@ class PatchEmbed(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, h, w, D)."""
         return self.proj(frames).permute(0, 2, 3, 1)
+
+    def embed_video(self, video: Tensor) -> Tensor:
+        """(B, 3, T, H, W) -> (B * T, h, w, D), frame by frame."""
+        b, c, t, hgt, wid = video.shape
+        return self(video.transpose(1, 2).reshape(b * t, c, hgt, wid))
+
+    def macs_per_patch(self) -> int:
+        """Multiply-adds of one output token (fvcore's convention: bias free), for the GFLOPs count."""
+        k = self.proj.kernel_size
+        return self.proj.out_channels * self.proj.in_channels * k[0] * k[1]
+
+
+class TubeletEmbed(PatchEmbed):
+    """A 3-frame tubelet stem: the centre frame through the usual projection `proj` (so a frame stem's
+    weights load into it), plus `proj_context` of frames t-1 and t+1, zero beyond the clip's ends.
+
+    Why: a from-scratch TimeSformer whose stem sees one frame stays blind to frame order on a small motion
+    benchmark (its temporal paths start closed); seeing the neighbours gives every token its local motion.
+    It equals a Conv3d with kernel (3, p, p), stride (1, p, p) and temporal padding 1, and keeps T tokens per
+    location, so temporal attention and ATS work on the same (B, T, L) grid as with the frame stem.
+    """
+
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__(patch_size, dim)
+        self.proj_context = nn.Conv2d(6, dim, kernel_size=patch_size, stride=patch_size, bias=False)
+
+    def embed_video(self, video: Tensor) -> Tensor:
+        b, c, t, hgt, wid = video.shape
+        zero = video.new_zeros(b, c, 1, hgt, wid)
+        before = torch.cat([zero, video[:, :, :-1]], dim=2)
+        after = torch.cat([video[:, :, 1:], zero], dim=2)
+        context = torch.cat([before, after], dim=1).transpose(1, 2).reshape(b * t, 2 * c, hgt, wid)
+        return super().embed_video(video) + self.proj_context(context).permute(0, 2, 3, 1)
+
+    def macs_per_patch(self) -> int:
+        k = self.proj_context.kernel_size
+        return super().macs_per_patch() + self.proj_context.out_channels * self.proj_context.in_channels * k[0] * k[1]
 
 
 class DividedBlock(nn.Module):
@@ -80,17 +120,19 @@ class TimeSformer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, num_frames: int = 8, num_classes: int = 400,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, attention_type: str = "divided_space_time", drop_path_rate: float = 0.1,
-                 dropout_rate: float = 0.0):
+                 dropout_rate: float = 0.0, stem: str = "patch"):
         super().__init__()
         if attention_type not in ATTENTION_TYPES:
             raise VideoATSError(f"unknown attention_type {attention_type!r}; choose one of {ATTENTION_TYPES}")
+        if stem not in STEMS:
+            raise VideoATSError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
         if img_size % patch_size:
             raise VideoATSError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
         self.attention_type, self.num_frames, self.img_size = attention_type, num_frames, img_size
         self.patch_size, self.depth, self.num_classes = patch_size, depth, num_classes
         self.grid_size = img_size // patch_size
         self.num_patches = self.grid_size ** 2
-        self.patch_embed = PatchEmbed(patch_size, embed_dim)
+        self.patch_embed = (TubeletEmbed if stem == "tubelet" else PatchEmbed)(patch_size, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim))
         if attention_type != "space_only":
@@ -132,7 +174,7 @@ class TimeSformer(nn.Module):
         if video.dim() != 5 or video.shape[1] != 3:
             raise VideoATSError(f"TimeSformer expects a video tensor (B, 3, T, H, W), got {tuple(video.shape)}")
         b, _, t, hgt, wid = video.shape
-        x = self.patch_embed(video.transpose(1, 2).reshape(b * t, 3, hgt, wid))
+        x = self.patch_embed.embed_video(video)
         gh, gw, d = x.shape[1:]
         pos = self.pos_embed
         if gh * gw != self.num_patches:  # 2-D nearest resize of the patch grid, as the original does
@@ -223,3 +265,11 @@ def timesformer_l_96x224(num_classes: int = 600, **kw):
 def timesformer_tiny_8x32(num_classes: int = 10, **kw):
     """A 4-block, 64-wide TimeSformer on 32 px frames (8 px patches), for tests and the demo."""
     return _build(8, 32, num_classes, kw, patch_size=8, embed_dim=64, depth=4, num_heads=4, drop_path_rate=0.0)
+
+
+@register_model
+def timesformer_tiny_8x64(num_classes: int = 10, **kw):
+    """The benchmark model of `videoats demo`: 4 blocks, 64 wide, 64 px frames in 8 px patches (64 tokens
+    per frame), with the 3-frame tubelet stem so that it learns motion from scratch in minutes on a CPU."""
+    return _build(8, 64, num_classes, kw, patch_size=8, embed_dim=64, depth=4, num_heads=4, drop_path_rate=0.0,
+                  stem="tubelet")
