@@ -37,7 +37,9 @@ def register(subparsers) -> None:
         "make-synthetic", help="write the synthetic motion benchmark (mp4 + Kinetics-style CSVs)",
         description="Render a synthetic action benchmark (classes defined by motion) as lossless H.264 mp4 "
                     "files in <OUT>/<split>/<label>/ plus train.csv, val.csv, test.csv (official Kinetics "
-                    "format) and labels.txt. The same seed gives the same decoded frames, whatever --workers.")
+                    "format), labels.txt and scenes.csv (every clip's complexity factors: objects, their size and area, "
+                    "background, distractors, share of moving pixels). The same seed gives the same decoded frames, "
+                    "whatever --workers.")
     synth.add_argument("out", metavar="OUT", help="output folder")
     synth.add_argument("--classes", type=int, default=10, help="number of motion classes, 1-12 (default: 10)")
     synth.add_argument("--per-class", default="16,4,4", metavar="TRAIN[,VAL[,TEST]]",

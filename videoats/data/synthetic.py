@@ -1,10 +1,12 @@
 """A synthetic action benchmark that stands in for Kinetics where Kinetics is not available.
 
-Every class is a motion of one main object (moving left, rotating clockwise, growing, ...), so no single
+Every class is a motion of the main objects (moving left, rotating clockwise, growing, ...), so no single
 frame reveals the class: translations wrap around the frame, rotations start at a random angle, size
 changes are cyclic with a random phase, oscillations and orbits start at a random phase. Scenes vary in
-complexity (flat or textured backgrounds, 0-3 static or moving distractors, object sizes and colours),
-which gives an adaptive-token model a reason to keep more tokens on some clips than others.
+complexity along independent factors - 1 to 3 main objects, their size over a 3.5x range, flat or textured
+backgrounds, 0-3 static or moving distractors - which gives an adaptive-token model a reason to keep more
+tokens on some clips than others; `scenes.csv` records every clip's factors (`complexity`), including the
+measured share of pixels that move, so that kept tokens can be set against them.
 
 The output is laid out like a Kinetics copy - `train.csv`/`val.csv`/`test.csv` in the official
 `label,youtube_id,time_start,time_end,split` format, H.264 mp4 clips named
@@ -45,14 +47,25 @@ _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 _BRIGHT = np.array([(255, 70, 70), (70, 255, 70), (90, 140, 255), (255, 255, 80), (255, 90, 255),
                     (80, 255, 255), (255, 255, 255), (255, 170, 50)], dtype=np.float32)
 _CHUNK = 32  # frames rendered at once, to bound memory on long videos
+_MOVED = 8  # a pixel moved when a channel differs from the first frame by more than this (anti-aliasing)
 STORAGE = "h264rgb-lossless"  # how clips are stored; a cache of clips stored otherwise is not the same data
+SCENES = "complexity-2"  # the scene generator; a cache written by another one is not the same data
 
 
 # ---------------------------------------------------------------------------------------------- scenes
 
 
+SIZE_RANGE = (0.08, 0.28)  # main objects' radius as a share of the short side, drawn log-uniformly
+MAX_OBJECTS = 3
+
+
 def _scene(rng: np.random.Generator, class_name: str, height: int, width: int) -> dict:
-    """All random choices of one clip, drawn up front so that rendering is a pure function of them."""
+    """All random choices of one clip, drawn up front so that rendering is a pure function of them.
+
+    The complexity factors vary independently across clips, each over a wide range: 1-3 main objects
+    (all performing the class's motion, each from its own position and phase), their size (a 3.5x range),
+    a flat or textured background and 0-3 distractors.
+    """
     side = min(height, width)
     scene = {"class": class_name, "height": height, "width": width}
     scene["background"] = str(rng.choice(BACKGROUNDS))
@@ -61,20 +74,21 @@ def _scene(rng: np.random.Generator, class_name: str, height: int, width: int) -
     scene["bg_freq"] = float(rng.uniform(2, 6))
     scene["bg_angle"] = float(rng.uniform(0, np.pi))
     scene["bg_noise_seed"] = int(rng.integers(2**31))
-    radius = float(rng.uniform(0.14, 0.22) * side)
-    scene["object"] = {
-        "shape": str(rng.choice(SHAPES)), "radius": radius,
-        "color": _BRIGHT[rng.integers(len(_BRIGHT))].tolist(),
-        "angle": float(rng.uniform(0, 2 * np.pi)),
-    }
-    m = {"x0": float(rng.uniform(radius, width - radius)), "y0": float(rng.uniform(radius, height - radius)),
-         "amount": float(rng.uniform(0.45, 0.7)), "phase": float(rng.uniform(0, 1)),
-         "turns": float(rng.uniform(0.8, 1.2)), "freq": float(rng.uniform(1.5, 2.5)),
-         "orbit": float(rng.uniform(0.18, 0.26) * side)}
-    # centres that keep non-wrapping motions inside the frame
-    m["cx"] = float(rng.uniform(0.4, 0.6) * width)
-    m["cy"] = float(rng.uniform(0.4, 0.6) * height)
-    scene["motion"] = m
+    size = float(np.exp(rng.uniform(*np.log(SIZE_RANGE))) * side)
+    objects = []
+    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+        radius = size * float(rng.uniform(0.9, 1.1))
+        m = {"x0": float(rng.uniform(radius, width - radius)), "y0": float(rng.uniform(radius, height - radius)),
+             "amount": float(rng.uniform(0.45, 0.7)), "phase": float(rng.uniform(0, 1)),
+             "turns": float(rng.uniform(0.8, 1.2)), "freq": float(rng.uniform(1.5, 2.5)),
+             "orbit": float(rng.uniform(0.5, 0.9) * max(radius, 0.2 * side))}
+        # centres that keep non-wrapping motions (mostly) inside the frame
+        m["cx"] = float(rng.uniform(min(radius, 0.5 * width), max(width - radius, 0.5 * width)))
+        m["cy"] = float(rng.uniform(min(radius, 0.5 * height), max(height - radius, 0.5 * height)))
+        objects.append({"shape": str(rng.choice(SHAPES)), "radius": radius,
+                        "color": _BRIGHT[rng.integers(len(_BRIGHT))].tolist(),
+                        "angle": float(rng.uniform(0, 2 * np.pi)), "motion": m})
+    scene["objects"] = objects
     distractors = []
     for _ in range(int(rng.integers(0, 4))):
         distractors.append({
@@ -88,9 +102,9 @@ def _scene(rng: np.random.Generator, class_name: str, height: int, width: int) -
     return scene
 
 
-def _trajectory(scene: dict, t: np.ndarray):
-    """(cx, cy, angle, scale, wraps) per frame; t runs from 0 to 1 over the clip."""
-    name, m, obj = scene["class"], scene["motion"], scene["object"]
+def _trajectory(scene: dict, obj: dict, t: np.ndarray):
+    """(cx, cy, angle, scale, wraps) per frame of one main object; t runs from 0 to 1 over the clip."""
+    name, m = scene["class"], obj["motion"]
     h, w = scene["height"], scene["width"]
     n = len(t)
     cx, cy = np.full(n, m["cx"]), np.full(n, m["cy"])
@@ -206,17 +220,29 @@ def render_frames(scene: dict, num_frames: int, start: int = 0, stop: Optional[i
     t = np.arange(start, stop, dtype=np.float64) / max(num_frames - 1, 1)
     background = np.clip(_background(scene) + 0.5, 0, 255).astype(np.uint8)
     frames = np.repeat(background[None], len(t), axis=0)
-    obj = scene["object"]
-    cx, cy, angle, scale, wraps = _trajectory(scene, t)
+    paths = [(obj, *_trajectory(scene, obj, t)) for obj in scene["objects"]]
     for i, frame in enumerate(frames):
         for d in scene["distractors"]:
             tt = t[i] if d["moving"] else 0.0
             _stamp(frame, d["x0"] + d["vx"] * tt, d["y0"] + d["vy"] * tt, d["radius"] * 1.5 + 1,
                    _distractor_alpha(d["shape"], d["radius"]), d["color"], True)
-        size = float(obj["radius"] * scale[i])
-        _stamp(frame, float(cx[i]), float(cy[i]), size * 1.2 + 1,
-               lambda dx, dy: _main_alpha(obj["shape"], dx, dy, float(angle[i]), size), obj["color"], wraps)
+        for obj, cx, cy, angle, scale, wraps in paths:
+            size, turn = float(obj["radius"] * scale[i]), float(angle[i])
+            _stamp(frame, float(cx[i]), float(cy[i]), size * 1.2 + 1,
+                   lambda dx, dy: _main_alpha(obj["shape"], dx, dy, turn, size), obj["color"], wraps)
     return frames
+
+
+def complexity(scene: dict, moving_pixels: float) -> dict:
+    """The complexity factors of one clip, as recorded in scenes.csv; `moving_pixels` is the measured share
+    of pixels that change at some frame (what ATS should need tokens for: everything that moves)."""
+    objects = scene["objects"]
+    area = sum(np.pi * o["radius"] ** 2 for o in objects) / (scene["height"] * scene["width"])
+    return {"objects": len(objects), "object_radius": round(float(np.mean([o["radius"] for o in objects])), 2),
+            "object_area": round(float(area), 4), "background": scene["background"],
+            "textured": int(scene["background"] != "flat"), "distractors": len(scene["distractors"]),
+            "moving_distractors": sum(d["moving"] for d in scene["distractors"]),
+            "moving_pixels": round(float(moving_pixels), 4)}
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -271,13 +297,21 @@ def _make_one(job: dict) -> dict:
     rng = np.random.default_rng(job["scene_seed"])
     scene = _scene(rng, job["label"], job["height"], job["width"])
     n = job["num_frames"]
-    chunks = (render_frames(scene, n, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK))
+    first, moved = None, None
+
+    def chunks():  # rendered once: the pixels that change are found while the clip is written
+        nonlocal first, moved
+        for s in range(0, n, _CHUNK):
+            chunk = render_frames(scene, n, s, min(s + _CHUNK, n))
+            first = chunk[0].astype(np.int16) if first is None else first
+            change = (np.abs(chunk.astype(np.int16) - first) > _MOVED).any(axis=(0, 3))
+            moved = change if moved is None else moved | change
+            yield chunk
+
     os.makedirs(os.path.dirname(job["path"]), exist_ok=True)
-    write_mp4(job["path"], chunks, job["height"], job["width"], job["fps"], job["crf"])
+    write_mp4(job["path"], chunks(), job["height"], job["width"], job["fps"], job["crf"])
     return {"name": os.path.basename(job["path"]), "split": job["split"], "label": job["label"],
-            "background": scene["background"], "distractors": len(scene["distractors"]),
-            "moving_distractors": sum(d["moving"] for d in scene["distractors"]),
-            "shape": scene["object"]["shape"], "object_radius": round(scene["object"]["radius"], 2)}
+            **complexity(scene, float(moved.mean()))}
 
 
 def _per_class(videos_per_class: Union[int, Sequence[int], Dict[str, int]]) -> Dict[str, int]:
@@ -350,7 +384,7 @@ def make_synthetic(out_dir: str, num_classes: int = 10,
     summary = {"out_dir": out_dir, "num_classes": num_classes, "label_names": names,
                "videos": {s: sum(1 for j in plan if j["split"] == s) for s in SPLIT_NAMES},
                "num_frames": num_frames, "height": height, "width": width, "fps": fps, "seed": seed,
-               "storage": STORAGE if crf is None else f"h264-yuv420p-crf{crf}",
+               "storage": STORAGE if crf is None else f"h264-yuv420p-crf{crf}", "scenes": SCENES,
                "files": files, "seconds": round(time.perf_counter() - started, 3)}
     atomic_write_text(os.path.join(out_dir, "synthetic.json"),
                 json.dumps({k: v for k, v in summary.items() if k not in ("seconds", "out_dir", "files")},
