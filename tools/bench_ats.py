@@ -39,7 +39,7 @@ import videoats  # noqa: E402
 from videoats import apply_ats  # noqa: E402
 from videoats.ats import kept_tokens  # noqa: E402
 from videoats.flops import dense_gflops, fvcore_count, padded_gflops, sample_gflops  # noqa: E402
-from videoats.profiling import count_ops  # noqa: E402
+from videoats.profiling import count_ops, profile_ops  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -94,18 +94,19 @@ def cuda_time(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def host_costs(fn, device: torch.device) -> dict:
-    """Device-to-host reads and aten ops of one forward; on a GPU also the CUDA kernels it launches."""
+def host_costs(fn, device: torch.device, eager: bool = True) -> dict:
+    """What the host pays for one forward: aten ops (top-level, from the profiler, so compiled code counts
+    too), CUDA kernels on a GPU, and for eager code the device-to-host reads."""
     with torch.inference_mode():
-        with count_ops() as count:
-            fn()
-        out = dict(host_reads=count.host_reads, aten_ops=count.ops)
+        fn()
+        profiled = profile_ops(fn)
+        out = dict(aten_ops=profiled.ops)
         if device.type == "cuda":
-            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-            with torch.profiler.profile(activities=activities) as prof:
+            out["kernels"] = profiled.by_op["cuda_kernels"]
+        if eager:
+            with count_ops() as count:
                 fn()
-                torch.cuda.synchronize()
-            out["kernels"] = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+            out["host_reads"] = count.host_reads
     return out
 
 
@@ -244,7 +245,7 @@ def main(argv=None) -> dict:
                    time_saving={k: 1 - times[k.replace("dense", "ats")] / times[k]
                                 for k in ("dense", "dense_compiled") if k in times},
                    kept_tokens={b: float(v.float().mean()) for b, v in kept_tokens(ats_model).items()},
-                   host={"dense": host_costs(fns["dense"], device), "ats": host_costs(fns["ats"], device)},
+                   host={k: host_costs(fn, device, eager="compiled" not in k) for k, fn in fns.items()},
                    stages=len(blocks))
         if spread is not None:
             ratio, lo, hi = pair_ratios(*spread, gflops_saving)
@@ -287,7 +288,8 @@ def print_table(result: dict) -> None:
           f"{result['dtype']}  threads={result['threads']}")
     work = "kernels" if result["device"].startswith("cuda") else "aten_ops"
     print(f"{'batch':>5} {'dense ms':>9} {'dense c.':>9} {'ATS ms':>9} {'ATS c.':>9} {'dense GF':>9} {'ATS GF':>8} "
-          f"{'padded':>8} {'GF saved':>8} {'t saved':>8} {'vs c.':>7} {'ratio':>6} {'reads':>7} {work:>11}")
+          f"{'padded':>8} {'GF saved':>8} {'t saved':>8} {'vs c.':>7} {'ratio':>6} {'reads':>7} {work:>11} "
+          f"{work + ' c.':>13}")
     for r in result["rows"]:
         t, h = r["times_s"], r["host"]
         col = lambda k: f"{t[k] * ms:>9.2f}" if k in t else f"{'-':>9}"  # noqa: E731
@@ -297,9 +299,10 @@ def print_table(result: dict) -> None:
               f"{r['gflops_saving']:>8.1%} {r['time_saving']['dense']:>8.1%} "
               f"{(f'{vs_c:.1%}' if vs_c is not None else '-'):>7} {r.get('saving_ratio', float('nan')):>6.2f} "
               f"{h['dense']['host_reads']:>3}/{h['ats']['host_reads']:<3} "
-              f"{h['dense'][work]:>5}/{h['ats'][work]:<5}")
+              f"{h['dense'][work]:>5}/{h['ats'][work]:<5} "
+              + (f"{h['dense_compiled'][work]:>6}/{h['ats_compiled'][work]:<6}" if "ats_compiled" in h else f"{'-':>13}"))
     print("t saved: ATS eager against dense eager; vs c.: compiled ATS against compiled dense; ratio: CPU paired "
-          "time saved / GFLOPs saved; reads and work: dense/ATS per eager forward")
+          "time saved / GFLOPs saved; reads, ops / kernels: dense/ATS per forward (eager; 'c.': compiled)")
     if "official_batch1" in result:
         o = result["official_batch1"]
         print(f"official ATS algorithm at batch 1: {o['official_s']:.3f} s, ours {o['ours_s']:.3f} s "

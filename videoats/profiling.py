@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -66,3 +66,30 @@ def count_ops() -> Iterator[OpCount]:
     finally:
         for name, original in saved.items():
             setattr(torch.Tensor, name, original)
+
+
+def profile_ops(fn: Callable[[], object]) -> OpCount:
+    """The op count of `count_ops` read from the PyTorch profiler, so that it also sees inside a
+    `torch.compile`d function (whose kernels a dispatch mode cannot watch): top-level aten ops (an op called by
+    another aten op is part of it; for eager code the two counts agree), and on a GPU the CUDA kernels launched
+    (`by_op["cuda_kernels"]`). Host reads are left to `count_ops`: on the CPU a `.tolist()` dispatches no op
+    for the profiler to see. Run `fn` once before (compiled, warmed up)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    count = OpCount()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            count.by_op["cuda_kernels"] += 1
+            continue
+        parent = event.cpu_parent
+        if not event.name.startswith("aten::") or (parent is not None and parent.name.startswith("aten::")):
+            continue
+        name = event.name[len("aten::"):]
+        count.ops += 1
+        count.by_op[name] += 1
+    return count
