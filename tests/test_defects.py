@@ -144,10 +144,11 @@ def test_infer_refuses_an_image_model_in_one_line(tmp_path, capsys):
     assert "image model" in err and len(err.splitlines()) == 1
 
 
-def test_flops_on_a_file_counts_what_infer_reports(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["timesformer_tiny_8x32", "xvit_tiny_8x32"])  # two normalisations
+def test_flops_on_a_file_counts_what_infer_reports(name, tmp_path, capsys):
     clip = ramp_video(str(tmp_path / "clip.mp4"), 80, 48, 64)
     torch.manual_seed(3)
-    model = videoats.create_model("timesformer_tiny_8x32")
+    model = videoats.create_model(name)
     with torch.no_grad():  # uneven attention, so the kept counts depend on the pixels
         for p in model.parameters():
             if p.dim() > 1:
@@ -155,11 +156,11 @@ def test_flops_on_a_file_counts_what_infer_reports(tmp_path, capsys):
     weights = str(tmp_path / "weights.pth")
     torch.save(model.state_dict(), weights)
 
-    assert cli.main(["flops", "--model", "timesformer_tiny_8x32", "--checkpoint", weights, "--ats-blocks", "1,2",
+    assert cli.main(["flops", "--model", name, "--checkpoint", weights, "--ats-blocks", "1,2",
                      "--ats-tokens", "0.5", "--ats-variant", "frame", "--views", "2x3", "--input", clip,
                      "--json"]) == 0
     counted = json.loads(capsys.readouterr().out)["ats"]
-    assert cli.main(["infer", clip, "--model", "timesformer_tiny_8x32", "--checkpoint", weights, "--ats", "on",
+    assert cli.main(["infer", clip, "--model", name, "--checkpoint", weights, "--ats", "on",
                      "--views", "2x3", "ATS.BLOCKS", "[1,2]", "ATS.TOKENS", "[0.5]", "ATS.VARIANT", "frame",
                      "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -117,14 +117,16 @@ def _view_shape(model):
     return (3, t, h, w) if getattr(model, "is_video", False) else (3, h, w)
 
 
-def _clip_settings(shape, views):
+def _clip_settings(model, shape, views):
     """The clip settings `videoats infer` uses for this model without a config (the default protocol at the
-    model's frames and crop size), so that a file's counts here are the ones `infer` reports for it."""
+    view shape, the family's normalisation), so that a file's counts here are the ones `infer` reports for it."""
     from ..config import get_cfg
     from ..data import ClipSettings
+    from ..models.build import view_config_from_model
 
     cfg = get_cfg()
-    cfg.DATA.NUM_FRAMES = shape[1] if len(shape) == 4 else 1
+    view_config_from_model(cfg, model)
+    cfg.DATA.NUM_FRAMES = shape[1] if len(shape) == 4 else 1  # --frames / --img-size resize the view
     cfg.DATA.TEST_CROP_SIZE = shape[-1]
     cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS = views
     return ClipSettings.from_cfg(cfg)
@@ -211,7 +213,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     source = args.input[0] if len(args.input) == 1 else None
     if source is None and any(i in ("random", "synthetic") for i in args.input):
         raise VideoATSError("--input: give 'synthetic', 'random', or video files, not a mix")
-    settings = _clip_settings(shape, views)
+    settings = _clip_settings(model, shape, views)
     if source == "random":
         gen = torch.Generator().manual_seed(args.seed)
         batches = (("random", torch.randn(args.batch_size, *shape, generator=gen)) for _ in range(args.batches))

@@ -21,7 +21,7 @@ from ..data.clips import parse_views
 from ..data.dataset import under_data_dir
 from ..errors import VideoATSError
 from ..models import apply_ats
-from ..models.build import build_from_cfg, model_label
+from ..models.build import build_from_cfg, model_label, view_config_from_model
 from ..runtime import compiled_for_inference, inference_autocast, resolve_device
 
 
@@ -185,12 +185,8 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
                             f"`videoats models`); count its GFLOPs with `videoats flops --model {name}`")
     num_classes = int(getattr(model, "num_classes", num_classes or 0))
     cfg.MODEL.NUM_CLASSES = num_classes
-    if not from_file:  # clip geometry from the model itself
-        if "DATA.NUM_FRAMES" not in keys and hasattr(model, "num_frames"):
-            cfg.DATA.NUM_FRAMES = int(model.num_frames)
-        if "DATA.TEST_CROP_SIZE" not in keys and hasattr(model, "img_size"):
-            size = model.img_size
-            cfg.DATA.TEST_CROP_SIZE = int(size[0] if isinstance(size, (tuple, list)) else size)
+    if not from_file:  # clip geometry and normalisation from the model itself
+        view_config_from_model(cfg, model, keys)
     elif getattr(model, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
         warnings.append(f"model {name} was built for {model.num_frames} frames but DATA.NUM_FRAMES is "
                         f"{cfg.DATA.NUM_FRAMES}; its time embedding is interpolated")

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import ats_from_cfg
 from ..runtime import seed_everything
-from .registry import create_model
+from .registry import create_model, family_of
 
 
 FROM_CFG = object()  # num_classes: MODEL.NUM_CLASSES
@@ -46,3 +46,20 @@ def model_label(model: nn.Module) -> str:
     name = getattr(model, "model_name", type(model).__name__)
     ats = getattr(model, "ats", None)
     return name if ats is None else f"{name} + {ats.label()}"
+
+
+def view_config_from_model(cfg, model: nn.Module, keys=()) -> None:
+    """Without a config file, a model's test views follow the model: its frames and crop size, and the input
+    normalisation of its family's released weights (X-ViT 0.5 / 0.5, DeiT ImageNet's, TimeSformer 0.45 / 0.225).
+    Keys the user set on the command line (`keys`) stay as given. `infer` and `flops --input` both use this,
+    so a file gets the same views from either."""
+    if "DATA.NUM_FRAMES" not in keys and hasattr(model, "num_frames"):
+        cfg.DATA.NUM_FRAMES = int(model.num_frames)
+    if "DATA.TEST_CROP_SIZE" not in keys:
+        size = getattr(model, "img_size", None)
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None) if size is None else size
+        if size is not None:
+            cfg.DATA.TEST_CROP_SIZE = int(size[0] if isinstance(size, (tuple, list)) else size)
+    family = family_of(model)
+    if family is not None and "DATA.MEAN" not in keys and "DATA.STD" not in keys:
+        cfg.DATA.MEAN, cfg.DATA.STD = list(family.mean), list(family.std)
