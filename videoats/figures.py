@@ -224,8 +224,9 @@ def adaptivity(result: dict, factors: Dict[str, List[float]]) -> dict:
 
 # ---------------------------------------------------------------------------------------------- figures
 
-_FAMILIES = {("ATS off the shelf", "dense"): ("tab:blue", "o", "-"), ("top-k off the shelf", "dense"): ("tab:blue", "x", ":"),
-             ("ATS fine-tuned", "fine-tuned"): ("tab:red", "o", "-"), ("top-k fine-tuned", "fine-tuned"): ("tab:red", "x", ":")}
+_FAMILIES = {  # (setting, weights): (colour, marker, line)
+    ("ATS off the shelf", "dense"): ("tab:blue", "o", "-"), ("top-k off the shelf", "dense"): ("tab:blue", "x", ":"),
+    ("ATS fine-tuned", "fine-tuned"): ("tab:red", "o", "-"), ("top-k fine-tuned", "fine-tuned"): ("tab:red", "x", ":")}
 
 
 def plot_scaling(doc: dict, path: str) -> str:

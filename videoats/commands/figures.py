@@ -95,7 +95,8 @@ def run(args) -> dict:
 
 def human(doc: dict) -> str:
     d = doc["dense"]
-    lines = [f"{doc['model']} on {doc['videos']} test clips: dense top-1 {d['top1']:.2f}% at {d['gflops_per_view']:.4f} "
+    lines = [f"{doc['model']} on {doc['videos']} test clips: dense top-1 {d['top1']:.2f}% at "
+             f"{d['gflops_per_view']:.4f} "
              f"GFLOPs/view; reversing the frames changes {d['reversed_frames_change_prediction_pct']:.1f}% of "
              "its predictions", "",
              f"{'setting':<22}{'weights':<12}{'budget':>7}{'top-1':>8}{'GFLOPs':>9}{'saved':>7}"]
@@ -104,7 +105,8 @@ def human(doc: dict) -> str:
         lines.append(f"{p['setting']:<22}{p['weights']:<12}{str(p['budget'] or '-'):>7}{p['top1']:>7.2f}%"
                      f"{p['gflops_per_view']:>9.4f}{saved:>6.1f}%")
     lines += ["", "ATS minus top-k at the same mean GFLOPs (top-k interpolated):"]
-    lines += [f"  {g['weights']:<11} budget {g['budget']}: {g['ats_top1']:.2f}% vs {g['top_k_top1_at_same_gflops']:.2f}%"
+    lines += [f"  {g['weights']:<11} budget {g['budget']}: {g['ats_top1']:.2f}% vs "
+              f"{g['top_k_top1_at_same_gflops']:.2f}%"
               f" ({g['gap']:+.2f})" for g in doc["equal_gflops"]]
     a = doc["adaptivity"]
     lines += ["", f"Spearman's rho of kept tokens (fine-tuned, budget {doc['ats']['tokens']}) against each factor "
