@@ -94,7 +94,7 @@ def test_wheel_ships_the_demo_and_an_installed_copy_reads_it(tmp_path):
     seen = json.loads(out.strip().splitlines()[-1])
     installed = str(venv / "lib")
     assert seen["package"].startswith(installed) and seen["checkpoint"].startswith(installed)
-    assert seen["model"] == seen["saved_as"] == "timesformer_tiny_8x32" and seen["has_config"]
+    assert seen["model"] == seen["saved_as"] == "timesformer_tiny_8x64" and seen["has_config"]
     helped = subprocess.run([str(venv / "bin" / "videoats"), "demo", "--help"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert helped.returncode == 0 and "usage: videoats demo" in helped.stdout
