@@ -83,7 +83,7 @@ def test_figures_command_end_to_end_is_repeatable(tmp_path, capsys):
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "benchmark_ats.yaml")
     docs = []
     for run in ("a", "b"):
-        args = ["figures", "--config", config, "--dense", ckpt, "--finetuned", ckpt, "--budgets", "0.5", "--json",
+        args = ["figures", "--config", config, "--dense", ckpt, "--finetuned", ckpt, "--budgets", "0.6", "--json",
                 "--output", str(tmp_path / run), "DATA.PATH_TO_DATA_DIR", str(tmp_path / "d"), "MODEL.NUM_CLASSES", "3",
                 "DATA.SAMPLING_RATE", "1", "DATA.NUM_WORKERS", "0"]
         assert main(args) == 0
