@@ -120,3 +120,13 @@ def test_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"videoats {videoats.__version__}"
+
+
+def test_demo_cache_follows_videoats_home_and_is_checked_before_work(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("VIDEOATS_HOME", str(blocker))
+    assert main(["demo", "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert os.path.join(str(blocker), "demo_synthetic") in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any work

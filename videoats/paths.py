@@ -51,6 +51,16 @@ def _check_creatable(path: str, full: str, what: str) -> None:
         raise VideoATSError(f"{what} {path}: cannot write in {existing} ({why})")
 
 
+CACHE_ENV = "VIDEOATS_HOME"
+
+
+def cache_dir(*parts: str) -> str:
+    """A folder under videoats' cache: `$VIDEOATS_HOME`, default `~/.cache/videoats` (the zoo's weights, the
+    demo's videos). Not created here: the caller checks it like any output folder before writing."""
+    root = os.path.expanduser(os.environ.get(CACHE_ENV) or os.path.join("~", ".cache", "videoats"))
+    return os.path.join(root, *parts)
+
+
 def check_output_dir(path: str, what: str = "output folder") -> str:
     """The absolute folder `path`, after making sure results can be written there (raises VideoATSError)."""
     full = os.path.abspath(os.path.expanduser(os.fspath(path)))

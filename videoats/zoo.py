@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text, publish
 from .errors import VideoATSError
+from .paths import CACHE_ENV, cache_dir
 
 try:  # POSIX: one downloader per cache folder at a time (torchrun ranks all ask for the same file)
     import fcntl
@@ -35,7 +36,7 @@ except ImportError:  # Windows: no lock; concurrent first downloads of one file 
     fcntl = None
 
 PREFIX = "zoo:"
-HOME_ENV = "VIDEOATS_HOME"
+HOME_ENV = CACHE_ENV
 SUMS = "checksums.json"
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -96,8 +97,7 @@ ZOO: Dict[str, ZooEntry] = {
 
 def home() -> str:
     """The cache root: `$VIDEOATS_HOME/zoo`, default `~/.cache/videoats/zoo`."""
-    return os.path.join(os.path.expanduser(os.environ.get(HOME_ENV) or os.path.join("~", ".cache", "videoats")),
-                        "zoo")
+    return cache_dir("zoo")
 
 
 def entry(name: str) -> ZooEntry:

@@ -13,7 +13,7 @@ from importlib.resources import files
 
 from ._args import add_common
 from ..errors import VideoATSError
-from ..paths import declare_outputs
+from ..paths import cache_dir, check_output_dir, declare_outputs
 
 # package data (setup.cfg package_data), so a wheel install has it as well as a checkout; pip unpacks
 # wheels into folders, so these are real files that torch and safetensors can open by path
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--output", default="videoats_demo", help="folder for results and pictures "
                                                              "(default: ./videoats_demo)")
     p.add_argument("--data", default=None, help="where the synthetic videos are cached "
-                                                "(default: ~/.cache/videoats/demo_synthetic)")
+                                                "(default: $VIDEOATS_HOME/demo_synthetic, ~/.cache/videoats/...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     declare_outputs(p, output="dir", data="dir")
     p.set_defaults(func=run, human=human)
@@ -75,7 +75,8 @@ def run(args) -> dict:
     from ..inference.visualize import visualize_clip
 
     provenance = _provenance()
-    data_dir = os.path.expanduser(args.data or os.path.join("~", ".cache", "videoats", "demo_synthetic"))
+    data_dir = os.path.expanduser(args.data) if args.data else check_output_dir(cache_dir("demo_synthetic"), "the "
+                                                                                "demo's data cache ($VIDEOATS_HOME)")
     ensure_test_split(data_dir, provenance["synthetic"])
     cfg = config_from_yaml(inspect_checkpoint(str(CHECKPOINT))["metadata"]["config"])
     cfg.DATA.PATH_TO_DATA_DIR = data_dir
