@@ -267,7 +267,7 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict
         rows_in = torch.full_like(n, float(width)) if padded and every else n
         rows_out = torch.full_like(k, float(width_out)) if padded and every_out else k
         if spec.family == "divided":  # temporal attention over frames, per location, CLS excluded
-            total += blk.t_tok * (t * t_width if padded and every else n.sum(dim=1))
+            total += blk.t_tok * (t * width if padded and every else n.sum(dim=1))  # token-wise: on the slots
             if padded:
                 total += blk.t_pair * t_width * t * t
             elif per_loc is None:

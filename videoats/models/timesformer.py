@@ -93,16 +93,17 @@ class DividedBlock(nn.Module):
     def forward(self, cls: Tensor, x: Tensor, layout: Layout, run: Optional[SamplingRun], index: int):
         b, t, _, d = x.shape
         p, training = self.drop_prob, self.training
-        # temporal: every location attends over its frames (on the location-aligned grid)
-        xa, tv = layout.aligned(x), layout.temporal_valid
-        l = xa.shape[2]
-        xt = xa.transpose(1, 2).reshape(b * l, t, d)
+        # temporal: every location attends over its frames. The token-wise layers run on the slots, where a
+        # ragged grid is (nearly) full; only q, k, v move to the location-aligned grid (wider: the union of the
+        # locations the frames kept) and the attention output moves back
+        rows = layout.rows(layout.valid)
+        qkv = layout.aligned(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), x, rows))
+        l, tv = qkv.shape[2], layout.temporal_valid
         tv = None if tv is None else location_rows(tv)
-        rows = layout.rows(tv)
-        q, k, v = split_heads(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), xt, rows),
-                              self.temporal_attn.num_heads)
-        rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), attend(q, k, v, tv), rows)
-        x = x + drop_path(layout.unaligned(rt.reshape(b, l, t, d).transpose(1, 2)), p, training, b)
+        q, k, v = split_heads(qkv.transpose(1, 2).reshape(b * l, t, -1), self.temporal_attn.num_heads)
+        rt = layout.unaligned(attend(q, k, v, tv).reshape(b, l, t, d).transpose(1, 2))
+        rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), rt, rows)
+        x = x + drop_path(rt, p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
         xs = with_cls(cls, x)
         out, slots, layout = frame_attention(self.attn, self.norm1, xs, (b, t, x.shape[2]), layout, run, index)
