@@ -13,7 +13,7 @@ import torch
 import videoats
 from videoats import apply_ats
 from videoats.ats import kept_tokens, token_masks
-from videoats.ats.sampler import _linspace_rows, inverse_transform_sample, max_kept
+from videoats.ats.sampler import _linspace_rows, host_draws, inverse_transform_sample, max_kept, num_samples
 from videoats.flops import fvcore_count, padded_gflops, sample_gflops
 from videoats.profiling import count_ops
 
@@ -158,3 +158,11 @@ def test_cuda_keeps_the_cpu_tokens_and_reads_as_little(name, variant, mode):
     assert all(torch.equal(m.cpu(), cpu_masks[b]) for b, m in token_masks(model).items())
     assert count.host_reads <= (0 if mode == "static" else len(BLOCKS))
     assert torch.isfinite(half).all()
+
+
+def test_host_draws_equal_the_tensor_rule():
+    for tokens in (0.3, 0.5, 0.7, 0.9, 1.0, 17, 50, 197, 500):
+        for present in range(2, 400, 7):
+            for least in (1, 8):
+                assert host_draws(tokens, present, 197, least) == \
+                    int(num_samples(tokens, torch.tensor([present]), 197, least)[0]), (tokens, present, least)

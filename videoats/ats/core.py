@@ -199,7 +199,7 @@ class SamplingRun:
         self.location = torch.arange(slots, device=device).expand(batch, frames, slots)  # slot -> location
         self.ragged = prune and config.variant in RAGGED
         self.static = prune and config.mode == "static"
-        self.width, self.aligned_width = slots, slots  # static layout: the widths the host knows
+        self.aligned_width = slots  # locations of the aligned grid after the last stage (the static bound)
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -272,11 +272,11 @@ class SamplingRun:
             every_kept = False
         else:  # trim: the batch's largest counts, in one device read
             counts = held.sum(dim=-1)
-            width, fewest, aligned = torch.stack([counts.max(), counts.min(),
-                                                  mask.any(dim=1).sum(dim=-1).max()]).tolist()
+            reads = [counts.max(), counts.min()] + ([mask.any(dim=1).sum(dim=-1).max()] if self.ragged else [])
+            width, fewest, *union = torch.stack(reads).tolist()
             every_kept = fewest == width  # every row fills its slots: no mask needed
-            aligned = aligned if self.ragged else width
-        self.width, self.aligned_width = width, aligned
+            aligned = union[0] if self.ragged else width
+        self.aligned_width = aligned
         index = _held_first(held, width)
         per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
         keep = keep.gather(2, per_frame)

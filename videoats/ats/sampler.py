@@ -89,8 +89,10 @@ def max_kept(tokens: float, slots: int, min_tokens: int = 8) -> int:
 
 
 def _linspace_rows(counts: Tensor, width: int) -> Tensor:
-    """(R, width) float32: row r holds torch.linspace(0, 1, counts[r]) (then zeros), computed for every row
-    at once with the formula of torch's linspace kernel (from the start up to half way, from the end after)."""
+    """(R, width) float32: row r holds linspace(0, 1, counts[r]) (then zeros), for every row at once, with the
+    formula of torch's scalar linspace kernel (from the start up to half way, from the end after). torch's
+    vectorised CPU kernel can differ from it in the last bit (tested), which is why one shared count still
+    goes through torch.linspace itself, as the official code does."""
     i = torch.arange(width, device=counts.device, dtype=torch.float32)[None]
     last = (counts - 1).to(torch.float32)[:, None]
     step = 1.0 / last
