@@ -28,7 +28,7 @@ A budget ("tokens") always counts the CLS token too, as in the official code (De
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -122,27 +122,45 @@ def group_size(variant: str, num_frames: int, num_patches: int) -> int:
 RAGGED = ("frame", "joint")
 
 
+class Rows(NamedTuple):
+    """The rows token-wise layers compute: those `mask` marks, `count` of them when the host knows it (then
+    gathering them reads nothing from the device), None when it does not (the masked layout)."""
+    mask: Tensor
+    count: Optional[int]
+
+
+# Token-wise layers gather the present tokens of a trim layout when at most this share of its slots hold one;
+# above it (the usual case: `tube`, `frame`) computing the padding costs less than moving the tokens about.
+GATHER_BELOW = 0.9
+
+
 @dataclass(frozen=True)
 class Layout:
     """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
     all are). In the ragged layout, `column` (B, T, W) gives each slot's column in the location-aligned grid
-    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there. `every_slot`:
-    token-wise layers compute every slot instead of gathering the present ones. The pruned layouts do: their
-    slots are (nearly) all present, and gathering would read the present count from the device in every
-    block; the masked layout (training) gathers, since there most slots are absent."""
+    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there.
+
+    Token-wise layers either compute every slot (`every_slot`: the static layout, and a trim layout whose
+    slots are nearly all present) or gather the present tokens: with `present`, their number, known on the
+    host (a trim layout reads it with its widths), so the gather needs no device read; without it (the
+    masked layout of training) the gather finds them on the device."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
     every_slot: bool = False
+    present: Optional[int] = None  # present tokens of the grid, when the host knows it
 
     @property
     def temporal_valid(self) -> Optional[Tensor]:
         """The present mask of `aligned(x)`."""
         return self.valid if self.column is None else self.aligned_valid
 
-    def rows(self, mask: Optional[Tensor]) -> Optional[Tensor]:
-        """The mask token-wise layers gather present rows by (None: compute every row)."""
-        return None if self.every_slot else mask
+    def rows(self, mask: Optional[Tensor], always: int = 0) -> Optional[Rows]:
+        """The rows of `mask` (this layout's `valid`, or it with `always` rows more that are present in every
+        layout, such as a CLS per frame) that token-wise layers compute; None: every row."""
+        if self.every_slot or mask is None:
+            return None
+        return Rows(mask, None if self.present is None else self.present + always)
 
     def aligned(self, x: Tensor) -> Tensor:
         """(B, T, W, ...) slots -> (B, T, U, ...) where a column is one location in every frame (absent: 0)."""
@@ -187,8 +205,8 @@ class SamplingRun:
     - `static`: fixed by the budget and the grid (`max_kept`), so nothing is read from the device and the
       forward pass can be captured whole (CUDA graphs, `torch.compile(fullgraph=True)`); slots beyond a
       sample's kept count are masked.
-    In both, token-wise layers compute every slot (padding included) rather than gather the present tokens,
-    which would read their count from the device in every block.
+    Token-wise layers compute every slot in `static`; in `trim` too when the slots are nearly all present
+    (`GATHER_BELOW`), else they gather the present tokens, whose number came with the widths (no extra read).
     Both keep the same tokens, so their outputs agree on every kept token (and with the masked layout).
     """
 
@@ -270,10 +288,12 @@ class SamplingRun:
             width = self._static_width(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width) if self.ragged else width
             every_kept = False
-        else:  # trim: the batch's largest counts, in one device read
+            present = None
+        else:  # trim: the batch's largest counts and the tokens kept, in one device read
             counts = held.sum(dim=-1)
-            reads = [counts.max(), counts.min()] + ([mask.any(dim=1).sum(dim=-1).max()] if self.ragged else [])
-            width, fewest, *union = torch.stack(reads).tolist()
+            reads = [counts.max(), counts.min(), mask.sum()] + ([mask.any(dim=1).sum(dim=-1).max()]
+                                                                if self.ragged else [])
+            width, fewest, present, *union = torch.stack(reads).tolist()
             every_kept = fewest == width  # every row fills its slots: no mask needed
             aligned = union[0] if self.ragged else width
         self.aligned_width = aligned
@@ -282,10 +302,12 @@ class SamplingRun:
         keep = keep.gather(2, per_frame)
         self.location = self.location.gather(2, per_frame)
         valid = None if every_kept else keep
-        layout = Layout(valid, every_slot=True)
+        every_slot = present is None or present > GATHER_BELOW * b * t * width
+        layout = Layout(valid, every_slot=every_slot, present=present)
         if self.ragged and t > 1:
-            layout = self._ragged(mask, keep, valid, aligned)
-        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width, True)
+            layout = self._ragged(mask, keep, valid, aligned, layout)
+        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width,
+                                           every_slot)
         return index, layout
 
     def _static_width(self, block: int, slots: int) -> int:
@@ -295,8 +317,8 @@ class SamplingRun:
             return min(slots, max_kept(cfg.budget(block), t * slots, cfg.min_tokens))
         return max_kept(cfg.budget(block), slots, cfg.min_tokens)
 
-    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor], width: int) -> Layout:
-        """The location-aligned view of a ragged grid: columns are the locations some frame kept."""
+    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor], width: int, slots: Layout) -> Layout:
+        """`slots` with the location-aligned view of a ragged grid: columns are the locations some frame kept."""
         held = mask.any(dim=1)  # (B, L0)
         locations = _held_first(held, width)  # column -> location
         column_of = torch.full_like(held, width, dtype=torch.long)
@@ -304,7 +326,7 @@ class SamplingRun:
         column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
         column = column.masked_fill(~keep, width)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
-        return Layout(valid, column, aligned_valid, every_slot=True)
+        return Layout(valid, column, aligned_valid, every_slot=slots.every_slot, present=slots.present)
 
 
 def _held_first(held: Tensor, width: int) -> Tensor:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun, gather_slots
+from ..ats.core import Layout, Rows, SamplingRun, gather_slots
 from ..ats.sampler import cls_significance
 
 
@@ -54,13 +54,13 @@ def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     CLS-extended twin) several times, and each `nonzero` is a sync worth skipping."""
     memo = {}
 
-    def cached(mask: Tensor) -> Tensor:
+    def cached(mask: Tensor, *args) -> Tensor:  # args: what the caller knows of the mask (a function of it)
         if torch.compiler.is_compiling():  # a compiled graph has no syncs to save, and cannot key on id()
-            return fn(mask)
+            return fn(mask, *args)
         hit = memo.get(id(mask))
         if hit is not None and hit[0]() is mask:
             return hit[1]
-        value = fn(mask)
+        value = fn(mask, *args)
         if len(memo) > 32:
             memo.clear()
         memo[id(mask)] = (weakref.ref(mask), value)
@@ -91,20 +91,26 @@ def location_rows(valid: Tensor) -> Tensor:
 
 
 @per_mask
-def _split_index(valid: Tensor) -> Tuple[Tensor, Tensor]:
+def _split_index(valid: Tensor, count: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """Flat indices of the present and the absent rows; with their `count` known on the host, found without
+    reading the device (`nonzero_static`). The count is a function of the mask, so the memo's key is too."""
     flat = valid.reshape(-1)
-    return flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+    if count is None:
+        return flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+    return (torch.nonzero_static(flat, size=count).squeeze(1),
+            torch.nonzero_static(~flat, size=flat.numel() - count).squeeze(1))
 
 
-def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, valid: Optional[Tensor]) -> Tensor:
-    """Apply a per-token function to present tokens only; absent positions come back as zeros (written
-    once each: zeros are needed, since an absent key's value row still meets a zero weight)."""
-    if valid is None:
+def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -> Tensor:
+    """Apply a per-token function to the rows `rows` names (`Layout.rows`; None: every row); the others come
+    back as zeros (written once each: zeros are needed, since an absent key's value row still meets a zero
+    weight)."""
+    if rows is None:
         return fn(x)
-    present, absent = _split_index(valid)
+    present, absent = _split_index(rows.mask, rows.count)
     y = fn(x.reshape(-1, x.shape[-1]).index_select(0, present))
-    out = y.new_empty(valid.numel(), y.shape[-1]).index_copy_(0, present, y).index_fill_(0, absent, 0.0)
-    return out.reshape(*valid.shape, y.shape[-1])
+    out = y.new_empty(rows.mask.numel(), y.shape[-1]).index_copy_(0, present, y).index_fill_(0, absent, 0.0)
+    return out.reshape(*rows.mask.shape, y.shape[-1])
 
 
 def with_cls(cls: Tensor, x: Tensor) -> Tensor:
@@ -145,7 +151,7 @@ def frame_attention(
     """
     b, t, l = grid
     key_valid = cls_valid(layout.valid)
-    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(key_valid))
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(key_valid, always=b * t))
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
@@ -160,7 +166,7 @@ def frame_attention(
                                                                                q.shape[-1])
             q = torch.cat([q[:, :, :1], patches], dim=2)
     out = attend(q, k, v, key_valid)
-    out = tokenwise(attn.proj, out, layout.rows(cls_valid(layout.valid)))
+    out = tokenwise(attn.proj, out, layout.rows(cls_valid(layout.valid), always=b * t))
     return out, index, layout
 
 
@@ -218,6 +224,6 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     x = gather_slots(x, index)
     xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    rows = layout.rows(cls_valid(layout.valid))
+    rows = layout.rows(cls_valid(layout.valid), always=b * t)
     xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout
