@@ -302,7 +302,8 @@ def print_table(result: dict) -> None:
               f"{(f'{vs_c:.1%}' if vs_c is not None else '-'):>7} {r.get('saving_ratio', float('nan')):>6.2f} "
               f"{h['dense']['host_reads']:>3}/{h['ats']['host_reads']:<3} "
               f"{h['dense'][work]:>5}/{h['ats'][work]:<5} "
-              + (f"{h['dense_compiled'][work]:>6}/{h['ats_compiled'][work]:<6}" if "ats_compiled" in h else f"{'-':>13}"))
+              + (f"{h['dense_compiled'][work]:>6}/{h['ats_compiled'][work]:<6}" if "ats_compiled" in h
+                 else f"{'-':>13}"))
     print("t saved: ATS eager against dense eager; vs c.: compiled ATS against compiled dense; ratio: CPU paired "
           "time saved / GFLOPs saved; reads, ops / kernels: dense/ATS per forward (eager; 'c.': compiled)")
     if "official_batch1" in result:

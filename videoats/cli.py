@@ -1,7 +1,7 @@
 """The `videoats` command: one subcommand per job, each with `--help` and `--json`.
 
-A subcommand module in `videoats.commands` (listed in COMMANDS) defines `register(subparsers)`, which adds its parser and sets
-`func` (returns a JSON-able dict) and optionally `human` (turns that dict into text for people).
+A subcommand module in `videoats.commands` (listed in COMMANDS) defines `register(subparsers)`, which adds its
+parser and sets `func` (returns a JSON-able dict) and optionally `human` (turns that dict into text for people).
 Errors a user can fix surface as one line on stderr and exit code 2, never as a traceback. Output paths a
 command declares (`videoats.paths.declare_outputs`) are checked before it runs. A command whose result is
 complete but whose last write failed returns it with an `error` entry: the result is printed, then the error

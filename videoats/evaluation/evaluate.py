@@ -248,7 +248,8 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     failed = _merge_failed([g["failed"] for g in gathered])
 
     doc, predictions = reports.results_document(
-        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net), ats=net.ats.to_dict() if net.ats is not None else None,
+        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net),
+        ats=net.ats.to_dict() if net.ats is not None else None,
         dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
         world=world, device=str(device), warnings=warnings)

@@ -205,10 +205,12 @@ def format_summary(doc: dict) -> str:
         a = g.get("adaptive")
         if a:
             pv, pt = a["per_view"], a["per_video_total"]
-            lines += [f"{'  ATS per view mean/min/max':<38}{number_text(pv['mean'])} / {number_text(pv['min'])} / {number_text(pv['max'])}",
+            lines += [f"{'  ATS per view mean/min/max':<38}{number_text(pv['mean'])} / {number_text(pv['min'])} / "
+                      f"{number_text(pv['max'])}",
                       f"{'  ATS per video (all views) mean':<38}{number_text(pt['mean'])}   "
                       f"(min {number_text(pt['min'])}, max {number_text(pt['max'])})",
-                      f"{'  dense per view / total':<38}{number_text(g['dense_per_view'])} / {number_text(g['dense_total'])}"
+                      f"{'  dense per view / total':<38}{number_text(g['dense_per_view'])} / "
+                      f"{number_text(g['dense_total'])}"
                       f"   saving {number_text(a['saving_vs_dense'], 1)} %",
                       f"{'  padded batches per view / total':<38}{number_text(a['padded_per_view'])} / "
                       f"{number_text(a['padded_total'])}"]

@@ -74,7 +74,8 @@ class Predictor:
         """What was run, for the report: model, weights, ATS, label source, sampling."""
         d = self.cfg.DATA
         return {"model": self.model_name, "setting": model_label(self.model), "checkpoint": self.checkpoint,
-                "ats": self.model.ats.to_dict() if self.ats_enabled else None, "num_classes": self.num_classes, "label_source": self.label_source,
+                "ats": self.model.ats.to_dict() if self.ats_enabled else None, "num_classes": self.num_classes,
+                "label_source": self.label_source,
                 "num_frames": int(d.NUM_FRAMES), "sampling_rate": int(d.SAMPLING_RATE),
                 "target_fps": float(d.TARGET_FPS), "crop_size": int(d.TEST_CROP_SIZE),
                 "device": str(self.device), "precision": str(self.cfg.TEST.PRECISION),
