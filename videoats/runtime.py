@@ -48,9 +48,17 @@ def inference_autocast(precision: str, device: torch.device) -> Callable[[], Con
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp32":
         return nullcontext
-    if precision == "fp16" and device.type != "cuda":
-        raise VideoATSError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    dtype = _HALF[precision]
+    return half_autocast(precision, device, "precision", off="fp32")
+
+
+def half_autocast(name: str, device: torch.device, what: str, off: str) -> Callable[[], ContextManager]:
+    """An autocast factory for `name` (bf16 | fp16) on `device`, refusing what the device cannot run; `what`
+    names the setting and `off` its full-precision value in the error. Inference and training both use it."""
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise VideoATSError(f"{what} bf16: this GPU does not support bfloat16; use fp16")
+    if name == "fp16" and device.type != "cuda":
+        raise VideoATSError(f"{what} fp16 needs a CUDA device; on the CPU use bf16 or {off}")
+    dtype = _HALF[name]
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import VideoATSError
+from ..runtime import half_autocast
 
 # parameters that are not weights of a linear map: decaying them only hurts (ViT/DeiT/TimeSformer practice)
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "time_embed", "temp_embed", "dist_token")
@@ -92,13 +93,7 @@ def precision_setup(mode: str, device: torch.device):
     has no fp16 scaler worth the name, hence the refusal."""
     if mode == "none":
         return contextlib.nullcontext, None
-    if mode == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise VideoATSError("SOLVER.MIXED_PRECISION bf16: this GPU does not support bfloat16; use fp16")
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    if mode == "fp16":
-        if device.type != "cuda":
-            raise VideoATSError("SOLVER.MIXED_PRECISION fp16 needs a CUDA GPU (it trains with a gradient scaler "
-                                "there); on CPU use bf16 or none")
-        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+    if mode in ("bf16", "fp16"):
+        autocast = half_autocast(mode, device, "SOLVER.MIXED_PRECISION", off="none")
+        return autocast, torch.amp.GradScaler("cuda") if mode == "fp16" else None
     raise VideoATSError(f"SOLVER.MIXED_PRECISION {mode!r} is not one of none, bf16, fp16")
