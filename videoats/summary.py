@@ -1,5 +1,6 @@
-"""Numbers as the reports show them: the spread of a set of values, and the top-k classes of a score vector.
-Evaluation, inference, training logs and `videoats flops` all use these, so one figure reads the same in all."""
+"""Numbers as the reports show them: the spread of a set of values, the top-k classes of a score vector, and
+one number formatter. Evaluation, inference, training logs, `plot` and `videoats flops` all use these, so one figure
+reads the same in all."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -30,3 +31,10 @@ def top_k(scores: Tensor, label_names: Sequence[str], k: int, probs: Optional[Te
             row.update(score=round(float(probs[i]), 6), aggregate=round(float(scores[i]), 6))
         out.append(row)
     return out
+
+
+def number_text(x, nd=2, digits=3, missing="n/a") -> str:
+    """Big counts with separators, tiny-model counts with `digits` significant digits (0.0267, not 0.03)."""
+    if not isinstance(x, (int, float)):
+        return missing
+    return f"{x:,.{nd}f}" if abs(x) >= 10 or x == 0 else f"{x:.{digits}g}"

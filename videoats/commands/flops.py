@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 
 from ..ats.core import MODES
 from ..errors import VideoATSError
+from ..summary import number_text
 from ._args import add_common
 
 
@@ -262,9 +263,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
 
 
 def _g(v) -> str:
-    if not isinstance(v, (int, float)):
-        return "-"
-    return f"{v:,.2f}" if abs(v) >= 10 else f"{v:.4g}"
+    return number_text(v, digits=4, missing="-")
 
 
 def format_flops(r: dict) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from ..evaluation.plots import load_results, plot_gflops_vs_top1
-from ..evaluation.report import number_text as gflops_text
+from ..summary import number_text as gflops_text
 from ..paths import declare_outputs
 from ._args import add_common
 

@@ -14,7 +14,7 @@ import yaml
 
 from ..atomic import atomic_write_text
 from ..flops import CONVENTION
-from ..summary import stats, top_k
+from ..summary import number_text, stats, top_k
 from . import metrics as M
 from .plots import plot_kept_tokens
 
@@ -176,13 +176,6 @@ def videos_text(coverage: dict, where: str = "results.json") -> str:
 
 def _pct(x):
     return "n/a" if x is None else f"{x:6.2f} %"
-
-
-def number_text(x, nd=2) -> str:
-    """Big counts with separators, tiny-model counts with 3 significant digits (0.0267, not 0.03)."""
-    if x is None:
-        return "n/a"
-    return f"{x:,.{nd}f}" if abs(x) >= 10 or x == 0 else f"{x:.3g}"
 
 
 def format_summary(doc: dict) -> str:
