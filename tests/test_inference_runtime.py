@@ -6,7 +6,6 @@ and then run as captured.
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 

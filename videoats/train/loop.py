@@ -59,8 +59,6 @@ def _paths(out: str) -> Dict[str, str]:
 
 def _datasets(cfg):
     """Every split the run will read, built (annotations parsed) before the first step."""
-    from ..data import build_dataset
-
     require_data_dir(cfg)
     train_set = build_dataset(cfg, "train")
     if len(train_set.label_names) != int(cfg.MODEL.NUM_CLASSES):
