@@ -4,6 +4,7 @@
     python tools/bench_ats.py --model timesformer_8x224 --variant tube --tokens 0.7
     python tools/bench_ats.py --model timesformer_8x224 --device cuda --dtype bf16 --compile --mode static \
         --batch-sizes 1,8,32
+    python tools/bench_ats.py --model timesformer_8x224 --device cuda --dtype bf16 --sampler compiled
     python tools/bench_ats.py --model deit_small_patch16_224 --official --bound
 
 For each batch size it prints the forward time of the dense model (eager, and compiled with --compile), of
@@ -94,21 +95,26 @@ def cuda_time(fn, repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def host_costs(fn, device: torch.device, eager: bool = True) -> dict:
-    """What the host pays for one forward: aten ops and, for eager code, the device-to-host reads (a dispatch
-    mode, `count_ops`); compiled code's ops and a GPU's kernels come from the profiler (`profile_ops`)."""
+def host_costs(fn, device: torch.device, profiled: bool = False, reads: bool = True) -> dict:
+    """What the host pays for one forward: aten ops and device-to-host reads (a dispatch mode, `count_ops`).
+    Compiled code runs eagerly under a dispatch mode, so its ops (`profiled`: a compiled model, or an eager
+    model with the compiled sampler) and a GPU's kernels come from the profiler (`profile_ops`); a model
+    compiled whole reports no reads (its graph breaks are where it reads)."""
     with torch.inference_mode():
         fn()
         out = {}
-        if eager:
+        if reads or not profiled:
             with count_ops() as count:
                 fn()
-            out.update(aten_ops=count.ops, host_reads=count.host_reads)
-        if not eager or device.type == "cuda":
-            profiled = profile_ops(fn)
-            out.setdefault("aten_ops", profiled.ops)
+            out["aten_ops"] = count.ops
+            if reads:
+                out["host_reads"] = count.host_reads
+        if profiled or device.type == "cuda":
+            profiled_count = profile_ops(fn)
+            if profiled:
+                out["aten_ops"] = profiled_count.ops
             if device.type == "cuda":
-                out["kernels"] = profiled.by_op["cuda_kernels"]
+                out["kernels"] = profiled_count.by_op["cuda_kernels"]
     return out
 
 
@@ -167,6 +173,8 @@ def main(argv=None) -> dict:
     p.add_argument("--mode", choices=("trim", "static"), default="trim",
                    help="pruned layout: trim (pad to the batch's largest count, one device read per stage) or "
                         "static (widths from the budget: no device read, compiles as one graph)")
+    p.add_argument("--sampler", choices=("eager", "compiled"), default="eager",
+                   help="ATS stages as eager ops or each as one torch.compile'd graph (fewer kernels per stage)")
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="autocast dtype (fp32: none)")
@@ -204,7 +212,7 @@ def main(argv=None) -> dict:
     shape = (3, model.num_frames, size, size) if video else (3, size, size)
     dense_g = dense_gflops(model, shape)
     ats = dict(blocks=blocks, tokens=args.tokens if args.tokens <= 1 else int(args.tokens), variant=args.variant,
-               mode=args.mode)
+               mode=args.mode, sampler=args.sampler)
     dense_model = model.to(device)
     ats_model = apply_ats(copy.deepcopy(model), ats)
     dtype = DTYPES[args.dtype]
@@ -221,6 +229,8 @@ def main(argv=None) -> dict:
         compiled["dense"] = torch.compile(dense_model, mode=args.compile_mode)
         compiled["ats"] = torch.compile(ats_model, mode=args.compile_mode, fullgraph=args.mode == "static")
 
+    # ops the profiler must count: compiled models, and the eager ATS model when its stages are compiled
+    profiled = {"dense_compiled", "ats_compiled"} | ({"ats"} if args.sampler == "compiled" else set())
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         x = torch.randn(bs, *shape, device=device)
@@ -247,7 +257,8 @@ def main(argv=None) -> dict:
                    time_saving={k: 1 - times[k.replace("dense", "ats")] / times[k]
                                 for k in ("dense", "dense_compiled") if k in times},
                    kept_tokens={b: float(v.float().mean()) for b, v in kept_tokens(ats_model).items()},
-                   host={k: host_costs(fn, device, eager="compiled" not in k) for k, fn in fns.items()},
+                   host={k: host_costs(fn, device, profiled=k in profiled, reads="compiled" not in k)
+                         for k, fn in fns.items()},
                    stages=len(blocks))
         if spread is not None:
             ratio, lo, hi = pair_ratios(*spread, gflops_saving)

@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-from .ats.core import MODES, VARIANTS
+from .ats.core import MODES, SAMPLERS, VARIANTS
 from .runtime import PRECISIONS
 from .errors import VideoATSError
 
@@ -85,6 +85,7 @@ _C.ATS.VARIANT = "tube"  # image | tube | frame | joint
 _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batch maximum)
 _C.ATS.MIN_TOKENS = 8
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
+_C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's scoring and sampling as one torch.compile'd function)
 
 _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""
@@ -200,6 +201,7 @@ def load_config(path: Optional[str] = None, opts: Iterable[str] = ()) -> CfgNode
 _CHOICES = {
     "ATS.VARIANT": VARIANTS,
     "ATS.MODE": MODES,
+    "ATS.SAMPLER": SAMPLERS,
     "DATA.ANNOTATION_FORMAT": ("auto", "kinetics_csv", "path_label", "folders"),
     "DATA.DECODER": ("decord", "pyav"),
     "TEST.CLIP_SAMPLING": ("official", "centered"),
@@ -294,6 +296,7 @@ def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
         drop_tokens=bool(cfg.ATS.DROP_TOKENS),
         min_tokens=int(cfg.ATS.MIN_TOKENS),
         mode=str(cfg.ATS.MODE),
+        sampler=str(cfg.ATS.SAMPLER),
     )
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .ats import kept_tokens
-from .ats import core as ats_core
+from .ats import stage as ats_stage
 from .errors import VideoATSError
 from .flops import dense_gflops, sample_gflops
 from .models import apply_ats
@@ -78,12 +78,12 @@ def top_k_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None,
 @contextmanager
 def fixed_count_sampling():
     """ATS with its inverse transform sample replaced by `top_k_sample`, for as long as the block runs."""
-    saved = ats_core.inverse_transform_sample
-    ats_core.inverse_transform_sample = top_k_sample
+    saved = ats_stage.inverse_transform_sample
+    ats_stage.inverse_transform_sample = top_k_sample
     try:
         yield
     finally:
-        ats_core.inverse_transform_sample = saved
+        ats_stage.inverse_transform_sample = saved
 
 
 # ---------------------------------------------------------------------------------------------- data

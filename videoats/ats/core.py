@@ -34,11 +34,13 @@ import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
-from .sampler import host_draws, inverse_transform_sample, max_kept, never_binds, num_samples
+from .sampler import max_kept
+from .stage import maybe_compiled, plan_layout, score_and_select, select_keep
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
-OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode")
+SAMPLERS = ("eager", "compiled")
+OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler")
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ATSConfig:
     drop_tokens: bool = True  # prune in eval mode; training always masks
     min_tokens: int = 8
     mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
+    sampler: str = "eager"  # eager | compiled: score and sample each stage as one torch.compile'd function
 
     @classmethod
     def from_any(cls, ats) -> "ATSConfig":
@@ -88,6 +91,8 @@ class ATSConfig:
             raise VideoATSError(f"ATS blocks {blocks} repeat a block")
         if self.mode not in MODES:
             raise VideoATSError(f"unknown ATS mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise VideoATSError(f"unknown ATS sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         tokens = self.tokens
         if isinstance(tokens, (list, tuple)) and len(tokens) != len(blocks):
             raise VideoATSError(f"ATS tokens {list(tokens)}: give one value or one per block ({len(blocks)})")
@@ -98,13 +103,15 @@ class ATSConfig:
                                     f"{most} (the tokens of one {variant} sample, CLS included)")
         if isinstance(tokens, (list, tuple)):  # the i-th budget belongs to the i-th block as given
             tokens = [t for _, t in sorted(zip(blocks, tokens))]
-        return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode)
+        return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode,
+                         self.sampler)
 
     def to_dict(self) -> dict:
         """Plain types, as results files record the setting."""
         tokens = list(self.tokens) if isinstance(self.tokens, (list, tuple)) else self.tokens
         return {"variant": self.variant, "blocks": list(self.blocks), "tokens": tokens,
-                "drop_tokens": bool(self.drop_tokens), "min_tokens": int(self.min_tokens), "mode": self.mode}
+                "drop_tokens": bool(self.drop_tokens), "min_tokens": int(self.min_tokens), "mode": self.mode,
+                "sampler": self.sampler}
 
     def label(self) -> str:
         """`ATS variant blocks a-b tokens t`: how plots and tables name a setting."""
@@ -237,67 +244,47 @@ class SamplingRun:
     def records(self) -> List[StageRecord]:
         return [self._records[b] for b in sorted(self._records)]
 
+    def sample(self, block: int, q_cls: Tensor, k: Tensor, v: Tensor, scale: float,
+               key_valid: Optional[Tensor], valid: Optional[Tensor]) -> Tensor:
+        """Score the tokens of a (B, T, L) grid by the CLS row of attention (q_cls (B*T, H, 1, d), k and v
+        (B*T, H, 1 + L, d), key_valid (B*T, 1 + L) as `cls_significance` takes them) and sample. Returns keep
+        (B, T, L) bool. The sample is discrete, so no gradient flows through it: it runs without autograd,
+        and with `sampler="compiled"` as one compiled function (a few fused kernels instead of about a
+        hundred small ops)."""
+        cfg, l = self.config, k.shape[2] - 1
+        grid = (self.batch, self.frames, l)
+        fn = maybe_compiled(score_and_select, cfg.sampler)
+        with torch.no_grad():
+            return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
+                      cfg.min_tokens)
+
     def select(self, block: int, scores: Tensor, valid: Optional[Tensor]) -> Tensor:
         """scores: (B, T, L) significance (0 for absent tokens). Returns keep (B, T, L) bool."""
-        cfg, (b, t, l) = self.config, scores.shape
-        variant, present = cfg.variant, valid  # present None: every token of the grid is there
-        if valid is not None:
-            scores = scores * valid
-        if variant == "tube":
-            per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
-            rows, ref = per_frame.sum(dim=1), self.slots0 + 1
-            present = None if valid is None else valid.any(dim=1)
-        elif variant == "joint":
-            rows, ref = scores.reshape(b, t * l), t * self.slots0 + 1
-            present = None if valid is None else valid.reshape(b, t * l)
-        else:  # image, frame
-            rows, ref = scores.reshape(b * t, l), self.slots0 + 1
-            present = None if valid is None else valid.reshape(b * t, l)
-        budget = cfg.budget(block)
-        # the draw count is known on the host when every row has it: all candidates present, or a budget
-        # that never binds; otherwise it is a per-row tensor, bounded by the reference grid
-        if present is None:
-            n = host_draws(budget, rows.shape[1] + 1, ref, cfg.min_tokens)
-        elif never_binds(budget, ref):
-            n = ref - 1
-        else:
-            n = num_samples(budget, present.sum(dim=1) + 1, ref, cfg.min_tokens)
-        index, keep = inverse_transform_sample(rows, n, present, width=max(ref - 1, 2))
-        # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
-        chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
-        chosen = chosen.scatter_add_(1, index, keep.int()) > 0
-        if variant == "tube":
-            chosen = chosen[:, None, :].expand(b, t, l)
-        keep_grid = chosen.reshape(b, t, l)
-        if valid is not None:
-            keep_grid = keep_grid & valid
-        return keep_grid
+        cfg = self.config
+        return select_keep(scores, valid, cfg.variant, cfg.budget(block), self.slots0, cfg.min_tokens)
 
     def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Layout]:
         """Where kept tokens go next: (slot index to gather, (B, L') aligned or (B, T, W') ragged, or None to
         keep the grid; the new layout)."""
         b, t = self.batch, self.frames
-        # over the original locations; the same before and after the slots are compacted
-        mask = torch.zeros(b, t, self.slots0, dtype=torch.bool, device=keep.device)
-        mask.scatter_(2, self.location, keep)
+        fn = maybe_compiled(plan_layout, self.config.sampler)
+        with torch.no_grad():
+            mask, order, aligned_order, reads = fn(keep, self.location, self.slots0, self.prune and self.ragged,
+                                                   self.prune and not self.static)
         if not self.prune:  # masked: every slot stays, dropped tokens become absent
             self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
             return None, Layout(keep)
-        held = keep if self.ragged else keep.any(dim=1)  # per frame (ragged) or per sample (aligned)
         if self.static:
             width = self._static_width(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width) if self.ragged else width
             every_kept = False
             present = None
         else:  # trim: the batch's largest counts and the tokens kept, in one device read
-            counts = held.sum(dim=-1)
-            reads = [counts.max(), counts.min(), mask.sum()] + ([mask.any(dim=1).sum(dim=-1).max()]
-                                                                if self.ragged else [])
-            width, fewest, present, *union = torch.stack(reads).tolist()
+            width, fewest, present, *union = reads.tolist()
             every_kept = fewest == width  # every row fills its slots: no mask needed
             aligned = union[0] if self.ragged else width
         self.aligned_width = aligned
-        index = _held_first(held, width)
+        index = order[..., :width]
         per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
         keep = keep.gather(2, per_frame)
         self.location = self.location.gather(2, per_frame)
@@ -305,7 +292,7 @@ class SamplingRun:
         every_slot = present is None or present > GATHER_BELOW * b * t * width
         layout = Layout(valid, every_slot=every_slot, present=present)
         if self.ragged and t > 1:
-            layout = self._ragged(mask, keep, valid, aligned, layout)
+            layout = self._ragged(mask, aligned_order[:, :aligned], keep, valid, layout)
         self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width,
                                            every_slot)
         return index, layout
@@ -317,22 +304,17 @@ class SamplingRun:
             return min(slots, max_kept(cfg.budget(block), t * slots, cfg.min_tokens))
         return max_kept(cfg.budget(block), slots, cfg.min_tokens)
 
-    def _ragged(self, mask: Tensor, keep: Tensor, valid: Optional[Tensor], width: int, slots: Layout) -> Layout:
-        """`slots` with the location-aligned view of a ragged grid: columns are the locations some frame kept."""
-        held = mask.any(dim=1)  # (B, L0)
-        locations = _held_first(held, width)  # column -> location
-        column_of = torch.full_like(held, width, dtype=torch.long)
-        column_of.scatter_(1, locations, torch.arange(width, device=held.device).expand_as(locations))
+    def _ragged(self, mask: Tensor, locations: Tensor, keep: Tensor, valid: Optional[Tensor],
+                slots: Layout) -> Layout:
+        """`slots` with the location-aligned view of a ragged grid: columns are the locations some frame kept
+        (`locations`: column -> location, (B, U))."""
+        (b, _, l0), width = mask.shape, locations.shape[1]
+        column_of = torch.full((b, l0), width, dtype=torch.long, device=mask.device)
+        column_of.scatter_(1, locations, torch.arange(width, device=mask.device).expand_as(locations))
         column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
         column = column.masked_fill(~keep, width)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
         return Layout(valid, column, aligned_valid, every_slot=slots.every_slot, present=slots.present)
-
-
-def _held_first(held: Tensor, width: int) -> Tensor:
-    """Indices of the held positions along the last dim, in their order, then the others (a stable sort
-    of the dropped flags), cut to `width` (at least the largest held count)."""
-    return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1][..., :width]
 
 
 def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:

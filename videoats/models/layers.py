@@ -15,7 +15,6 @@ import torch.utils.checkpoint
 from torch import Tensor
 
 from ..ats.core import Layout, Rows, SamplingRun, gather_slots
-from ..ats.sampler import cls_significance
 
 
 class Attention(nn.Module):
@@ -158,8 +157,7 @@ def frame_attention(
         k, v = kv_hook(k, v, layout)
     index = None
     if run is not None:
-        scores = cls_significance(q[:, :, :1], k, v, attn.scale, key_valid)
-        keep = run.select(block, scores.reshape(b, t, l), layout.valid)
+        keep = run.sample(block, q[:, :, :1], k, v, attn.scale, key_valid, layout.valid)
         index, layout = run.layout(block, keep)
         if index is not None:
             patches = q[:, :, 1:].reshape(b, t, *q.shape[1:2], l, q.shape[-1]).permute(0, 1, 3, 2, 4)

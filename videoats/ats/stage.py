@@ -1,0 +1,109 @@
+"""The tensor work of one ATS stage, as pure functions of tensors and plain values: scoring and sampling
+(`score_and_select`), and the layout's work before the host knows the new widths (`plan_layout`).
+
+`SamplingRun` (core.py) keeps the state between stages and calls these, either as they are or, with
+`sampler="compiled"`, each compiled into one graph (`maybe_compiled`): about a hundred small ops per stage
+become a few fused kernels, which is what a GPU needs when launches, not FLOPs, decide the time.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from .sampler import cls_significance, host_draws, inverse_transform_sample, never_binds, num_samples
+
+
+def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
+            min_tokens: int) -> Tensor:
+    """`SamplingRun.select`: scores (B, T, L) -> keep (B, T, L) bool, as a pure function of tensors and plain
+    values (what `torch.compile` takes)."""
+    b, t, l = scores.shape
+    present = valid  # None: every token of the grid is there
+    if valid is not None:
+        scores = scores * valid
+    if variant == "tube":
+        per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
+        rows, ref = per_frame.sum(dim=1), slots0 + 1
+        present = None if valid is None else valid.any(dim=1)
+    elif variant == "joint":
+        rows, ref = scores.reshape(b, t * l), t * slots0 + 1
+        present = None if valid is None else valid.reshape(b, t * l)
+    else:  # image, frame
+        rows, ref = scores.reshape(b * t, l), slots0 + 1
+        present = None if valid is None else valid.reshape(b * t, l)
+    # the draw count is known on the host when every row has it: all candidates present, or a budget
+    # that never binds; otherwise it is a per-row tensor, bounded by the reference grid
+    if present is None:
+        n = host_draws(budget, rows.shape[1] + 1, ref, min_tokens)
+    elif never_binds(budget, ref):
+        n = ref - 1
+    else:
+        n = num_samples(budget, present.sum(dim=1) + 1, ref, min_tokens)
+    index, keep = inverse_transform_sample(rows, n, present, width=max(ref - 1, 2))
+    # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
+    chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
+    chosen = chosen.scatter_add_(1, index, keep.int()) > 0
+    if variant == "tube":
+        chosen = chosen[:, None, :].expand(b, t, l)
+    keep_grid = chosen.reshape(b, t, l)
+    if valid is not None:
+        keep_grid = keep_grid & valid
+    return keep_grid
+
+
+def score_and_select(q_cls: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], valid: Optional[Tensor],
+                     grid: Tuple[int, int, int], scale: float, variant: str, budget: float, slots0: int,
+                     min_tokens: int) -> Tensor:
+    """Score and sample one stage: `SamplingRun.sample` as a pure function."""
+    scores = cls_significance(q_cls, k, v, scale, key_valid).reshape(grid)
+    return select_keep(scores, valid, variant, budget, slots0, min_tokens)
+
+
+def held_order(held: Tensor) -> Tensor:
+    """Indices of the held positions along the last dim, in their order, then the others (a stable sort of
+    the dropped flags); its first `width` (at least the largest held count) are the slots to keep."""
+    return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1]
+
+
+def plan_layout(keep: Tensor, location: Tensor, slots0: int, ragged: bool, trim: bool):
+    """The tensor work of `SamplingRun.layout` before it knows the new widths, as a pure function: the mask
+    over the original locations, the held-first order of the slots (per frame when ragged, per sample
+    when aligned) and of the locations (ragged), and in trim the values the host reads (largest and
+    smallest held count, tokens kept, largest location union), stacked for one read."""
+    b, t, _ = keep.shape
+    mask = torch.zeros(b, t, slots0, dtype=torch.bool, device=keep.device).scatter_(2, location, keep)
+    held = keep if ragged else keep.any(dim=1)  # per frame (ragged) or per sample (aligned)
+    union = mask.any(dim=1) if ragged else None
+    reads = None
+    if trim:
+        counts = held.sum(dim=-1)
+        reads = torch.stack([counts.max(), counts.min(), mask.sum()] + ([union.sum(dim=-1).max()] if ragged
+                                                                        else []))
+    return mask, held_order(held), None if union is None else held_order(union), reads
+
+
+# what `sampler="compiled"` compiles with; the tests swap in "aot_eager" (the same graph capture, no code
+# generation) to check every variant quickly, and check inductor itself on one
+COMPILE_BACKEND = "inductor"
+
+
+def maybe_compiled(fn, sampler: str):
+    """`fn` itself, or with `sampler="compiled"` `fn` compiled: once per process, with dynamic shapes (one
+    graph for every batch, width and stage; the budget and the variant specialise it, so a model has a
+    handful), as one graph. On CUDA inductor writes it as a few Triton kernels; on the CPU as C++ loops.
+    The eager `fn` is the reference (tests check the two keep the same tokens), and runs wherever a
+    compiled function cannot: inside a model being compiled whole (dynamo inlines it), under a
+    TorchScript trace (fvcore) or a Python dispatch mode (op counters)."""
+    if sampler != "compiled" or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+            or _get_current_dispatch_mode() is not None:
+        return fn
+    return _compiled(fn, COMPILE_BACKEND)
+
+
+@lru_cache(maxsize=None)
+def _compiled(fn, backend: str):
+    return torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
