@@ -123,3 +123,12 @@ def test_sampler_option_is_checked_and_read_from_the_config():
     cfg = get_cfg()
     cfg.merge_from_list(["ATS.ENABLE", "True", "ATS.BLOCKS", "[1]", "ATS.SAMPLER", "compiled"])
     assert ats_from_cfg(cfg)["sampler"] == "compiled"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("variant,mode", [("tube", "trim"), ("joint", "static")])
+def test_cuda_compiled_sampler_keeps_the_eager_tokens(variant, mode):
+    """Inductor's Triton kernels against the eager CUDA sampler."""
+    torch._dynamo.reset()
+    eager, compiled = _pair("timesformer_tiny_8x32", variant, mode)
+    _agree(eager.cuda(), compiled.cuda(), _input(eager).cuda())

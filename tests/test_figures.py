@@ -61,7 +61,7 @@ def test_fixed_count_sampling_keeps_the_budget_for_every_clip():
         adaptive = kept_tokens(model)[1]
     assert fixed.tolist() == [8 * 8] * 6  # 9 tokens = 8 locations + CLS, in each of the 8 frames
     assert bool((adaptive <= 8 * 8).all())
-    assert videoats.ats.core.inverse_transform_sample is inverse_transform_sample  # restored
+    assert videoats.ats.stage.inverse_transform_sample is inverse_transform_sample  # restored
 
 
 def test_equal_gflops_gap_interpolates_the_top_k_curve():

@@ -3,6 +3,7 @@
 #   tools/gpu_checks.sh tests          the CUDA tests (ATS modes on CUDA, accounting, autocast), ~2 minutes
 #   tools/gpu_checks.sh static         bench_ats, static mode, eager and compiled, the table rows
 #   tools/gpu_checks.sh trim           bench_ats, trim mode, eager (one device read per stage)
+#   tools/gpu_checks.sh sampler        bench_ats, trim mode, each stage compiled (ATS.SAMPLER compiled)
 # Results go to $OUT (or ./gpu_out): logs and one JSON line per bench_ats run. Python packages missing on
 # the GPU machine (fvcore and its needs, av, decord) travel as wheels in .whl (see the device README).
 set -uo pipefail
@@ -25,7 +26,7 @@ bench() {  # one JSON line per run, the table on stderr for the log
 case "${1:-tests}" in
     tests)
         python3 -m pytest -q -rs -k "cuda or autocast" tests/test_static.py tests/test_defects.py \
-            tests/test_inference_runtime.py 2>&1 | tee "$out/cuda_tests.log"
+            tests/test_inference_runtime.py tests/test_compiled_sampler.py 2>&1 | tee "$out/cuda_tests.log"
         ;;
     static)
         for v in tube frame joint; do
@@ -40,8 +41,14 @@ case "${1:-tests}" in
         done
         bench --model deit_small_patch16_224 --mode trim --batch-sizes 1,64,256
         ;;
+    sampler)
+        for v in tube frame joint; do
+            bench --model timesformer_8x224 --variant "$v" --mode trim --sampler compiled --batch-sizes 1,8,32
+        done
+        bench --model deit_small_patch16_224 --mode trim --sampler compiled --batch-sizes 1,64,256
+        ;;
     *)
-        echo "usage: tools/gpu_checks.sh tests|static|trim" >&2
+        echo "usage: tools/gpu_checks.sh tests|static|trim|sampler" >&2
         exit 2
         ;;
 esac

@@ -1,4 +1,4 @@
-"""Adaptive Token Sampling: one core (`core.py`, `sampler.py`) that every backbone calls.
+"""Adaptive Token Sampling: one core (`core.py`, `stage.py`, `sampler.py`) that every backbone calls.
 
 A leaf: it imports nothing of videoats but `errors`, and knows no backbone. Turning ATS on for a model
 (`videoats.apply_ats`) lives with the models, in `videoats/models/ats_patch.py`; `kept_tokens(model)`

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import VideoATSError
 from .sampler import max_kept
-from .stage import maybe_compiled, plan_layout, score_and_select, select_keep
+from .stage import maybe_compiled, plan_layout, score_and_select
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
@@ -221,7 +221,8 @@ class SamplingRun:
         self.config, self.prune = config, prune
         self._blocks = set(config.blocks)
         self.batch, self.frames, self.slots0 = batch, frames, slots
-        self.location = torch.arange(slots, device=device).expand(batch, frames, slots)  # slot -> location
+        # slot -> location (contiguous, as after the first stage's gather: one graph for every stage)
+        self.location = torch.arange(slots, device=device).expand(batch, frames, slots).contiguous()
         self.ragged = prune and config.variant in RAGGED
         self.static = prune and config.mode == "static"
         self.aligned_width = slots  # locations of the aligned grid after the last stage (the static bound)
@@ -258,19 +259,14 @@ class SamplingRun:
             return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
                       cfg.min_tokens)
 
-    def select(self, block: int, scores: Tensor, valid: Optional[Tensor]) -> Tensor:
-        """scores: (B, T, L) significance (0 for absent tokens). Returns keep (B, T, L) bool."""
-        cfg = self.config
-        return select_keep(scores, valid, cfg.variant, cfg.budget(block), self.slots0, cfg.min_tokens)
-
     def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Layout]:
         """Where kept tokens go next: (slot index to gather, (B, L') aligned or (B, T, W') ragged, or None to
         keep the grid; the new layout)."""
         b, t = self.batch, self.frames
         fn = maybe_compiled(plan_layout, self.config.sampler)
         with torch.no_grad():
-            mask, order, aligned_order, reads = fn(keep, self.location, self.slots0, self.prune and self.ragged,
-                                                   self.prune and not self.static)
+            mask, order, aligned_order, reads = fn(keep, self.location, self.slots0, self.prune, self.ragged,
+                                                   not self.static)
         if not self.prune:  # masked: every slot stays, dropped tokens become absent
             self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
             return None, Layout(keep)

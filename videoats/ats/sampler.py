@@ -104,11 +104,16 @@ def _targets(ys_start: Tensor, n_samples, width: int) -> Tuple[Tensor, Optional[
     """Each row's evenly spaced targets from its ys_start to 1, in the official arithmetic:
     ys = start + (lin * (c - 1) - start * i) / (c - 1) for c draws. `n_samples` is an int (every row draws
     as many: torch.linspace itself, as the official code) or an (R,) tensor (rows are padded to `width`,
-    second output False there). No device read, no loop over counts, nothing cached between calls."""
+    second output False there). No device read, no loop over counts, nothing cached between calls.
+    Compiled code takes the per-row formula for a shared count too: a compiler fixes torch.linspace's count,
+    which would compile the graph again for every stage and every batch's width."""
     if isinstance(n_samples, int):
         count = n_samples
         steps = torch.arange(0, count, device=ys_start.device, dtype=torch.float32)[None]
-        lin = torch.linspace(0, 1.0, count, device=ys_start.device)[None]
+        if torch.compiler.is_compiling():
+            lin = _linspace_rows(torch.full((1,), count, device=ys_start.device), count)
+        else:
+            lin = torch.linspace(0, 1.0, count, device=ys_start.device)[None]
         return ys_start + (lin * (count - 1) - ys_start * steps) / (count - 1), None
     counts = n_samples[:, None]
     steps = torch.arange(0, width, device=ys_start.device, dtype=torch.float32)[None]

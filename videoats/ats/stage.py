@@ -19,8 +19,8 @@ from .sampler import cls_significance, host_draws, inverse_transform_sample, nev
 
 def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
             min_tokens: int) -> Tensor:
-    """`SamplingRun.select`: scores (B, T, L) -> keep (B, T, L) bool, as a pure function of tensors and plain
-    values (what `torch.compile` takes)."""
+    """Sample one stage: significance scores (B, T, L) (0 for absent tokens) -> keep (B, T, L) bool. One
+    inverse transform sample per row, where the variant decides what a row is (module docstring of core.py)."""
     b, t, l = scores.shape
     present = valid  # None: every token of the grid is there
     if valid is not None:
@@ -69,13 +69,16 @@ def held_order(held: Tensor) -> Tensor:
     return torch.sort((~held).to(torch.uint8), dim=-1, stable=True)[1]
 
 
-def plan_layout(keep: Tensor, location: Tensor, slots0: int, ragged: bool, trim: bool):
+def plan_layout(keep: Tensor, location: Tensor, slots0: int, prune: bool, ragged: bool, trim: bool):
     """The tensor work of `SamplingRun.layout` before it knows the new widths, as a pure function: the mask
-    over the original locations, the held-first order of the slots (per frame when ragged, per sample
-    when aligned) and of the locations (ragged), and in trim the values the host reads (largest and
-    smallest held count, tokens kept, largest location union), stacked for one read."""
+    over the original locations (all the masked layout needs); pruned, also the held-first order of the
+    slots (per frame when ragged, per sample when aligned) and of the locations (ragged), and in trim the
+    values the host reads (largest and smallest held count, tokens kept, largest location union), stacked
+    for one read."""
     b, t, _ = keep.shape
     mask = torch.zeros(b, t, slots0, dtype=torch.bool, device=keep.device).scatter_(2, location, keep)
+    if not prune:
+        return mask, None, None, None
     held = keep if ragged else keep.any(dim=1)  # per frame (ragged) or per sample (aligned)
     union = mask.any(dim=1) if ragged else None
     reads = None
@@ -104,6 +107,16 @@ def maybe_compiled(fn, sampler: str):
     return _compiled(fn, COMPILE_BACKEND)
 
 
+# graphs a compiled stage function may keep: one per budget, variant and layout flags a process meets, so more
+# than dynamo's default of 8 when every block has its own budget
+RECOMPILE_LIMIT = 64
+
+
 @lru_cache(maxsize=None)
 def _compiled(fn, backend: str):
-    return torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
+
+    def call(*args):
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return compiled(*args)
+    return call
