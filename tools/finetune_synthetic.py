@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""The ATS benchmark recipe of issue #14, in one repeatable command (42 minutes on 2 CPU cores shared with other jobs):
+"""The ATS benchmark recipe of issue #14, in one repeatable command (about 40 minutes on 2 CPU cores):
 
     python tools/finetune_synthetic.py [--data data/benchmark] [--out outputs/benchmark] [--json]
 
 1. generate the synthetic benchmark (cached: reused when its synthetic.json matches);
 2. train the tiny TimeSformer with the tubelet stem dense, in two stages (configs/synthetic/benchmark_train.yaml,
-   then benchmark_train_more.yaml from its weights);
+   then benchmark_train_more.yaml from its last weights);
 3. fine-tune it with ATS from the dense weights (configs/synthetic/benchmark_ats_finetune.yaml);
 4. test dense, ATS off the shelf and ATS fine-tuned with `videoats eval` (results.json each);
 5. draw the three figures with `videoats figures` (figures/figures.json and PNGs).
@@ -29,7 +29,7 @@ CONFIGS = os.path.join(ROOT, "configs", "synthetic")
 DENSE, MORE, FINETUNE, ATS = (os.path.join(CONFIGS, f"benchmark_{n}.yaml")
                               for n in ("train", "train_more", "ats_finetune", "ats"))
 DENSE_EVAL = os.path.join(CONFIGS, "benchmark.yaml")
-SYNTHETIC = dict(classes=10, per_class=(200, 20, 30), frames=32, size=64, seed=0)
+SYNTHETIC = dict(classes=10, per_class=(400, 20, 30), frames=32, size=64, seed=0)
 
 
 def videoats(*args: str) -> str:
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     make_data(data, max(args.workers, 2))
     common = ["DATA.PATH_TO_DATA_DIR", data, "DATA.NUM_WORKERS", str(args.workers), "TRAIN.AUTO_RESUME", "True"]
-    first_ckpt = os.path.join(out, "dense", "checkpoints", "best.pt")
+    first_ckpt = os.path.join(out, "dense", "checkpoints", "last.pt")
     dense_ckpt = os.path.join(out, "dense_more", "checkpoints", "best.pt")
     tuned_ckpt = os.path.join(out, "ats_finetuned", "checkpoints", "best.pt")
     videoats("train", "--config", DENSE, *common, "OUTPUT_DIR", os.path.join(out, "dense"))
