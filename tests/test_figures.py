@@ -85,7 +85,7 @@ def test_figures_command_end_to_end_is_repeatable(tmp_path, capsys):
     for run in ("a", "b"):
         args = ["figures", "--config", config, "--dense", ckpt, "--finetuned", ckpt, "--budgets", "0.6", "--json",
                 "--output", str(tmp_path / run), "DATA.PATH_TO_DATA_DIR", str(tmp_path / "d"), "MODEL.NUM_CLASSES", "3",
-                "DATA.SAMPLING_RATE", "1", "DATA.NUM_WORKERS", "0"]
+                "DATA.SAMPLING_RATE", "1", "DATA.NUM_WORKERS", "0", "ATS.TOKENS", "[0.6]"]
         assert main(args) == 0
         docs.append(json.loads(capsys.readouterr().out))
     doc = docs[0]

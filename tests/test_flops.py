@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import videoats
+from videoats.ats import stage as ats_stage
 from videoats.cli import main
 from videoats.data.clips import parse_views
 from videoats.flops import GFlopsMeter, analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
@@ -164,9 +165,7 @@ def _keep_top(scores, n_samples, present=None, width=None):
 
 
 def test_keep_everything_costs_dense_plus_scoring_rows(monkeypatch):
-    import videoats.ats.core as core
-
-    monkeypatch.setattr(core, "inverse_transform_sample", _keep_all)
+    monkeypatch.setattr(ats_stage, "inverse_transform_sample", _keep_all)
     model = ats_model(blocks=(1, 2))
     x = torch.randn(2, *TINY_VIDEO[1:])
     model(x)
@@ -179,11 +178,9 @@ def test_keep_everything_costs_dense_plus_scoring_rows(monkeypatch):
 
 
 def test_per_sample_between_minimum_and_dense(monkeypatch):
-    import videoats.ats.core as core
-
     x = torch.randn(4, *TINY_VIDEO[1:])
     with monkeypatch.context() as m:
-        m.setattr(core, "inverse_transform_sample", _keep_top)
+        m.setattr(ats_stage, "inverse_transform_sample", _keep_top)
         low_model = ats_model(blocks=(1,))
         low = fv(low_model, x[:1])  # one location kept after block 1: the least ATS can keep
         assert float(sample_gflops(low_model, x[:1])[0]) == pytest.approx(low, rel=1e-9)
