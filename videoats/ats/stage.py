@@ -18,7 +18,7 @@ from .sampler import cls_significance, host_draws, inverse_transform_sample, nev
 
 
 def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
-            min_tokens: int) -> Tensor:
+                min_tokens: int) -> Tensor:
     """Sample one stage: significance scores (B, T, L) (0 for absent tokens) -> keep (B, T, L) bool. One
     inverse transform sample per row, where the variant decides what a row is (module docstring of core.py)."""
     b, t, l = scores.shape
