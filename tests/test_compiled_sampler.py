@@ -19,18 +19,12 @@ from videoats.errors import VideoATSError
 from videoats.profiling import count_ops, profile_ops
 
 from test_ats import peaky, video
-from test_static import BLOCKS, _input
+from test_static import BLOCKS, _input, _model
 
 
 def _pair(name, variant, mode):
     """The same model (same weights) with the eager and the compiled sampler."""
-    models = []
-    for sampler in ("eager", "compiled"):
-        torch.manual_seed(0)
-        model = peaky(videoats.create_model(name).eval())
-        models.append(apply_ats(model, dict(blocks=BLOCKS, tokens=0.6, variant=variant, mode=mode,
-                                            sampler=sampler)))
-    return models
+    return [_model(name, variant, mode, sampler=sampler) for sampler in ("eager", "compiled")]
 
 
 def _agree(eager, compiled, x):

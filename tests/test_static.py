@@ -25,10 +25,11 @@ CASES = [("timesformer_tiny_8x32", "tube"), ("timesformer_tiny_8x32", "frame"), 
 BLOCKS = [1, 2, 3]
 
 
-def _model(name, variant, mode, tokens=0.6, drop=True):
+def _model(name, variant, mode, tokens=0.6, drop=True, sampler="eager"):
     torch.manual_seed(0)
     model = peaky(videoats.create_model(name).eval())
-    return apply_ats(model, dict(blocks=BLOCKS, tokens=tokens, variant=variant, mode=mode, drop_tokens=drop))
+    return apply_ats(model, dict(blocks=BLOCKS, tokens=tokens, variant=variant, mode=mode, drop_tokens=drop,
+                                 sampler=sampler))
 
 
 def _input(model, batch=3):

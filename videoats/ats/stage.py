@@ -89,8 +89,8 @@ def plan_layout(keep: Tensor, location: Tensor, slots0: int, prune: bool, ragged
     return mask, held_order(held), None if union is None else held_order(union), reads
 
 
-# what `sampler="compiled"` compiles with; the tests swap in "aot_eager" (the same graph capture, no code
-# generation) to check every variant quickly, and check inductor itself on one
+# what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,
+# no code generation) to check every variant quickly, and check inductor itself on one
 COMPILE_BACKEND = "inductor"
 
 
