@@ -117,11 +117,12 @@ def test_ragged_layout_packs_each_frame_and_aligns_locations():
     config = ats_core.ATSConfig(blocks=[0], variant="frame", min_tokens=1).check(1, 2, 4, video=True)
     run = ats_core.SamplingRun(config, batch=1, frames=2, slots=4, device="cpu", prune=True)
     keep = torch.tensor([[[True, False, True, False], [False, True, False, False]]])
-    index, layout = run.layout(0, keep)
-    assert index.tolist() == [[[0, 2], [1, 0]]]  # kept slots first, then the first dropped one (padding)
+    gather, layout = run.layout(0, keep)
+    assert gather.index.tolist() == [[[0, 2], [1, 0]]]  # kept slots first, then the first dropped one (padding)
+    assert gather.rows[..., 0].tolist() == [[0, 1, 3], [0, 2, 1]]  # each frame's CLS row, then its slots
     assert run.location.tolist() == [[[0, 2], [1, 0]]]
     assert layout.valid.tolist() == [[[True, True], [True, False]]]
-    assert layout.column.tolist() == [[[0, 2], [1, 3]]]  # locations 0, 1, 2 are columns 0, 1, 2; padding: 3
+    assert layout.column[..., 0].tolist() == [[[0, 2], [1, 3]]]  # locations 0, 1, 2 are columns 0, 1, 2; padding: 3
     assert layout.aligned_valid.tolist() == [[[True, False, True], [False, True, False]]]
     record = run.records[0]
     assert (record.padded_slots, record.aligned_slots) == (2, 3)
@@ -138,11 +139,13 @@ def test_aligned_layout_keeps_locations_kept_in_any_frame():
     config = ats_core.ATSConfig(blocks=[0], variant="tube", min_tokens=1).check(1, 2, 4, video=True)
     run = ats_core.SamplingRun(config, batch=1, frames=2, slots=4, device="cpu", prune=True)
     keep = torch.tensor([[[True, False, True, False], [True, False, True, False]]])
-    index, layout = run.layout(0, keep)
-    assert index.tolist() == [[0, 2]] and layout.valid is None and layout.column is None
+    gather, layout = run.layout(0, keep)
+    assert gather.index.tolist() == [[0, 2]] and layout.valid is None and layout.column is None
     assert run.location.tolist() == [[[0, 2], [0, 2]]]
     x = torch.arange(8.0).reshape(1, 2, 4, 1)
-    assert ats_core.gather_slots(x, index)[..., 0].tolist() == [[[0.0, 2.0], [4.0, 6.0]]]
+    assert ats_core.gather_slots(x, gather)[..., 0].tolist() == [[[0.0, 2.0], [4.0, 6.0]]]
+    frames = torch.arange(10.0).reshape(2, 5, 1)  # (B*T, 1 + L, 1): each frame's CLS row, then its four slots
+    assert gather.frame_rows(frames)[..., 0].tolist() == [[0.0, 1.0, 3.0], [5.0, 6.0, 8.0]]
     assert layout.aligned(x) is x
 
 

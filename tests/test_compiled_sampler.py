@@ -74,20 +74,22 @@ def test_compiled_sampler_in_training_masks_alike(capture_only):
             assert torch.allclose(pe.grad, pc.grad, atol=1e-6), name
 
 
-def test_inductor_sampler_keeps_the_eager_tokens_with_fewer_ops():
-    """The generated code itself (C++ here, Triton on CUDA) on the default video variant."""
+@pytest.mark.parametrize("variant,mode", [("tube", "trim"), ("frame", "static")])
+def test_inductor_sampler_keeps_the_eager_tokens_with_few_ops(variant, mode):
+    """The generated code itself (C++ here, Triton on CUDA), on the default variant and on a ragged static one:
+    the same tokens, and at most the 40 aten ops per stage beyond the dense blocks' that issue #13 asks for."""
     torch._dynamo.reset()
-    eager, compiled = _pair("timesformer_tiny_8x32", "tube", "trim")
+    eager, compiled = _pair("timesformer_tiny_8x32", variant, mode)
+    dense = apply_ats(peaky(videoats.create_model("timesformer_tiny_8x32").eval()), None)
     x = _input(eager)
     _agree(eager, compiled, x)
     with torch.no_grad():
-        ops_eager, ops_compiled = profile_ops(lambda: eager(x)).ops, profile_ops(lambda: compiled(x)).ops
-        dense = profile_ops(lambda: apply_ats(peaky(videoats.create_model("timesformer_tiny_8x32").eval()),
-                                              None)(x)).ops
-    per_stage = [(ops - dense) / len(BLOCKS) for ops in (ops_eager, ops_compiled)]
-    # measured with torch 2.14: eager about 115 ops per stage, compiled about 40; the graph does the
-    # sampler's work in a handful of kernels, so the compiled stage must cost well under half the eager one
-    assert per_stage[1] < 0.5 * per_stage[0], per_stage
+        dense(x)
+        ops = [profile_ops(lambda: net(x)).ops for net in (dense, eager, compiled)]
+    per_stage = [(n - ops[0]) / len(BLOCKS) for n in ops[1:]]
+    # measured with torch 2.14: eager 141 (tube, trim) and 163 (frame, static) ops per stage, compiled 33 and
+    # 31; the graphs do the sampler's and the layout's work in a few kernels, the blocks only gather
+    assert 0 < per_stage[1] <= 40 and per_stage[1] < 0.5 * per_stage[0], per_stage
 
 
 def test_op_counters_and_traces_run_the_eager_reference(capture_only):

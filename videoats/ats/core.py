@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import VideoATSError
 from .sampler import max_kept
-from .stage import maybe_compiled, plan_layout, score_and_select
+from .stage import arrange, key_masks, maybe_compiled, plan_layout, score_and_select
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
@@ -144,8 +144,9 @@ GATHER_BELOW = 0.9
 @dataclass(frozen=True)
 class Layout:
     """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
-    all are). In the ragged layout, `column` (B, T, W) gives each slot's column in the location-aligned grid
-    (B, T, U) (U for a padding slot), and `aligned_valid` (B, T, U) what is present there.
+    all are). In the ragged layout, `column` (B, T, W, 1) gives each slot's column in the location-aligned
+    grid (B, T, U) (U for a padding slot), `source` the same clamped to U - 1 (where a padding slot reads
+    from), and `aligned_valid` (B, T, U) what is present there.
 
     Token-wise layers either compute every slot (`every_slot`: the static layout, and a trim layout whose
     slots are nearly all present) or gather the present tokens: with `present`, their number, known on the
@@ -153,9 +154,14 @@ class Layout:
     masked layout of training) the gather finds them on the device."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
+    source: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
     every_slot: bool = False
     present: Optional[int] = None  # present tokens of the grid, when the host knows it
+    # of `valid` (`key_masks`, made once with the layout): frame attention's present keys, each frame's CLS
+    # first (B*T, 1 + W), and its attention mask (B*T, 1, 1, 1 + W); None when every token is present
+    frame_keys: Optional[Tensor] = None
+    frame_mask: Optional[Tensor] = None
 
     @property
     def temporal_valid(self) -> Optional[Tensor]:
@@ -170,24 +176,38 @@ class Layout:
         return Rows(mask, None if self.present is None else self.present + always)
 
     def aligned(self, x: Tensor) -> Tensor:
-        """(B, T, W, ...) slots -> (B, T, U, ...) where a column is one location in every frame (absent: 0)."""
+        """(B, T, W, C) slots -> (B, T, U, C) where a column is one location in every frame (absent: 0)."""
         if self.column is None:
             return x
         b, t, u = self.aligned_valid.shape
-        out = x.new_zeros(b, t, u + 1, *x.shape[3:])  # column U collects the padding slots, then goes
-        return out.scatter_(2, _expand_index(self.column, x), x)[:, :, :u]
+        out = x.new_zeros(b, t, u + 1, x.shape[3])  # column U collects the padding slots, then goes
+        return out.scatter_(2, self.column.expand(-1, -1, -1, x.shape[3]), x)[:, :, :u]
 
     def unaligned(self, y: Tensor) -> Tensor:
-        """The inverse of `aligned`: (B, T, U, ...) -> (B, T, W, ...); padding slots get some present value."""
+        """The inverse of `aligned`: (B, T, U, C) -> (B, T, W, C); padding slots get some present value."""
         if self.column is None:
             return y
-        return y.gather(2, _expand_index(self.column.clamp(max=y.shape[2] - 1), y))
+        return y.gather(2, self.source.expand(-1, -1, -1, y.shape[3]))
 
 
-def _expand_index(index: Tensor, like: Tensor) -> Tensor:
-    """A (B, T, W) slot index, broadcast over the trailing dims of a (B, T, ., ...) tensor."""
-    view = index.reshape(*index.shape, *([1] * (like.dim() - 3)))
-    return view.expand(*index.shape, *like.shape[3:])
+class SlotGather(NamedTuple):
+    """Where every slot of the grid after a pruning stage comes from, with the index views the blocks'
+    gathers take, made once per stage (by the compiled layout, with `sampler="compiled"`): each block's
+    gather is then one op and a view."""
+    index: Tensor  # (B, W) the same slots in every frame (aligned), or (B, T, W) per frame (ragged)
+    slots: Tensor  # (B, T, W, 1): the old slot of every new slot, per frame
+    rows: Tensor  # (B*T, 1 + W, 1): the same over a frame's rows, its CLS row first
+
+    def grid(self, x: Tensor) -> Tensor:
+        """(B, T, L, D) grid -> (B, T, W, D)."""
+        return x.gather(2, self.slots.expand(-1, -1, -1, x.shape[-1]))
+
+    def frame_rows(self, x: Tensor) -> Tensor:
+        """Frame rows with the CLS first, (B*T, 1 + L, D) -> (B*T, 1 + W, D), or per head (B*T, H, 1 + L, d)
+        -> (B*T, H, 1 + W, d)."""
+        if x.dim() == 4:
+            return x.gather(2, self.rows[:, None].expand(-1, x.shape[1], -1, x.shape[-1]))
+        return x.gather(1, self.rows.expand(-1, -1, x.shape[-1]))
 
 
 @dataclass
@@ -259,17 +279,18 @@ class SamplingRun:
             return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
                       cfg.min_tokens)
 
-    def layout(self, block: int, keep: Tensor) -> Tuple[Optional[Tensor], Layout]:
-        """Where kept tokens go next: (slot index to gather, (B, L') aligned or (B, T, W') ragged, or None to
-        keep the grid; the new layout)."""
+    def layout(self, block: int, keep: Tensor) -> Tuple[Optional[SlotGather], Layout]:
+        """Where kept tokens go next: (the gathers that make the new grid, or None to keep the grid; the new
+        layout)."""
         b, t = self.batch, self.frames
-        fn = maybe_compiled(plan_layout, self.config.sampler)
+        plan, place = maybe_compiled(plan_layout, self.config.sampler), maybe_compiled(arrange, self.config.sampler)
         with torch.no_grad():
-            mask, order, aligned_order, reads = fn(keep, self.location, self.slots0, self.prune, self.ragged,
-                                                   not self.static)
+            mask, order, aligned_order, reads = plan(keep, self.location, self.slots0, self.prune, self.ragged,
+                                                     not self.static)
         if not self.prune:  # masked: every slot stays, dropped tokens become absent
             self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
-            return None, Layout(keep)
+            keys, key_mask = key_masks(keep)
+            return None, Layout(keep, frame_keys=keys, frame_mask=key_mask)
         if self.static:
             width = self._static_width(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width) if self.ragged else width
@@ -280,18 +301,16 @@ class SamplingRun:
             every_kept = fewest == width  # every row fills its slots: no mask needed
             aligned = union[0] if self.ragged else width
         self.aligned_width = aligned
-        index = order[..., :width]
-        per_frame = index if self.ragged else index[:, None, :].expand(b, t, width)
-        keep = keep.gather(2, per_frame)
-        self.location = self.location.gather(2, per_frame)
-        valid = None if every_kept else keep
+        by_location = self.ragged and t > 1  # temporal mixing needs the location-aligned view
+        with torch.no_grad():
+            index, keep, self.location, slots, rows, column, source, aligned_valid, keys, key_mask = place(
+                keep, self.location, mask, order, aligned_order if by_location else None, width, aligned,
+                self.ragged, not every_kept)
         every_slot = present is None or present > GATHER_BELOW * b * t * width
-        layout = Layout(valid, every_slot=every_slot, present=present)
-        if self.ragged and t > 1:
-            layout = self._ragged(mask, aligned_order[:, :aligned], keep, valid, layout)
-        self._records[block] = StageRecord(block, mask, width, aligned if self.ragged and t > 1 else width,
-                                           every_slot)
-        return index, layout
+        layout = Layout(None if every_kept else keep, column, source, aligned_valid, every_slot, present, keys,
+                        key_mask)
+        self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, every_slot)
+        return SlotGather(index, slots, rows), layout
 
     def _static_width(self, block: int, slots: int) -> int:
         """Slots per frame after this stage in the static layout: the most any sample can keep."""
@@ -300,27 +319,10 @@ class SamplingRun:
             return min(slots, max_kept(cfg.budget(block), t * slots, cfg.min_tokens))
         return max_kept(cfg.budget(block), slots, cfg.min_tokens)
 
-    def _ragged(self, mask: Tensor, locations: Tensor, keep: Tensor, valid: Optional[Tensor],
-                slots: Layout) -> Layout:
-        """`slots` with the location-aligned view of a ragged grid: columns are the locations some frame kept
-        (`locations`: column -> location, (B, U))."""
-        (b, _, l0), width = mask.shape, locations.shape[1]
-        column_of = torch.full((b, l0), width, dtype=torch.long, device=mask.device)
-        column_of.scatter_(1, locations, torch.arange(width, device=mask.device).expand_as(locations))
-        column = column_of.gather(1, self.location.flatten(1)).reshape(keep.shape)
-        column = column.masked_fill(~keep, width)
-        aligned_valid = mask.gather(2, locations[:, None, :].expand(-1, mask.shape[1], -1))
-        return Layout(valid, column, aligned_valid, every_slot=slots.every_slot, present=slots.present)
 
-
-def gather_slots(x: Tensor, index: Optional[Tensor]) -> Tensor:
-    """Select slots of a grid tensor (B, T, L, ...) by index: (B, L') the same in every frame (aligned),
-    (B, T, L') per frame (ragged)."""
-    if index is None:
-        return x
-    if index.dim() == 2:
-        index = index[:, None, :].expand(x.shape[0], x.shape[1], index.shape[1])
-    return x.gather(2, _expand_index(index, x))
+def gather_slots(x: Tensor, gather: Optional[SlotGather]) -> Tensor:
+    """Select the slots of a grid tensor (B, T, L, D) a pruning stage kept (none: x as it is)."""
+    return x if gather is None else gather.grid(x)
 
 
 def kept_tokens(model) -> Dict[int, Tensor]:

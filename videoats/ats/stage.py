@@ -1,5 +1,6 @@
 """The tensor work of one ATS stage, as pure functions of tensors and plain values: scoring and sampling
-(`score_and_select`), and the layout's work before the host knows the new widths (`plan_layout`).
+(`score_and_select`), the layout's work before the host knows the new widths (`plan_layout`), and after
+(`arrange`).
 
 `SamplingRun` (core.py) keeps the state between stages and calls these, either as they are or, with
 `sampler="compiled"`, each compiled into one graph (`maybe_compiled`): about a hundred small ops per stage
@@ -70,7 +71,7 @@ def held_order(held: Tensor) -> Tensor:
 
 
 def plan_layout(keep: Tensor, location: Tensor, slots0: int, prune: bool, ragged: bool, trim: bool):
-    """The tensor work of `SamplingRun.layout` before it knows the new widths, as a pure function: the mask
+    """The tensor work of `SamplingRun.layout` before the host knows the new widths, as a pure function: the mask
     over the original locations (all the masked layout needs); pruned, also the held-first order of the
     slots (per frame when ragged, per sample when aligned) and of the locations (ragged), and in trim the
     values the host reads (largest and smallest held count, tokens kept, largest location union), stacked
@@ -87,6 +88,45 @@ def plan_layout(keep: Tensor, location: Tensor, slots0: int, prune: bool, ragged
         reads = torch.stack([counts.max(), counts.min(), mask.sum()] + ([union.sum(dim=-1).max()] if ragged
                                                                         else []))
     return mask, held_order(held), None if union is None else held_order(union), reads
+
+
+def key_masks(valid: Tensor) -> Tuple[Tensor, Tensor]:
+    """A layout's present tokens (B, T, W) -> frame attention's present keys, each frame's CLS first
+    (B*T, 1 + W), and the same as `scaled_dot_product_attention`'s mask (B*T, 1, 1, 1 + W): made once per
+    layout, not in every block. A frame always has its CLS, so no row of the mask is empty."""
+    b, t, w = valid.shape
+    keys = torch.cat([valid.new_ones(b * t, 1), valid.reshape(b * t, w)], dim=1)
+    return keys, keys[:, None, None, :]
+
+
+def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned_order: Optional[Tensor],
+            width: int, aligned: int, ragged: bool, masked: bool):
+    """The layout's tensor work once the host knows the new widths, as a pure function: the slots to keep
+    (the first `width` of the held-first `order`: (B, W) aligned, (B, T, W) ragged), the next keep mask and
+    slot -> location map, the index views every block's gathers take (`SlotGather`: per frame (B, T, W, 1),
+    and with each frame's CLS row first (B*T, 1 + W, 1)), and, given `aligned_order` (ragged, T > 1), the
+    location-aligned view: each slot's column among the `aligned` locations some frame kept (`aligned` for a
+    padding slot; as the index (B, T, W, 1) `Layout.aligned` scatters by, and clamped, as the one
+    `Layout.unaligned` gathers by) and what is present in each column. `masked`: some slots will be absent (a layout
+    `valid`), so their `key_masks` too."""
+    b, t, _ = keep.shape
+    index = order[..., :width]
+    per_frame = index if ragged else index[:, None, :].expand(b, t, width)
+    keep = keep.gather(2, per_frame)
+    location = location.gather(2, per_frame)
+    rows = torch.cat([per_frame.new_zeros(b * t, 1), per_frame.reshape(b * t, width) + 1], dim=1)
+    column = source = aligned_valid = None
+    if aligned_order is not None:
+        locations = aligned_order[:, :aligned]  # column -> location, (B, U)
+        column_of = torch.full((b, mask.shape[2]), aligned, dtype=torch.long, device=mask.device)
+        column_of.scatter_(1, locations, torch.arange(aligned, device=mask.device).expand(b, aligned))
+        column = column_of.gather(1, location.flatten(1)).reshape(b, t, width, 1).masked_fill(~keep[..., None],
+                                                                                            aligned)
+        source = column.clamp(max=aligned - 1)
+        aligned_valid = mask.gather(2, locations[:, None, :].expand(b, t, aligned))
+    keys, key_mask = key_masks(keep) if masked else (None, None)
+    return (index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid, keys,
+            key_mask)
 
 
 # what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,

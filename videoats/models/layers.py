@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..ats.core import Layout, Rows, SamplingRun, gather_slots
+from ..ats.core import Layout, Rows, SamplingRun
 
 
 class Attention(nn.Module):
@@ -25,9 +25,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         q, k, v = split_heads(self.qkv(x), self.num_heads)
-        return self.proj(attend(q, k, v, key_valid))
+        return self.proj(attend(q, k, v))
 
 
 class Mlp(nn.Module):
@@ -69,47 +69,41 @@ def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return cached
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor] = None) -> Tensor:
-    """Fused attention; absent keys (key_valid False) get no weight. Returns (G, Nq, H*d)."""
-    mask = None if key_valid is None else _attention_mask(key_valid)
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    """Fused attention; `mask` (G, 1, 1, N) bool, False for absent keys (`Layout.frame_mask`,
+    `temporal_mask`). Returns (G, Nq, H*d)."""
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     g, h, n, d = out.shape
     return out.transpose(1, 2).reshape(g, n, h * d)
 
 
 @per_mask
-def _attention_mask(key_valid: Tensor) -> Tensor:
-    """(G, N) present keys -> SDPA's (G, 1, 1, N) mask, built once per layout rather than in every block.
-    A row with no present key (a padding slot) attends to everything; its output is never used."""
-    return (key_valid | ~key_valid.any(dim=-1, keepdim=True))[:, None, None, :]
+def temporal_mask(valid: Tensor) -> Tensor:
+    """(B, T, U) present mask -> the attention mask (B*U, 1, 1, T) of temporal attention (one row per
+    location, over its frames), built once per layout rather than in every block. A location no frame holds
+    (static padding) attends to every frame; its output is never used."""
+    rows = valid.transpose(1, 2).reshape(-1, valid.shape[1])
+    return (rows | ~rows.any(dim=-1, keepdim=True))[:, None, None, :]
 
 
 @per_mask
-def location_rows(valid: Tensor) -> Tensor:
-    """(B, T, U) present mask -> (B*U, T): one row per location, over its frames (temporal attention)."""
-    return valid.transpose(1, 2).reshape(-1, valid.shape[1])
-
-
-@per_mask
-def _split_index(valid: Tensor, count: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """Flat indices of the present and the absent rows; with their `count` known on the host, found without
-    reading the device (`nonzero_static`). The count is a function of the mask, so the memo's key is too."""
+def _present_index(valid: Tensor, count: Optional[int] = None) -> Tensor:
+    """Flat indices of the present rows; with their `count` known on the host, found without reading the
+    device (`nonzero_static`). The count is a function of the mask, so the memo's key is too."""
     flat = valid.reshape(-1)
-    if count is None:
-        return flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
-    return (torch.nonzero_static(flat, size=count).squeeze(1),
-            torch.nonzero_static(~flat, size=flat.numel() - count).squeeze(1))
+    found = flat.nonzero() if count is None else torch.nonzero_static(flat, size=count)
+    return found.squeeze(1)
 
 
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -> Tensor:
     """Apply a per-token function to the rows `rows` names (`Layout.rows`; None: every row); the others come
-    back as zeros (written once each: zeros are needed, since an absent key's value row still meets a zero
-    weight)."""
+    back as zeros (needed: an absent key's value row still meets a zero weight). Zeroing the whole output
+    first costs one memory pass, less than the ops that would find and fill the absent rows."""
     if rows is None:
         return fn(x)
-    present, absent = _split_index(rows.mask, rows.count)
+    present = _present_index(rows.mask, rows.count)
     y = fn(x.reshape(-1, x.shape[-1]).index_select(0, present))
-    out = y.new_empty(rows.mask.numel(), y.shape[-1]).index_copy_(0, present, y).index_fill_(0, absent, 0.0)
+    out = y.new_zeros(rows.mask.numel(), y.shape[-1]).index_copy_(0, present, y)
     return out.reshape(*rows.mask.shape, y.shape[-1])
 
 
@@ -117,18 +111,6 @@ def with_cls(cls: Tensor, x: Tensor) -> Tensor:
     """Prepend a per-frame CLS: cls (B, T or 1, D), x (B, T, L, D) -> (B*T, 1 + L, D)."""
     b, t, l, d = x.shape
     return torch.cat([cls.expand(b, t, d).reshape(b * t, 1, d), x.reshape(b * t, l, d)], dim=1)
-
-
-def cls_valid(valid: Optional[Tensor]) -> Optional[Tensor]:
-    """(B, T, L) patch mask -> (B*T, 1 + L) key mask with the CLS present."""
-    return None if valid is None else _with_cls_mask(valid)
-
-
-@per_mask
-def _with_cls_mask(valid: Tensor) -> Tensor:
-    b, t, l = valid.shape
-    flat = valid.reshape(b * t, l)
-    return torch.cat([flat.new_ones(b * t, 1), flat], dim=1)
 
 
 def frame_attention(
@@ -146,27 +128,23 @@ def frame_attention(
     xs: tokens (B*T, 1 + L, D) before `norm` (normalised and projected in one pass over the present ones);
     `kv_hook` may rewrite keys/values (X-ViT's frame shift).
     Without a run, returns (out (B*T, 1 + L, D), None, layout). With one, the CLS row decides the sample
-    first, then only the kept queries are computed: returns (out for CLS + the new slots, slot index,
-    new layout).
+    first, then only the kept queries are computed: returns (out for CLS + the new slots, the stage's
+    `SlotGather` (None when the grid stays), new layout).
     """
     b, t, l = grid
-    key_valid = cls_valid(layout.valid)
-    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(key_valid, always=b * t))
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(layout.frame_keys, always=b * t))
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
-    index = None
+    gather, mask = None, layout.frame_mask  # keys are the slots before this block's sample
     if run is not None:
-        keep = run.sample(block, q[:, :, :1], k, v, attn.scale, key_valid, layout.valid)
-        index, layout = run.layout(block, keep)
-        if index is not None:
-            patches = q[:, :, 1:].reshape(b, t, *q.shape[1:2], l, q.shape[-1]).permute(0, 1, 3, 2, 4)
-            patches = gather_slots(patches, index).permute(0, 1, 3, 2, 4).reshape(b * t, q.shape[1], -1,
-                                                                               q.shape[-1])
-            q = torch.cat([q[:, :, :1], patches], dim=2)
-    out = attend(q, k, v, key_valid)
-    out = tokenwise(attn.proj, out, layout.rows(cls_valid(layout.valid), always=b * t))
-    return out, index, layout
+        keep = run.sample(block, q[:, :, :1], k, v, attn.scale, layout.frame_keys, layout.valid)
+        gather, layout = run.layout(block, keep)
+        if gather is not None:
+            q = gather.frame_rows(q)
+    out = attend(q, k, v, mask)
+    out = tokenwise(attn.proj, out, layout.rows(layout.frame_keys, always=b * t))
+    return out, gather, layout
 
 
 def drop_path(x: Tensor, p: float, training: bool, batch: int) -> Tensor:
@@ -218,11 +196,11 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     ls1, ls2 = _branch(block, "ls1"), _branch(block, "ls2")
     p = getattr(block, "drop_prob", 0.0) or getattr(getattr(block, "drop_path1", None), "drop_prob", 0.0)
     xs = with_cls(cls, x)
-    out, index, layout = frame_attention(block.attn, block.norm1, xs, (b, t, l), layout, run, index_block,
-                                         kv_hook)
-    x = gather_slots(x, index)
-    xs = torch.cat([xs[:, :1], x.reshape(b * t, -1, d)], dim=1)
+    out, gather, layout = frame_attention(block.attn, block.norm1, xs, (b, t, l), layout, run, index_block,
+                                          kv_hook)
+    if gather is not None:
+        xs = gather.frame_rows(xs)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    rows = layout.rows(cls_valid(layout.valid), always=b * t)
+    rows = layout.rows(layout.frame_keys, always=b * t)
     xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout

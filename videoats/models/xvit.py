@@ -94,7 +94,9 @@ class XViT(nn.Module):
         """Shift the first quarter of the key/value channels across frames, at each location."""
         g, h, n, d = k.shape
         b, moving = g // frames, 2 * self.fold
-        patches_present = layout.temporal_valid  # of the location-aligned grid the shift runs on
+        # what is present on the location-aligned grid the shift runs on; a ragged layout's aligned grid is
+        # already zero wherever a token is absent, so only the slot grids need masking
+        patches_present = layout.valid if layout.column is None else None
         present = None if patches_present is None else torch.cat(
             [patches_present.new_ones(b, frames, 1), patches_present], dim=2)  # the CLS is always there
 
