@@ -303,14 +303,14 @@ class SamplingRun:
         self.aligned_width = aligned
         by_location = self.ragged and t > 1  # temporal mixing needs the location-aligned view
         with torch.no_grad():
-            index, keep, self.location, slots, rows, column, source, aligned_valid, keys, key_mask = place(
-                keep, self.location, mask, order, aligned_order if by_location else None, width, aligned,
-                self.ragged, not every_kept)
+            new = place(keep, self.location, mask, order, aligned_order if by_location else None, width, aligned,
+                        self.ragged, not every_kept)
+        self.location = new.location
         every_slot = present is None or present > GATHER_BELOW * b * t * width
-        layout = Layout(None if every_kept else keep, column, source, aligned_valid, every_slot, present, keys,
-                        key_mask)
+        layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid, every_slot,
+                        present, new.frame_keys, new.frame_mask)
         self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, every_slot)
-        return SlotGather(index, slots, rows), layout
+        return SlotGather(new.index, new.slots, new.rows), layout
 
     def _static_width(self, block: int, slots: int) -> int:
         """Slots per frame after this stage in the static layout: the most any sample can keep."""

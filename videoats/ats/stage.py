@@ -9,7 +9,7 @@ become a few fused kernels, which is what a GPU needs when launches, not FLOPs, 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -99,16 +99,26 @@ def key_masks(valid: Tensor) -> Tuple[Tensor, Tensor]:
     return keys, keys[:, None, None, :]
 
 
+class Arranged(NamedTuple):
+    """A pruned grid after a stage, as `arrange` makes it (W slots per frame, U aligned columns)."""
+    index: Tensor  # the slots kept: (B, W) the same in every frame (aligned), (B, T, W) per frame (ragged)
+    keep: Tensor  # (B, T, W): which of them hold a kept token
+    location: Tensor  # (B, T, W): the original location of every slot
+    slots: Tensor  # (B, T, W, 1): `index` per frame, the view a grid's gather takes (`SlotGather`)
+    rows: Tensor  # (B*T, 1 + W, 1): the same over a frame's rows, its CLS row first
+    column: Optional[Tensor]  # ragged, T > 1, (B, T, W, 1): each slot's aligned column, U for a padding slot
+    source: Optional[Tensor]  # `column` clamped to U - 1: where `Layout.unaligned` reads a slot from
+    aligned_valid: Optional[Tensor]  # (B, T, U): what is present in each aligned column
+    frame_keys: Optional[Tensor]  # `key_masks` of `keep`, when some slot is absent
+    frame_mask: Optional[Tensor]
+
+
 def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned_order: Optional[Tensor],
-            width: int, aligned: int, ragged: bool, masked: bool):
+            width: int, aligned: int, ragged: bool, masked: bool) -> Arranged:
     """The layout's tensor work once the host knows the new widths, as a pure function: the slots to keep
-    (the first `width` of the held-first `order`: (B, W) aligned, (B, T, W) ragged), the next keep mask and
-    slot -> location map, the index views every block's gathers take (`SlotGather`: per frame (B, T, W, 1),
-    and with each frame's CLS row first (B*T, 1 + W, 1)), and, given `aligned_order` (ragged, T > 1), the
-    location-aligned view: each slot's column among the `aligned` locations some frame kept (`aligned` for a
-    padding slot; as the index (B, T, W, 1) `Layout.aligned` scatters by, and clamped, as the one
-    `Layout.unaligned` gathers by) and what is present in each column. `masked`: some slots will be absent (a layout
-    `valid`), so their `key_masks` too."""
+    (the first `width` of the held-first `order`), the next keep mask and location map, the index views of
+    the blocks' gathers, given `aligned_order` (ragged, T > 1) the location-aligned view over the `aligned`
+    locations some frame kept, and with `masked` (some slot is absent) the attention's key masks."""
     b, t, _ = keep.shape
     index = order[..., :width]
     per_frame = index if ragged else index[:, None, :].expand(b, t, width)
@@ -125,8 +135,8 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
         source = column.clamp(max=aligned - 1)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(b, t, aligned))
     keys, key_mask = key_masks(keep) if masked else (None, None)
-    return (index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid, keys,
-            key_mask)
+    return Arranged(index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid,
+                    keys, key_mask)
 
 
 # what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,
@@ -157,6 +167,8 @@ def _compiled(fn, backend: str):
     compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
 
     def call(*args):
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        # floats (the budget, the attention scale) are constants of a model: specialised, they are part of the
+        # graph; left dynamic, dynamo turns each into a tensor input at every call (three ops each)
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, specialize_float=True):
             return compiled(*args)
     return call
