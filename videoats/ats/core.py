@@ -35,7 +35,7 @@ from torch import Tensor
 
 from ..errors import VideoATSError
 from .sampler import max_kept
-from .stage import arrange, key_masks, maybe_compiled, plan_layout, score_and_select
+from .stage import arrange, key_masks, maybe_compiled, plan_layout, score_and_select, temporal_mask
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
@@ -162,11 +162,9 @@ class Layout:
     # first (B*T, 1 + W), and its attention mask (B*T, 1, 1, 1 + W); None when every token is present
     frame_keys: Optional[Tensor] = None
     frame_mask: Optional[Tensor] = None
-
-    @property
-    def temporal_valid(self) -> Optional[Tensor]:
-        """The present mask of `aligned(x)`."""
-        return self.valid if self.column is None else self.aligned_valid
+    # the attention mask over each location's frames on the grid `aligned(x)` gives (`temporal_mask`), None when
+    # every token there is present
+    temporal_mask: Optional[Tensor] = None
 
     def rows(self, mask: Optional[Tensor], always: int = 0) -> Optional[Rows]:
         """The rows of `mask` (this layout's `valid`, or it with `always` rows more that are present in every
@@ -290,7 +288,8 @@ class SamplingRun:
         if not self.prune:  # masked: every slot stays, dropped tokens become absent
             self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
             keys, key_mask = key_masks(keep)
-            return None, Layout(keep, frame_keys=keys, frame_mask=key_mask)
+            return None, Layout(keep, frame_keys=keys, frame_mask=key_mask,
+                                temporal_mask=temporal_mask(keep) if t > 1 else None)
         if self.static:
             width = self._static_width(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width) if self.ragged else width
@@ -308,7 +307,7 @@ class SamplingRun:
         self.location = new.location
         every_slot = present is None or present > GATHER_BELOW * b * t * width
         layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid, every_slot,
-                        present, new.frame_keys, new.frame_mask)
+                        present, new.frame_keys, new.frame_mask, new.temporal_mask)
         self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, every_slot)
         return SlotGather(new.index, new.slots, new.rows), layout
 

@@ -111,6 +111,15 @@ class Arranged(NamedTuple):
     aligned_valid: Optional[Tensor]  # (B, T, U): what is present in each aligned column
     frame_keys: Optional[Tensor]  # `key_masks` of `keep`, when some slot is absent
     frame_mask: Optional[Tensor]
+    temporal_mask: Optional[Tensor]  # `temporal_mask` of the aligned grid, when some token there is absent
+
+
+def temporal_mask(present: Tensor) -> Tensor:
+    """(B, T, U) present tokens of a location-aligned grid -> the mask (B*U, 1, 1, T) of attention over each
+    location's frames (TimeSformer's temporal attention), made once per layout, not in every block. A
+    location no frame holds (static padding) attends to every frame; its output is never used."""
+    rows = present.transpose(1, 2).reshape(-1, present.shape[1])
+    return (rows | ~rows.any(dim=-1, keepdim=True))[:, None, None, :]
 
 
 def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned_order: Optional[Tensor],
@@ -118,7 +127,8 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
     """The layout's tensor work once the host knows the new widths, as a pure function: the slots to keep
     (the first `width` of the held-first `order`), the next keep mask and location map, the index views of
     the blocks' gathers, given `aligned_order` (ragged, T > 1) the location-aligned view over the `aligned`
-    locations some frame kept, and with `masked` (some slot is absent) the attention's key masks."""
+    locations some frame kept, and the attention masks where some token is absent (`masked`: of the slots;
+    a ragged video's aligned grid has absent tokens even when every slot holds one)."""
     b, t, _ = keep.shape
     index = order[..., :width]
     per_frame = index if ragged else index[:, None, :].expand(b, t, width)
@@ -135,8 +145,11 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
         source = column.clamp(max=aligned - 1)
         aligned_valid = mask.gather(2, locations[:, None, :].expand(b, t, aligned))
     keys, key_mask = key_masks(keep) if masked else (None, None)
+    temporal = None
+    if t > 1 and (aligned_valid is not None or masked):
+        temporal = temporal_mask(keep if aligned_valid is None else aligned_valid)
     return Arranged(index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid,
-                    keys, key_mask)
+                    keys, key_mask, temporal)
 
 
 # what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,

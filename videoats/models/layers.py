@@ -71,19 +71,10 @@ def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Fused attention; `mask` (G, 1, 1, N) bool, False for absent keys (`Layout.frame_mask`,
-    `temporal_mask`). Returns (G, Nq, H*d)."""
+    `Layout.temporal_mask`). Returns (G, Nq, H*d)."""
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     g, h, n, d = out.shape
     return out.transpose(1, 2).reshape(g, n, h * d)
-
-
-@per_mask
-def temporal_mask(valid: Tensor) -> Tensor:
-    """(B, T, U) present mask -> the attention mask (B*U, 1, 1, T) of temporal attention (one row per
-    location, over its frames), built once per layout rather than in every block. A location no frame holds
-    (static padding) attends to every frame; its output is never used."""
-    rows = valid.transpose(1, 2).reshape(-1, valid.shape[1])
-    return (rows | ~rows.any(dim=-1, keepdim=True))[:, None, None, :]
 
 
 @per_mask

@@ -18,7 +18,7 @@ from torch import Tensor
 from ..ats.core import Layout, SamplingRun, gather_slots
 from ..errors import VideoATSError
 from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, grid_block,
-                     split_heads, temporal_mask, tokenwise, with_cls)
+                     split_heads, tokenwise, with_cls)
 from .cost import CostSpec, attn_block_cost, lin, ln, patch_cost
 from .registry import Family, register_family, register_model
 from .resize import resize_pos_1d, resize_time
@@ -98,10 +98,9 @@ class DividedBlock(nn.Module):
         # locations the frames kept) and the attention output moves back
         rows = layout.rows(layout.valid)
         qkv = layout.aligned(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), x, rows))
-        l, present = qkv.shape[2], layout.temporal_valid
-        mask = None if present is None else temporal_mask(present)
+        l = qkv.shape[2]
         q, k, v = split_heads(qkv.transpose(1, 2).reshape(b * l, t, -1), self.temporal_attn.num_heads)
-        rt = layout.unaligned(attend(q, k, v, mask).reshape(b, l, t, d).transpose(1, 2))
+        rt = layout.unaligned(attend(q, k, v, layout.temporal_mask).reshape(b, l, t, d).transpose(1, 2))
         rt = tokenwise(lambda z: self.temporal_fc(self.temporal_attn.proj(z)), rt, rows)
         x = x + drop_path(rt, p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
