@@ -272,7 +272,7 @@ class SamplingRun:
         hundred small ops)."""
         cfg, l = self.config, k.shape[2] - 1
         grid = (self.batch, self.frames, l)
-        fn = maybe_compiled(score_and_select, cfg.sampler)
+        fn = maybe_compiled(score_and_select, cfg.sampler, float_args=True)
         with torch.no_grad():
             return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
                       cfg.min_tokens)

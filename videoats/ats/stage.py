@@ -157,17 +157,18 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
 COMPILE_BACKEND = "inductor"
 
 
-def maybe_compiled(fn, sampler: str):
+def maybe_compiled(fn, sampler: str, float_args: bool = False):
     """`fn` itself, or with `sampler="compiled"` `fn` compiled: once per process, with dynamic shapes (one
     graph for every batch, width and stage; the budget and the variant specialise it, so a model has a
     handful), as one graph. On CUDA inductor writes it as a few Triton kernels; on the CPU as C++ loops.
     The eager `fn` is the reference (tests check the two keep the same tokens), and runs wherever a
     compiled function cannot: inside a model being compiled whole (dynamo inlines it), under a
-    TorchScript trace (fvcore) or a Python dispatch mode (op counters)."""
+    TorchScript trace (fvcore) or a Python dispatch mode (op counters). `float_args`: `fn` takes floats that
+    are constants of a model (a budget, a scale), compiled into the graph."""
     if sampler != "compiled" or torch.compiler.is_compiling() or torch.jit.is_tracing() \
             or _get_current_dispatch_mode() is not None:
         return fn
-    return _compiled(fn, COMPILE_BACKEND)
+    return _compiled(fn, COMPILE_BACKEND, float_args)
 
 
 # graphs a compiled stage function may keep: one per budget, variant and layout flags a process meets, so more
@@ -176,12 +177,24 @@ RECOMPILE_LIMIT = 64
 
 
 @lru_cache(maxsize=None)
-def _compiled(fn, backend: str):
-    compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend=backend)
+def _compiled(fn, backend: str, float_args: bool):
+    """`fn` compiled once per process. Dynamo's recompile limit is global: it is raised to `RECOMPILE_LIMIT`
+    once, here (never lowered), rather than patched around every call, which costs host time (about 50 us
+    a call on a CPU, more than some stages' eager ops)."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    # inductor checks every fallback op's output size and alignment at run time: host time (measured on a CPU:
+    # half of a compiled sampling call) for graphs the tests check against their eager reference
+    options = None if backend != "inductor" else {
+        name: False for name in ("size_asserts", "alignment_asserts", "scalar_asserts")
+        if hasattr(torch._inductor.config, name)}  # the names this torch knows
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True, backend=backend, options=options)
+    if not float_args:
+        return compiled
 
     def call(*args):
-        # floats (the budget, the attention scale) are constants of a model: specialised, they are part of the
+        # the floats (budget, attention scale) are constants of a model: specialised, they are part of the
         # graph; left dynamic, dynamo turns each into a tensor input at every call (three ops each)
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, specialize_float=True):
+        with config.patch(specialize_float=True):
             return compiled(*args)
     return call

@@ -49,9 +49,9 @@ def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Memoise a function of a mask by the mask's identity: masks change once per ATS stage, while every block
-    asks for the same derived masks and row indices several times (in the masked layout each index is a
-    `nonzero`, a device read worth skipping)."""
+    """Memoise a function of a mask by the mask's identity: masks change once per ATS stage, while every
+    token-wise layer of every block asks for the same present-row indices (in the masked layout each is a
+    `nonzero`, a device read worth skipping). The attention masks need no memo: the layout carries them."""
     memo = {}
 
     def cached(mask: Tensor, *args) -> Tensor:  # args: what the caller knows of the mask (a function of it)
