@@ -85,7 +85,7 @@ _C.ATS.VARIANT = "tube"  # image | tube | frame | joint
 _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batch maximum)
 _C.ATS.MIN_TOKENS = 8
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
-_C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's scoring and sampling as one torch.compile'd function)
+_C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's tensor work as torch.compile'd functions)
 
 _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""

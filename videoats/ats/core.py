@@ -51,7 +51,7 @@ class ATSConfig:
     drop_tokens: bool = True  # prune in eval mode; training always masks
     min_tokens: int = 8
     mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
-    sampler: str = "eager"  # eager | compiled: score and sample each stage as one torch.compile'd function
+    sampler: str = "eager"  # eager | compiled: each stage's tensor work as torch.compile'd functions
 
     @classmethod
     def from_any(cls, ats) -> "ATSConfig":

@@ -122,7 +122,7 @@ def frame_attention(
     first, then only the kept queries are computed: returns (out for CLS + the new slots, the stage's
     `SlotGather` (None when the grid stays), new layout).
     """
-    b, t, l = grid
+    b, t, _ = grid
     qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(layout.frame_keys, always=b * t))
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
