@@ -25,7 +25,9 @@ from torch import Tensor
 
 from .ats import kept_tokens
 from .ats import stage as ats_stage
+from .data import build_dataset
 from .errors import VideoATSError
+from .evaluation.plots import _pyplot
 from .flops import dense_gflops, sample_gflops
 from .models import apply_ats
 
@@ -92,8 +94,6 @@ def fixed_count_sampling():
 def load_test_clips(cfg) -> dict:
     """Every test video's single view (the benchmark protocol is 1x1) as one tensor, with labels, names and
     the complexity factors of scenes.csv (looked up by file name)."""
-    from .data import build_dataset
-
     dataset = build_dataset(cfg, cfg.TEST.SPLIT)
     if dataset.views_per_video != 1:
         raise VideoATSError(f"the figures take one view per video; the config asks for "
@@ -231,8 +231,6 @@ _FAMILIES = {  # (setting, weights): (colour, marker, line)
 
 def plot_scaling(doc: dict, path: str) -> str:
     """Figure 2: top-1 against mean GFLOPs per view, one curve per (sampling rule, weights)."""
-    from .evaluation.plots import _pyplot
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for (name, weights), (color, marker, line) in _FAMILIES.items():
@@ -255,8 +253,6 @@ def plot_scaling(doc: dict, path: str) -> str:
 
 def plot_adaptivity(main: dict, factors: Dict[str, List[float]], rho: dict, path: str) -> str:
     """Figure 3: kept tokens at the first ATS stage of every clip against every complexity factor."""
-    from .evaluation.plots import _pyplot
-
     plt = _pyplot()
     first = min(main["kept"])
     kept = main["kept"][first].double().numpy()

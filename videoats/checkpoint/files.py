@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .. import zoo
@@ -92,8 +94,6 @@ def _hf_config(path: str) -> Dict[str, Any]:
 
 
 def _read_safetensors(path: str) -> RawCheckpoint:
-    from safetensors import SafetensorError, safe_open
-
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
@@ -229,8 +229,6 @@ def save_checkpoint(path, model, config=None, label_names=None, extra: Optional[
             "model_name": getattr(model, "model_name", type(model).__name__), "num_classes": num_classes,
             "label_names": label_names, "config": config_text}
     if path.endswith(".safetensors"):
-        from safetensors.torch import save_file
-
         header = {"format": FORMAT_TAG}
         for key, value in {**meta, **(extra or {})}.items():
             if key == "format":

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 
+from ._args import add_common
+from ..checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
+from ..config import config_from_yaml, get_cfg
+from ..data.annotations import read_labels_file
 from ..errors import VideoATSError
+from ..models import create_model, family_of
 from ..paths import declare_outputs
 
 
 def register(subparsers) -> None:
-    from ._args import add_common
-
     p = subparsers.add_parser(
         "convert", help="convert an official TimeSformer/X-ViT, Hugging Face or timm checkpoint to videoats",
         description="Load SRC (official TimeSformer .pyth, Hugging Face folder/file, official X-ViT .pth, timm "
@@ -35,8 +38,6 @@ def register(subparsers) -> None:
 
 def _config_text(source_config, model_name: str, num_classes) -> str:
     """The source's config (if it is ours) with the model name and class count of what is written."""
-    from ..config import config_from_yaml, get_cfg
-
     cfg = get_cfg()
     if isinstance(source_config, str) and source_config.strip():
         try:
@@ -50,10 +51,6 @@ def _config_text(source_config, model_name: str, num_classes) -> str:
 
 
 def run(args) -> dict:
-    from ..checkpoint import inspect_checkpoint, load_checkpoint, save_checkpoint
-    from ..data.annotations import read_labels_file
-    from ..models import create_model, family_of
-
     out = args.out
     if not out.endswith((".safetensors", ".pt", ".pth")):
         raise VideoATSError(f"output {out} must end in .safetensors (or .pt / .pth for a torch file)")

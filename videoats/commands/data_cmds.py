@@ -11,6 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import List, Tuple
 
 from ._args import add_common, add_config_args
+from ..config import load_config
+from ..data.annotations import write_annotation
+from ..data.dataset import load_annotation
+from ..data.decoding import DecodeFailure, read_meta, refuse_truncated
+from ..data.synthetic import make_synthetic
 from ..errors import VideoATSError
 from ..paths import declare_outputs, require_data_dir
 
@@ -59,8 +64,6 @@ def register(subparsers) -> None:
 
 
 def _check_one(record, num_frames: int, backend: str, timeout: float) -> Tuple[str, str, int]:
-    from ..data.decoding import DecodeFailure, read_meta, refuse_truncated
-
     try:  # a truncated video is corrupt here as in eval and infer (see data.decoding)
         meta = refuse_truncated(read_meta(record.path, backend=backend, timeout=timeout))
     except DecodeFailure as e:
@@ -72,10 +75,6 @@ def _check_one(record, num_frames: int, backend: str, timeout: float) -> Tuple[s
 
 
 def run_check_videos(args) -> dict:
-    from ..config import load_config
-    from ..data.annotations import write_annotation
-    from ..data.dataset import load_annotation
-
     cfg = load_config(args.config, args.opts)
     if not args.annotation and cfg.DATA.PATH_TO_DATA_DIR:
         require_data_dir(cfg)
@@ -151,8 +150,6 @@ def _parse_per_class(text: str):
 
 
 def run_make_synthetic(args) -> dict:
-    from ..data.synthetic import make_synthetic
-
     return make_synthetic(args.out, num_classes=args.classes, videos_per_class=_parse_per_class(args.per_class),
                           num_frames=args.frames, size=_parse_size(args.size), fps=args.fps, seed=args.seed,
                           workers=max(1, args.workers))

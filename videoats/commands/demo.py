@@ -12,7 +12,14 @@ import os
 from importlib.resources import files
 
 from ._args import add_common
+from ..checkpoint import inspect_checkpoint
+from ..config import apply_overrides, config_from_yaml, get_cfg
+from ..data import build_dataset
+from ..data.synthetic import SCENES, STORAGE, make_synthetic
 from ..errors import VideoATSError
+from ..evaluation.evaluate import evaluate
+from ..inference.predictor import load_predictor
+from ..inference.visualize import visualize_clip
 from ..paths import cache_dir, check_output_dir, declare_outputs
 
 # package data (setup.cfg package_data), so a wheel install has it as well as a checkout; pip unpacks
@@ -48,8 +55,6 @@ def _provenance() -> dict:
 
 def ensure_test_split(data_dir: str, recipe: dict) -> str:
     """Generate the synthetic test split unless the cache already holds the very same one."""
-    from ..data.synthetic import SCENES, STORAGE, make_synthetic
-
     wanted = dict({k: recipe[k] for k in ("num_classes", "num_frames", "size", "seed")}, storage=STORAGE,
                   scenes=SCENES)
     marker = os.path.join(data_dir, "demo_split.json")
@@ -68,12 +73,6 @@ def ensure_test_split(data_dir: str, recipe: dict) -> str:
 
 
 def run(args) -> dict:
-    from ..checkpoint import inspect_checkpoint
-    from ..config import apply_overrides, config_from_yaml
-    from ..evaluation.evaluate import evaluate
-    from ..inference.predictor import load_predictor
-    from ..inference.visualize import visualize_clip
-
     provenance = _provenance()
     data_dir = os.path.expanduser(args.data) if args.data else check_output_dir(cache_dir("demo_synthetic"), "the "
                                                                                 "demo's data cache ($VIDEOATS_HOME)")
@@ -117,9 +116,6 @@ def run(args) -> dict:
 
 
 def _first_test_video(data_dir: str) -> str:
-    from ..data import build_dataset
-    from ..config import get_cfg
-
     cfg = get_cfg()
     cfg.DATA.PATH_TO_DATA_DIR = data_dir
     return build_dataset(cfg, "test", annotation=os.path.join(data_dir, "test.csv")).videos[0].path

@@ -5,9 +5,14 @@ and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
+import torch.distributed as dist
 
 from ._args import add_common, add_config_args, add_inference_args, inference_overrides
+from ..config import load_config
+from ..evaluation.evaluate import evaluate
+from ..evaluation.report import format_summary
 from ..paths import declare_outputs
+from ..runtime import init_from_env
 
 
 def register(subparsers) -> None:
@@ -27,16 +32,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    from ..config import load_config
-    from ..runtime import init_from_env
-    from ..evaluation.evaluate import evaluate
-
     cfg = load_config(args.config, list(args.opts) + inference_overrides(args))
     started = init_from_env(cfg)
     rank = 0
     try:
-        import torch.distributed as dist
-
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         result = evaluate(cfg, checkpoint=args.checkpoint or None, output_dir=args.output,
                           progress=not (args.json or args.no_progress))
@@ -51,6 +50,4 @@ def run(args) -> dict:
 
 
 def fmt(result: dict) -> str:
-    from ..evaluation.report import format_summary
-
     return format_summary(result)

@@ -13,8 +13,15 @@ import json
 import os
 import sys
 
+import torch
+
 from ._args import add_common, add_config_args
+from .. import create_model, load_checkpoint
+from ..atomic import atomic_write_text
+from ..config import ats_from_cfg, load_config
 from ..errors import VideoATSError
+from ..evaluation.plots import plot_kept_tokens
+from ..figures import load_test_clips, measure, plot_adaptivity, plot_scaling
 from ..paths import declare_outputs
 
 BUDGETS = "0.3,0.4,0.5,0.6,0.7,0.8,1.0"
@@ -49,14 +56,6 @@ def _budgets(text: str) -> list:
 
 
 def run(args) -> dict:
-    import torch
-
-    from .. import create_model, load_checkpoint
-    from ..atomic import atomic_write_text
-    from ..config import ats_from_cfg, load_config
-    from ..evaluation.plots import plot_kept_tokens
-    from ..figures import load_test_clips, measure, plot_adaptivity, plot_scaling
-
     cfg = load_config(args.config, args.opts)
     ats = ats_from_cfg(cfg)
     if ats is None or isinstance(ats["tokens"], list) or ats["tokens"] > 1:

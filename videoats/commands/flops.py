@@ -9,9 +9,25 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
+import numpy as np
+import torch
+
+from .. import create_model, load_checkpoint
+from .. import flops as fl
 from ..ats.core import MODES
+from ..config import get_cfg
+from ..data import ClipSettings
+from ..data.clips import parse_views
+from ..data.decoding import DecodeFailure
+from ..data.sampling import normalize
+from ..data.synthetic import CLASS_NAMES, _scene, render_frames
 from ..errors import VideoATSError
-from ..summary import number_text
+from ..flops import input_thw
+from ..inference.predict import make_views, protocol_plan, read_clip_frames
+from ..models import family_of_name
+from ..models.build import view_config_from_model
+from ..runner import account
+from ..summary import number_text, stats
 from ._args import add_common
 
 
@@ -82,11 +98,6 @@ def _ats_config(args) -> Optional[dict]:
 
 
 def _build(args):
-    import torch
-
-    from .. import create_model, load_checkpoint
-    from ..models import family_of_name
-
     kw: Dict[str, object] = {}
     image = not family_of_name(args.model).is_video
     if args.frames is not None:
@@ -112,8 +123,6 @@ def _build(args):
 
 
 def _view_shape(model):
-    from ..flops import input_thw
-
     t, h, w = input_thw(model, None)
     return (3, t, h, w) if getattr(model, "is_video", False) else (3, h, w)
 
@@ -121,10 +130,6 @@ def _view_shape(model):
 def _clip_settings(model, shape, views):
     """The clip settings `videoats infer` uses for this model without a config (the default protocol at the
     view shape, the family's normalisation), so that a file's counts here are the ones `infer` reports for it."""
-    from ..config import get_cfg
-    from ..data import ClipSettings
-    from ..models.build import view_config_from_model
-
     cfg = get_cfg()
     view_config_from_model(cfg, model)
     cfg.DATA.NUM_FRAMES = shape[1] if len(shape) == 4 else 1  # --frames / --img-size resize the view
@@ -135,12 +140,6 @@ def _clip_settings(model, shape, views):
 
 def _synthetic_batch(shape, batch: int, seed: int, settings):
     """Rendered motion clips (the synthetic benchmark's scenes) at the view size, normalised."""
-    import numpy as np
-    import torch
-
-    from ..data.sampling import normalize
-    from ..data.synthetic import CLASS_NAMES, _scene, render_frames
-
     video = len(shape) == 4
     t, h, w = (shape[1], shape[2], shape[3]) if video else (1, shape[1], shape[2])
     clips = []
@@ -156,11 +155,6 @@ def _synthetic_batch(shape, batch: int, seed: int, settings):
 def _file_batches(paths, shape, settings):
     """Every view (clip x crop) of every file, decoded, placed and cropped by the code `videoats infer`
     runs (`read_clip_frames` with the protocol's clip plan, then `make_views`)."""
-    import torch
-
-    from ..data.decoding import DecodeFailure
-    from ..inference.predict import make_views, protocol_plan, read_clip_frames
-
     for path in paths:
         if not os.path.isfile(path):
             raise VideoATSError(f"--input {path!r}: no such file (or use 'synthetic' / 'random')")
@@ -176,9 +170,6 @@ def _file_batches(paths, shape, settings):
 
 
 def run(args) -> dict:
-    from .. import flops as fl
-    from ..data.clips import parse_views
-
     model = _build(args)
     views = parse_views(args.views) if args.views else ((1, 3) if getattr(model, "is_video", False) else (1, 1))
     n_views = views[0] * views[1]
@@ -203,12 +194,6 @@ def run(args) -> dict:
 
 
 def _run_ats(args, model, shape, views, dense) -> dict:
-    import torch
-
-    from .. import flops as fl
-    from ..runner import account
-    from ..summary import stats
-
     if args.batches < 1 or args.batch_size < 1:
         raise VideoATSError("--batches and --batch-size must be at least 1")
     source = args.input[0] if len(args.input) == 1 else None

@@ -11,8 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tqdm import tqdm
+
 from ._args import accept_overrides, add_common, add_inference_args, inference_overrides
 from ..errors import VideoATSError
+from ..inference.predict import describe_run, infer_videos
+from ..inference.predictor import load_predictor
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -59,11 +63,6 @@ def _warn(lines) -> None:
 
 
 def run(args) -> dict:
-    from tqdm import tqdm
-
-    from ..inference.predict import describe_run, infer_videos
-    from ..inference.predictor import load_predictor
-
     videos, opts = list(args.inputs), list(args.opts) + inference_overrides(args)
     if not videos:
         raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")

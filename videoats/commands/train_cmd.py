@@ -5,8 +5,12 @@ torchrun variables, and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
+import argparse
 
 from ._args import add_common, add_config_args
+from .. import runtime as D
+from ..config import load_config
+from ..train.loop import train
 
 EPILOG = """\
 several processes:  torchrun --standalone --nproc_per_node 2 -m videoats.cli train --config CFG
@@ -17,8 +21,6 @@ TRAIN.BATCH_SIZE is per process; TRAIN.GLOBAL_BATCH_SIZE is reached by gradient 
 
 
 def register(subparsers) -> None:
-    import argparse
-
     p = subparsers.add_parser(
         "train", help="train or fine-tune (dense or ATS) from a config; torchrun for several processes",
         description="Train or fine-tune the config's model on its training split: AdamW/SGD, warm-up + cosine, "
@@ -37,10 +39,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    from ..config import load_config
-    from .. import runtime as D
-    from ..train.loop import train
-
     cfg = load_config(args.config, args.opts)
     started = D.init_from_env(cfg)
     try:

@@ -5,7 +5,10 @@ import os
 import sys
 
 from ._args import accept_overrides, add_common
+from ..data.decoding import DecodeFailure
 from ..errors import VideoATSError
+from ..inference.predictor import load_predictor
+from ..inference.visualize import visualize_clip
 from ..paths import check_output_file, declare_outputs
 from .infer import add_model_args
 
@@ -30,10 +33,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
-    from ..data.decoding import DecodeFailure
-    from ..inference.predictor import load_predictor
-    from ..inference.visualize import visualize_clip
-
     videos, opts = list(args.inputs), args.opts
     if len(videos) != 1:
         raise VideoATSError(f"give exactly one video, got {len(videos)}: {' '.join(videos) or '(none)'}")
