@@ -63,7 +63,7 @@ def fake_cuda_run(model, x, autocast: bool):
 
 
 def _widths(model):
-    return [(r.block, r.padded_slots, r.aligned_slots, r.every_slot) for r in model.ats_trace]
+    return [(r.block, r.padded_slots, r.aligned_slots, r.rows) for r in model.ats_trace]
 
 
 @pytest.mark.parametrize("name,variant", CASES)

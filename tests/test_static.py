@@ -123,6 +123,17 @@ def test_static_width_bounds_every_kept_count():
             assert int(record.mask.sum(dim=2).max()) <= width
 
 
+def test_static_joint_computes_token_wise_layers_on_the_clips_bound_only():
+    """A `joint` frame may keep every location, so the static grid stays 16 wide; token-wise layers compute
+    only the most a clip can keep: round(0.6 * 129) = 77 tokens with the CLS, 76 patches; then 45, 27."""
+    model = _model("timesformer_tiny_8x32", "joint", "static")
+    for seed in range(3):
+        with torch.no_grad():
+            model(video(4, seed=seed))
+        assert [(r.padded_slots, r.rows) for r in model.ats_trace] == [(16, 76), (16, 45), (16, 27)]
+        assert all(int(r.kept.max()) <= r.rows for r in model.ats_trace)
+
+
 def test_per_row_targets_match_one_count_at_a_time():
     g = torch.Generator().manual_seed(0)
     rows = torch.rand(12, 40, generator=g) ** 3  # real-valued: no exact ties

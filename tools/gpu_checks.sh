@@ -31,8 +31,8 @@ case "${1:-tests}" in
     static)
         for v in tube frame joint; do
             bench --model timesformer_8x224 --variant "$v" --mode static --compile --batch-sizes 1,32
+            bench --model xvit_b16_16x224 --variant "$v" --mode static --compile --batch-sizes 16
         done
-        bench --model xvit_b16_16x224 --variant tube --mode static --compile --batch-sizes 16
         bench --model deit_small_patch16_224 --mode static --compile --batch-sizes 1,256
         ;;
     trim)

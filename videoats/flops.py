@@ -236,12 +236,12 @@ def _patch_size(model) -> Tuple[int, int]:
     return int(k[0]), int(k[1])
 
 
-def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict[int, Tuple[Tensor, int, int, bool]],
-           padded: bool) -> Tensor:
+def _count(spec: CostSpec, batch: int, frames: int, locations: int,
+           stages: Dict[int, Tuple[Tensor, int, int, Optional[int]]], padded: bool) -> Tensor:
     """FLOPs per sample (B,), float64, on the device of the stage masks (CPU without stages). stages:
     block -> (mask (B, T, L0) of tokens kept after it, slots per frame after it, locations temporal
-    attention runs over after it, whether token-wise layers computed every slot after it). Blocks without
-    a stage keep what came in."""
+    attention runs over after it, patch-token rows per sample token-wise layers computed after it, padding
+    included, or None: the present tokens). Blocks without a stage keep what came in."""
     b, t, l0 = batch, frames, locations
     device = next(iter(stages.values()))[0].device if stages else None
     f64 = dict(dtype=torch.float64, device=device)
@@ -255,19 +255,19 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict
     n = torch.full((b, t), float(l0), **f64)  # present tokens per frame
     per_loc = None  # present frames per location; None = every location in every frame
     width = t_width = l0  # slots per frame the grid holds; locations of the grid temporal attention sees
-    every = False  # token-wise layers compute every slot (static layout), not only the present tokens
+    rows = None  # patch-token rows per sample token-wise layers compute, padding included; None: the present
     for i, blk in enumerate(spec.blocks):
         stage = stages.get(i)
         if stage is None:
-            k, width_out, t_width_out, every_out = n, width, t_width, every
+            k, width_out, t_width_out, rows_out = n, width, t_width, rows
         else:
-            mask, width_out, t_width_out, every_out = stage
+            mask, width_out, t_width_out, rows_out = stage
             k = mask.sum(dim=2).to(torch.float64)
-        # rows token-wise layers compute: the present tokens, or every slot in a padded static count
-        rows_in = torch.full_like(n, float(width)) if padded and every else n
-        rows_out = torch.full_like(k, float(width_out)) if padded and every_out else k
+        # rows token-wise layers compute per sample: the present tokens, or (padded) what the layout computed
+        rows_in = n.sum(dim=1) if rows is None or not padded else rows
+        computed = k.sum(dim=1) if rows_out is None or not padded else rows_out
         if spec.family == "divided":  # temporal attention over frames, per location, CLS excluded
-            total += blk.t_tok * (t * width if padded and every else n.sum(dim=1))  # token-wise: on the slots
+            total += blk.t_tok * rows_in  # token-wise: on the slots
             if padded:
                 total += blk.t_pair * t_width * t * t
             elif per_loc is None:
@@ -275,7 +275,7 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict
             else:
                 total += blk.t_pair * (per_loc ** 2).sum(dim=1)
         # spatial attention within every frame, with a CLS per frame
-        total += blk.pre * (1 + rows_in).sum(dim=1) + blk.proj * (1 + rows_out).sum(dim=1)
+        total += blk.pre * (t + rows_in) + blk.proj * (t + computed)
         if padded:
             total += blk.pair * t * (1 + width_out) * (1 + width)
             if stage is not None:
@@ -285,10 +285,10 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int, stages: Dict
             if stage is not None:
                 total += blk.score * (1 + n).sum(dim=1)
         # MLP: TimeSformer has one CLS, the per-frame models one per frame
-        total += blk.mlp * (rows_out.sum(dim=1) + (1 if spec.family == "divided" else t))
+        total += blk.mlp * (computed + (1 if spec.family == "divided" else t))
         if stage is not None:
             per_loc = stage[0].sum(dim=1).to(torch.float64)
-        n, width, t_width, every = k, width_out, t_width_out, every_out
+        n, width, t_width, rows = k, width_out, t_width_out, rows_out
     total += spec.head_fixed + spec.head_per_frame * t
     if spec.head_block is not None:
         total += _plain(spec.head_block, 1 + t)
@@ -332,7 +332,7 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
     b, t, l0 = trace[0].mask.shape
     if shape is not None and shape[0] != b:
         raise VideoATSError(f"the last forward pass had batch {b}, not {shape[0]}")
-    stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots), bool(r.every_slot)) for r in trace}
+    stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots), r.rows) for r in trace}
     spec = _spec(model, ats_path=True)
     return _count(spec, b, t, l0, stages, padded) / 1e9
 

@@ -131,9 +131,11 @@ RAGGED = ("frame", "joint")
 
 class Rows(NamedTuple):
     """The rows token-wise layers compute: those `mask` marks, `count` of them when the host knows it (then
-    gathering them reads nothing from the device), None when it does not (the masked layout)."""
+    gathering them reads nothing from the device), None when it does not (the masked layout). With `bounded`
+    the count is an upper bound (the static layout): the gather is padded to it."""
     mask: Tensor
     count: Optional[int]
+    bounded: bool = False
 
 
 # Token-wise layers gather the present tokens of a trim layout when at most this share of its slots hold one;
@@ -148,16 +150,19 @@ class Layout:
     grid (B, T, U) (U for a padding slot), `source` the same clamped to U - 1 (where a padding slot reads
     from), and `aligned_valid` (B, T, U) what is present there.
 
-    Token-wise layers either compute every slot (`every_slot`: the static layout, and a trim layout whose
-    slots are nearly all present) or gather the present tokens: with `present`, their number, known on the
-    host (a trim layout reads it with its widths), so the gather needs no device read; without it (the
-    masked layout of training) the gather finds them on the device."""
+    Token-wise layers either compute every slot (`every_slot`: a pruned layout whose slots are nearly all
+    present, or may be) or gather the present tokens: with `present`, their number, known on the host (a
+    trim layout reads it with its widths), so the gather needs no device read; with `bounded`, `present` is
+    only a bound on it (the static layout of `joint`, whose frames are as wide as the widest frame may be
+    while the clip keeps far fewer tokens) and the gather is padded to it; without `present` (the masked
+    layout of training) the gather finds them on the device."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     source: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
     every_slot: bool = False
-    present: Optional[int] = None  # present tokens of the grid, when the host knows it
+    present: Optional[int] = None  # present tokens of the grid (or a bound on them), when the host knows it
+    bounded: bool = False
     # of `valid` (`key_masks`, made once with the layout): frame attention's present keys, each frame's CLS
     # first (B*T, 1 + W), and its attention mask (B*T, 1, 1, 1 + W); None when every token is present
     frame_keys: Optional[Tensor] = None
@@ -171,7 +176,7 @@ class Layout:
         layout, such as a CLS per frame) that token-wise layers compute; None: every row."""
         if self.every_slot or mask is None:
             return None
-        return Rows(mask, None if self.present is None else self.present + always)
+        return Rows(mask, None if self.present is None else self.present + always, self.bounded)
 
     def aligned(self, x: Tensor) -> Tensor:
         """(B, T, W, C) slots -> (B, T, U, C) where a column is one location in every frame (absent: 0)."""
@@ -214,7 +219,8 @@ class StageRecord:
     mask: Tensor  # (B, T, L0) bool over the original locations: tokens present after this stage
     padded_slots: int  # slots per frame actually computed after this stage (batch maximum)
     aligned_slots: int  # locations temporal mixing runs over after this stage (= padded_slots unless ragged)
-    every_slot: bool = False  # token-wise layers computed every slot (pruned layouts), not only present ones
+    rows: Optional[int] = None  # patch-token rows per sample token-wise layers computed after this stage,
+    # padding included (every slot, or the static bound), None: only the present tokens
 
     @property
     def kept(self) -> Tensor:
@@ -230,8 +236,10 @@ class SamplingRun:
     - `static`: fixed by the budget and the grid (`max_kept`), so nothing is read from the device and the
       forward pass can be captured whole (CUDA graphs, `torch.compile(fullgraph=True)`); slots beyond a
       sample's kept count are masked.
-    Token-wise layers compute every slot in `static`; in `trim` too when the slots are nearly all present
-    (`GATHER_BELOW`), else they gather the present tokens, whose number came with the widths (no extra read).
+    Token-wise layers compute every slot when the slots are nearly all present (`GATHER_BELOW`), else they
+    gather the present tokens: in `trim` exactly those, whose number came with the widths (no extra read);
+    in `static` padded to the most a sample can keep. That bound matters for `joint`: one frame may keep
+    every location, so its grid stays as wide as the first, while the clip keeps the budget's share.
     Both keep the same tokens, so their outputs agree on every kept token (and with the masked layout).
     """
 
@@ -244,6 +252,7 @@ class SamplingRun:
         self.ragged = prune and config.variant in RAGGED
         self.static = prune and config.mode == "static"
         self.aligned_width = slots  # locations of the aligned grid after the last stage (the static bound)
+        self.most_kept = frames * slots  # the most patch tokens a sample can hold after the last stage (static)
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -291,10 +300,10 @@ class SamplingRun:
             return None, Layout(keep, frame_keys=keys, frame_mask=key_mask,
                                 temporal_mask=temporal_mask(keep) if t > 1 else None)
         if self.static:
-            width = self._static_width(block, keep.shape[2])
-            aligned = min(self.aligned_width, t * width) if self.ragged else width
+            width, self.most_kept = self._static_widths(block, keep.shape[2])
+            aligned = min(self.aligned_width, t * width, self.most_kept) if self.ragged else width
             every_kept = False
-            present = None
+            present = b * self.most_kept
         else:  # trim: the batch's largest counts and the tokens kept, in one device read
             width, fewest, present, *union = reads.tolist()
             every_kept = fewest == width  # every row fills its slots: no mask needed
@@ -305,18 +314,22 @@ class SamplingRun:
             new = place(keep, self.location, mask, order, aligned_order if by_location else None, width, aligned,
                         self.ragged, not every_kept)
         self.location = new.location
-        every_slot = present is None or present > GATHER_BELOW * b * t * width
+        every_slot = present > GATHER_BELOW * b * t * width
         layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid, every_slot,
-                        present, new.frame_keys, new.frame_mask, new.temporal_mask)
-        self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, every_slot)
+                        present, self.static, new.frame_keys, new.frame_mask, new.temporal_mask)
+        rows = t * width if every_slot else (self.most_kept if self.static else None)
+        self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, rows)
         return SlotGather(new.index, new.slots, new.rows), layout
 
-    def _static_width(self, block: int, slots: int) -> int:
-        """Slots per frame after this stage in the static layout: the most any sample can keep."""
+    def _static_widths(self, block: int, slots: int) -> Tuple[int, int]:
+        """(slots per frame, patch tokens per sample) after this stage in the static layout: the most any
+        sample can keep. A `joint` sample draws over all its present tokens, at most `most_kept`."""
         cfg, t = self.config, self.frames
         if cfg.variant == "joint":
-            return min(slots, max_kept(cfg.budget(block), t * slots, cfg.min_tokens))
-        return max_kept(cfg.budget(block), slots, cfg.min_tokens)
+            most = max_kept(cfg.budget(block), self.most_kept, cfg.min_tokens)
+            return min(slots, most), most
+        width = max_kept(cfg.budget(block), slots, cfg.min_tokens)
+        return width, t * width
 
 
 def gather_slots(x: Tensor, gather: Optional[SlotGather]) -> Tensor:

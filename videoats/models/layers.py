@@ -78,12 +78,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Te
 
 
 @per_mask
-def _present_index(valid: Tensor, count: Optional[int] = None) -> Tensor:
-    """Flat indices of the present rows; with their `count` known on the host, found without reading the
-    device (`nonzero_static`). The count is a function of the mask, so the memo's key is too."""
+def _present_rows(valid: Tensor, count: Optional[int] = None, bounded: bool = False) -> Tuple[Tensor, Tensor]:
+    """Flat indices of the present rows, to read them and to write results back; with their `count` known
+    on the host, found without reading the device (`nonzero_static`). With a bound on the count instead
+    (`bounded`), the indices are padded to it: padding reads the last row and writes to a scratch row one past
+    the end. The count is a function of the mask, so the memo's key is too."""
     flat = valid.reshape(-1)
-    found = flat.nonzero() if count is None else torch.nonzero_static(flat, size=count)
-    return found.squeeze(1)
+    if count is None:
+        found = flat.nonzero().squeeze(1)
+        return found, found
+    found = torch.nonzero_static(flat, size=count, fill_value=flat.numel()).squeeze(1)
+    return (found.clamp(max=flat.numel() - 1) if bounded else found), found
 
 
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -> Tensor:
@@ -92,10 +97,11 @@ def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -
     first costs one memory pass, less than the ops that would find and fill the absent rows."""
     if rows is None:
         return fn(x)
-    present = _present_index(rows.mask, rows.count)
-    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, present))
-    out = y.new_zeros(rows.mask.numel(), y.shape[-1]).index_copy_(0, present, y)
-    return out.reshape(*rows.mask.shape, y.shape[-1])
+    read, write = _present_rows(rows.mask, rows.count, rows.bounded)
+    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, read))
+    n = rows.mask.numel()
+    out = y.new_zeros(n + rows.bounded, y.shape[-1]).index_copy_(0, write, y)
+    return (out[:n] if rows.bounded else out).reshape(*rows.mask.shape, y.shape[-1])
 
 
 def with_cls(cls: Tensor, x: Tensor) -> Tensor:
