@@ -14,7 +14,9 @@ import videoats
 from videoats import apply_ats
 from videoats.ats import kept_tokens, token_masks
 from videoats.ats.sampler import _linspace_rows, host_draws, inverse_transform_sample, max_kept, num_samples
+from videoats.ats.stage import present_rows
 from videoats.flops import fvcore_count, padded_gflops, sample_gflops
+from videoats.models.layers import tokenwise
 from videoats.profiling import count_ops
 
 from test_ats import peaky, video
@@ -132,6 +134,18 @@ def test_static_joint_computes_token_wise_layers_on_the_clips_bound_only():
             model(video(4, seed=seed))
         assert [(r.padded_slots, r.rows) for r in model.ats_trace] == [(16, 76), (16, 45), (16, 27)]
         assert all(int(r.kept.max()) <= r.rows for r in model.ats_trace)
+
+
+def test_present_rows_by_hand_and_the_padded_gather_computes_only_them():
+    mask = torch.tensor([[True, False], [True, False], [False, False]])  # rows 0 and 2 of 6 present
+    assert present_rows(mask).read.tolist() == [0, 2]  # masked layout: found on the device
+    exact = present_rows(mask, 2)  # trim: the count came with the widths
+    assert exact.read.tolist() == exact.write.tolist() == [0, 2] and not exact.scratch
+    padded = present_rows(mask, 4, bounded=True)  # static: padded to a bound, reading the last row, writing
+    assert padded.read.tolist() == [0, 2, 5, 5] and padded.write.tolist() == [0, 2, 6, 6] and padded.scratch
+    x = torch.arange(1.0, 7.0).reshape(3, 2, 1)
+    for rows in (exact, padded):  # to the scratch row, which is dropped
+        assert tokenwise(lambda z: z * 10 + 1, x, rows).flatten().tolist() == [11, 0, 31, 0, 0, 0]
 
 
 def test_per_row_targets_match_one_count_at_a_time():

@@ -35,7 +35,8 @@ from torch import Tensor
 
 from ..errors import VideoATSError
 from .sampler import max_kept
-from .stage import arrange, key_masks, maybe_compiled, plan_layout, score_and_select, temporal_mask
+from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, present_rows, score_and_select,
+                    temporal_mask)
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
@@ -129,17 +130,9 @@ def group_size(variant: str, num_frames: int, num_patches: int) -> int:
 RAGGED = ("frame", "joint")
 
 
-class Rows(NamedTuple):
-    """The rows token-wise layers compute: those `mask` marks, `count` of them when the host knows it (then
-    gathering them reads nothing from the device), None when it does not (the masked layout). With `bounded`
-    the count is an upper bound (the static layout): the gather is padded to it."""
-    mask: Tensor
-    count: Optional[int]
-    bounded: bool = False
-
-
-# Token-wise layers gather the present tokens of a trim layout when at most this share of its slots hold one;
-# above it (the usual case: `tube`, `frame`) computing the padding costs less than moving the tokens about.
+# Token-wise layers gather the present tokens of a pruned layout when at most this share of its slots hold one
+# (in `static`: may hold one); above it (the usual case: `tube`, `frame`) computing the padding costs less than
+# moving the tokens about.
 GATHER_BELOW = 0.9
 
 
@@ -150,19 +143,15 @@ class Layout:
     grid (B, T, U) (U for a padding slot), `source` the same clamped to U - 1 (where a padding slot reads
     from), and `aligned_valid` (B, T, U) what is present there.
 
-    Token-wise layers either compute every slot (`every_slot`: a pruned layout whose slots are nearly all
-    present, or may be) or gather the present tokens: with `present`, their number, known on the host (a
-    trim layout reads it with its widths), so the gather needs no device read; with `bounded`, `present` is
-    only a bound on it (the static layout of `joint`, whose frames are as wide as the widest frame may be
-    while the clip keeps far fewer tokens) and the gather is padded to it; without `present` (the masked
-    layout of training) the gather finds them on the device."""
+    Token-wise layers compute every slot (`token_rows` None: no token is absent, or a pruned layout whose
+    slots are nearly all present, or may be) or gather the present tokens (`token_rows`, and `frame_rows`
+    for the frame rows with their CLS; `stage.present_rows`): in a trim layout exactly those, whose number
+    the host read with the widths; in a static one padded to the most a sample can keep; in the masked
+    layout of training found on the device."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     source: Optional[Tensor] = None
     aligned_valid: Optional[Tensor] = None
-    every_slot: bool = False
-    present: Optional[int] = None  # present tokens of the grid (or a bound on them), when the host knows it
-    bounded: bool = False
     # of `valid` (`key_masks`, made once with the layout): frame attention's present keys, each frame's CLS
     # first (B*T, 1 + W), and its attention mask (B*T, 1, 1, 1 + W); None when every token is present
     frame_keys: Optional[Tensor] = None
@@ -170,13 +159,8 @@ class Layout:
     # the attention mask over each location's frames on the grid `aligned(x)` gives (`temporal_mask`), None when
     # every token there is present
     temporal_mask: Optional[Tensor] = None
-
-    def rows(self, mask: Optional[Tensor], always: int = 0) -> Optional[Rows]:
-        """The rows of `mask` (this layout's `valid`, or it with `always` rows more that are present in every
-        layout, such as a CLS per frame) that token-wise layers compute; None: every row."""
-        if self.every_slot or mask is None:
-            return None
-        return Rows(mask, None if self.present is None else self.present + always, self.bounded)
+    token_rows: Optional[Rows] = None
+    frame_rows: Optional[Rows] = None
 
     def aligned(self, x: Tensor) -> Tensor:
         """(B, T, W, C) slots -> (B, T, U, C) where a column is one location in every frame (absent: 0)."""
@@ -243,8 +227,9 @@ class SamplingRun:
     Both keep the same tokens, so their outputs agree on every kept token (and with the masked layout).
     """
 
-    def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool):
-        self.config, self.prune = config, prune
+    def __init__(self, config: ATSConfig, batch: int, frames: int, slots: int, device, prune: bool,
+                 divided: bool = False):
+        self.config, self.prune, self.divided = config, prune, divided
         self._blocks = set(config.blocks)
         self.batch, self.frames, self.slots0 = batch, frames, slots
         # slot -> location (contiguous, as after the first stage's gather: one graph for every stage)
@@ -256,13 +241,17 @@ class SamplingRun:
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
-    def start(cls, model, batch: int, frames: int, slots: int, device) -> Optional["SamplingRun"]:
+    def start(cls, model, batch: int, frames: int, slots: int, device, divided: bool = False
+              ) -> Optional["SamplingRun"]:
         """The run for one forward pass of `model` over a (batch, frames, slots) grid; None when dense.
-        Training masks (differentiable); inference prunes when the config says drop_tokens."""
+        Training masks (differentiable); inference prunes when the config says drop_tokens. `divided`: the
+        blocks are TimeSformer's divided ones, with temporal attention and token-wise layers on the grid
+        without its CLS, so the layouts carry the temporal mask and `token_rows` (other backbones skip them)."""
         config = getattr(model, "ats", None)
         if config is None:
             return None
-        return cls(config, batch, frames, slots, device, prune=config.drop_tokens and not model.training)
+        return cls(config, batch, frames, slots, device, prune=config.drop_tokens and not model.training,
+                   divided=divided)
 
     def stage(self, block: int) -> Optional["SamplingRun"]:
         """Itself where `block` samples, None where it does not (what a block is handed)."""
@@ -298,7 +287,9 @@ class SamplingRun:
             self._records[block] = StageRecord(block, mask, keep.shape[2], keep.shape[2])
             keys, key_mask = key_masks(keep)
             return None, Layout(keep, frame_keys=keys, frame_mask=key_mask,
-                                temporal_mask=temporal_mask(keep) if t > 1 else None)
+                                temporal_mask=temporal_mask(keep) if self.divided and t > 1 else None,
+                                token_rows=present_rows(keep) if self.divided else None,
+                                frame_rows=present_rows(keys))
         if self.static:
             width, self.most_kept = self._static_widths(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width, self.most_kept) if self.ragged else width
@@ -310,13 +301,13 @@ class SamplingRun:
             aligned = union[0] if self.ragged else width
         self.aligned_width = aligned
         by_location = self.ragged and t > 1  # temporal mixing needs the location-aligned view
+        every_slot = present > GATHER_BELOW * b * t * width
         with torch.no_grad():
             new = place(keep, self.location, mask, order, aligned_order if by_location else None, width, aligned,
-                        self.ragged, not every_kept)
+                        self.ragged, not every_kept, None if every_slot else present, self.static, self.divided)
         self.location = new.location
-        every_slot = present > GATHER_BELOW * b * t * width
-        layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid, every_slot,
-                        present, self.static, new.frame_keys, new.frame_mask, new.temporal_mask)
+        layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid,
+                        new.frame_keys, new.frame_mask, new.temporal_mask, new.token_rows, new.frame_rows)
         rows = t * width if every_slot else (self.most_kept if self.static else None)
         self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, rows)
         return SlotGather(new.index, new.slots, new.rows), layout

@@ -99,6 +99,27 @@ def key_masks(valid: Tensor) -> Tuple[Tensor, Tensor]:
     return keys, keys[:, None, None, :]
 
 
+class Rows(NamedTuple):
+    """The rows of a flattened grid token-wise layers compute (`present_rows`): `read` gathers them, `write`
+    puts the results back; with `scratch`, padding entries of `write` point at one scratch row past the end."""
+    read: Tensor
+    write: Tensor
+    scratch: bool
+
+
+def present_rows(mask: Tensor, count: Optional[int] = None, bounded: bool = False) -> Rows:
+    """The present rows of `mask`, made once per layout, not in every layer. With their `count` known on the
+    host they are found without reading the device (`nonzero_static`); with a bound on it instead (`bounded`,
+    the static layout) the indices are padded to the bound: padding reads the last row and writes to the
+    scratch row. Without a count (the masked layout of training), `nonzero` reads it from the device."""
+    flat = mask.reshape(-1)
+    if count is None:
+        found = flat.nonzero().squeeze(1)
+        return Rows(found, found, False)
+    found = torch.nonzero_static(flat, size=count, fill_value=flat.numel()).squeeze(1)
+    return Rows(found.clamp(max=flat.numel() - 1) if bounded else found, found, bounded)
+
+
 class Arranged(NamedTuple):
     """A pruned grid after a stage, as `arrange` makes it (W slots per frame, U aligned columns)."""
     index: Tensor  # the slots kept: (B, W) the same in every frame (aligned), (B, T, W) per frame (ragged)
@@ -112,6 +133,8 @@ class Arranged(NamedTuple):
     frame_keys: Optional[Tensor]  # `key_masks` of `keep`, when some slot is absent
     frame_mask: Optional[Tensor]
     temporal_mask: Optional[Tensor]  # `temporal_mask` of the aligned grid, when some token there is absent
+    token_rows: Optional[Rows]  # `present_rows` of `keep`, when token-wise layers gather (divided blocks)
+    frame_rows: Optional[Rows]  # of `frame_keys` (a CLS row per frame more)
 
 
 def temporal_mask(present: Tensor) -> Tensor:
@@ -123,12 +146,15 @@ def temporal_mask(present: Tensor) -> Tensor:
 
 
 def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned_order: Optional[Tensor],
-            width: int, aligned: int, ragged: bool, masked: bool) -> Arranged:
+            width: int, aligned: int, ragged: bool, masked: bool, present: Optional[int] = None,
+            bounded: bool = False, divided: bool = False) -> Arranged:
     """The layout's tensor work once the host knows the new widths, as a pure function: the slots to keep
     (the first `width` of the held-first `order`), the next keep mask and location map, the index views of
     the blocks' gathers, given `aligned_order` (ragged, T > 1) the location-aligned view over the `aligned`
-    locations some frame kept, and the attention masks where some token is absent (`masked`: of the slots;
-    a ragged video's aligned grid has absent tokens even when every slot holds one)."""
+    locations some frame kept, the attention masks where some token is absent (`masked`: of the slots;
+    a ragged video's aligned grid has absent tokens even when every slot holds one), and given `present`
+    (the tokens kept, or with `bounded` a bound on them) the rows token-wise layers gather. The temporal mask
+    and the token rows without the CLS are made for `divided` (TimeSformer's) blocks only."""
     b, t, _ = keep.shape
     index = order[..., :width]
     per_frame = index if ragged else index[:, None, :].expand(b, t, width)
@@ -146,10 +172,14 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
         aligned_valid = mask.gather(2, locations[:, None, :].expand(b, t, aligned))
     keys, key_mask = key_masks(keep) if masked else (None, None)
     temporal = None
-    if t > 1 and (aligned_valid is not None or masked):
+    if divided and t > 1 and (aligned_valid is not None or masked):
         temporal = temporal_mask(keep if aligned_valid is None else aligned_valid)
+    token_rows = frame_rows = None
+    if masked and present is not None:
+        token_rows = present_rows(keep, present, bounded) if divided else None
+        frame_rows = present_rows(keys, present + b * t, bounded)
     return Arranged(index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid,
-                    keys, key_mask, temporal)
+                    keys, key_mask, temporal, token_rows, frame_rows)
 
 
 # what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,

@@ -5,7 +5,6 @@ Attention modules follow timm's layout (`qkv`, `proj`) so timm and original chec
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -14,7 +13,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..ats.core import Layout, Rows, SamplingRun
+from ..ats.core import Layout, SamplingRun
+from ..ats.stage import Rows
 
 
 class Attention(nn.Module):
@@ -48,27 +48,6 @@ def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
     return qkv[0], qkv[1], qkv[2]
 
 
-def per_mask(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """Memoise a function of a mask by the mask's identity: masks change once per ATS stage, while every
-    token-wise layer of every block asks for the same present-row indices (in the masked layout each is a
-    `nonzero`, a device read worth skipping). The attention masks need no memo: the layout carries them."""
-    memo = {}
-
-    def cached(mask: Tensor, *args) -> Tensor:  # args: what the caller knows of the mask (a function of it)
-        if torch.compiler.is_compiling():  # a compiled graph has no syncs to save, and cannot key on id()
-            return fn(mask, *args)
-        hit = memo.get(id(mask))
-        if hit is not None and hit[0]() is mask:
-            return hit[1]
-        value = fn(mask, *args)
-        if len(memo) > 32:
-            memo.clear()
-        memo[id(mask)] = (weakref.ref(mask), value)
-        return value
-
-    return cached
-
-
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Fused attention; `mask` (G, 1, 1, N) bool, False for absent keys (`Layout.frame_mask`,
     `Layout.temporal_mask`). Returns (G, Nq, H*d)."""
@@ -77,31 +56,17 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Te
     return out.transpose(1, 2).reshape(g, n, h * d)
 
 
-@per_mask
-def _present_rows(valid: Tensor, count: Optional[int] = None, bounded: bool = False) -> Tuple[Tensor, Tensor]:
-    """Flat indices of the present rows, to read them and to write results back; with their `count` known
-    on the host, found without reading the device (`nonzero_static`). With a bound on the count instead
-    (`bounded`), the indices are padded to it: padding reads the last row and writes to a scratch row one past
-    the end. The count is a function of the mask, so the memo's key is too."""
-    flat = valid.reshape(-1)
-    if count is None:
-        found = flat.nonzero().squeeze(1)
-        return found, found
-    found = torch.nonzero_static(flat, size=count, fill_value=flat.numel()).squeeze(1)
-    return (found.clamp(max=flat.numel() - 1) if bounded else found), found
-
-
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -> Tensor:
-    """Apply a per-token function to the rows `rows` names (`Layout.rows`; None: every row); the others come
-    back as zeros (needed: an absent key's value row still meets a zero weight). Zeroing the whole output
-    first costs one memory pass, less than the ops that would find and fill the absent rows."""
+    """Apply a per-token function to the rows `rows` names (`Layout.token_rows` or `frame_rows`; None: every
+    row); the others come back as zeros (needed: an absent key's value row still meets a zero weight).
+    Zeroing the whole output first costs one memory pass, less than the ops that would find and fill the
+    absent rows."""
     if rows is None:
         return fn(x)
-    read, write = _present_rows(rows.mask, rows.count, rows.bounded)
-    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, read))
-    n = rows.mask.numel()
-    out = y.new_zeros(n + rows.bounded, y.shape[-1]).index_copy_(0, write, y)
-    return (out[:n] if rows.bounded else out).reshape(*rows.mask.shape, y.shape[-1])
+    y = fn(x.reshape(-1, x.shape[-1]).index_select(0, rows.read))
+    n = x.numel() // x.shape[-1]
+    out = y.new_zeros(n + rows.scratch, y.shape[-1]).index_copy_(0, rows.write, y)
+    return (out[:n] if rows.scratch else out).reshape(*x.shape[:-1], y.shape[-1])
 
 
 def with_cls(cls: Tensor, x: Tensor) -> Tensor:
@@ -129,7 +94,7 @@ def frame_attention(
     `SlotGather` (None when the grid stays), new layout).
     """
     b, t, _ = grid
-    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.rows(layout.frame_keys, always=b * t))
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.frame_rows)
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
@@ -140,7 +105,7 @@ def frame_attention(
         if gather is not None:
             q = gather.frame_rows(q)
     out = attend(q, k, v, mask)
-    out = tokenwise(attn.proj, out, layout.rows(layout.frame_keys, always=b * t))
+    out = tokenwise(attn.proj, out, layout.frame_rows)
     return out, gather, layout
 
 
@@ -198,6 +163,6 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     if gather is not None:
         xs = gather.frame_rows(xs)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    rows = layout.rows(layout.frame_keys, always=b * t)
+    rows = layout.frame_rows
     xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout

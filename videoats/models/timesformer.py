@@ -96,7 +96,7 @@ class DividedBlock(nn.Module):
         # temporal: every location attends over its frames. The token-wise layers run on the slots, where a
         # ragged grid is (nearly) full; only q, k, v move to the location-aligned grid (wider: the union of the
         # locations the frames kept) and the attention output moves back
-        rows = layout.rows(layout.valid)
+        rows = layout.token_rows
         qkv = layout.aligned(tokenwise(lambda z: self.temporal_attn.qkv(self.temporal_norm1(z)), x, rows))
         l = qkv.shape[2]
         q, k, v = split_heads(qkv.transpose(1, 2).reshape(b * l, t, -1), self.temporal_attn.num_heads)
@@ -109,7 +109,7 @@ class DividedBlock(nn.Module):
         x = gather_slots(x, slots) + drop_path(out[:, 1:].reshape(b, t, -1, d), p, training, b)
         cls = cls + drop_path(out[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True), p, training, b)
         # MLP on present tokens only
-        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.rows(layout.valid)), p, training, b)
+        x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.token_rows), p, training, b)
         cls = cls + drop_path(self.mlp(self.norm2(cls)), p, training, b)
         return cls, x, layout
 
@@ -193,7 +193,7 @@ class TimeSformer(nn.Module):
     def forward_features(self, video: Tensor) -> Tensor:
         cls, x = self.embed(video)
         b, t, l, d = x.shape
-        run = SamplingRun.start(self, b, t, l, x.device)
+        run = SamplingRun.start(self, b, t, l, x.device, divided=self.attention_type == "divided_space_time")
         layout = Layout()
         if self.attention_type == "joint_space_time":
             tokens = torch.cat([cls, x.reshape(b, t * l, d)], dim=1)
