@@ -24,7 +24,8 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.DATA.MEAN == [0.5, 0.5, 0.5]
     assert cfg.TEST.BATCH_SIZE == 4 and cfg.DATA.TARGET_FPS == 25
     assert ats_from_cfg(cfg) == dict(blocks=[4, 5], tokens=[0.5, 0.7], variant="tube", drop_tokens=True,
-                                     min_tokens=8, mode="trim", sampler="eager")
+                                     min_tokens=8, mode="trim", sampler="eager",
+                                     selection="inverse_transform")
     assert ats_from_cfg(load_config(None, [])) is None
 
 

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 import videoats
+from videoats import apply_ats
 from videoats.ats import kept_tokens
-from videoats.ats.sampler import inverse_transform_sample
+from videoats.ats.sampler import inverse_transform_sample, top_k_sample
 from videoats.cli import main
 from videoats.data.synthetic import make_synthetic
-from videoats.figures import equal_gflops_gaps, fixed_count_sampling, ranks, spearman, top_k_sample
+from videoats.errors import VideoATSError
+from videoats.figures import equal_gflops_gaps, ranks, spearman
 
 
 def test_ranks_average_ties():
@@ -48,20 +50,25 @@ def test_top_k_keeps_the_highest_scores_and_honours_the_sampler_contract():
     assert ref_index.shape == index.shape and ref_keep.dtype == keep.dtype
 
 
-def test_fixed_count_sampling_keeps_the_budget_for_every_clip():
-    """ATS keeps a content-dependent count at most the budget; top-k keeps exactly the budget, every clip."""
+@pytest.mark.parametrize("mode", ["trim", "static"])
+def test_top_k_selection_keeps_the_budget_for_every_clip(mode):
+    """ATS keeps a content-dependent count at most the budget; top-k keeps exactly the budget, every clip, in
+    either layout, and is named for what it is."""
     torch.manual_seed(0)
-    model = videoats.create_model("timesformer_tiny_8x32", ats=dict(blocks=[1], tokens=9, min_tokens=2)).eval()
-    x = torch.randn(6, 3, 8, 32, 32)
-    with torch.inference_mode():
-        with fixed_count_sampling():
-            model(x)
-            fixed = kept_tokens(model)[1]
-        model(x)
-        adaptive = kept_tokens(model)[1]
-    assert fixed.tolist() == [8 * 8] * 6  # 9 tokens = 8 locations + CLS, in each of the 8 frames
-    assert bool((adaptive <= 8 * 8).all())
-    assert videoats.ats.stage.inverse_transform_sample is inverse_transform_sample  # restored
+    model = videoats.create_model("timesformer_tiny_8x32").eval()
+    kept = {}
+    for selection in ("top_k", "inverse_transform"):
+        apply_ats(model, dict(blocks=[1], tokens=9, min_tokens=2, mode=mode, selection=selection))
+        with torch.inference_mode():
+            model(torch.randn(6, 3, 8, 32, 32, generator=torch.Generator().manual_seed(1)))
+        kept[selection] = kept_tokens(model)[1]
+    assert kept["top_k"].tolist() == [8 * 8] * 6  # 9 tokens = 8 locations + CLS, in each of the 8 frames
+    assert bool((kept["inverse_transform"] <= 8 * 8).all())
+    assert model.ats.label() == "ATS tube b1 k9"
+    apply_ats(model, dict(blocks=[1], tokens=9, selection="top_k"))
+    assert model.ats.label() == "top-k tube b1 k9" and model.ats.to_dict()["selection"] == "top_k"
+    with pytest.raises(VideoATSError, match="unknown ATS selection 'topk'; choose one of inverse_transform, top_k"):
+        apply_ats(model, dict(blocks=[1], selection="topk"))
 
 
 def test_equal_gflops_gap_interpolates_the_top_k_curve():

@@ -12,7 +12,7 @@ from typing import Iterable, Optional, Sequence
 import yaml
 from fvcore.common.config import CfgNode as _FvCfgNode
 
-from .ats.core import MODES, SAMPLERS, VARIANTS
+from .ats.core import MODES, SAMPLERS, SELECTIONS, VARIANTS
 from .runtime import PRECISIONS
 from .errors import VideoATSError
 
@@ -86,6 +86,7 @@ _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batc
 _C.ATS.MIN_TOKENS = 8
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
 _C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's tensor work as torch.compile'd functions)
+_C.ATS.SELECTION = "inverse_transform"  # inverse_transform (ATS) | top_k (the fixed-count baseline)
 
 _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""
@@ -202,6 +203,7 @@ _CHOICES = {
     "ATS.VARIANT": VARIANTS,
     "ATS.MODE": MODES,
     "ATS.SAMPLER": SAMPLERS,
+    "ATS.SELECTION": SELECTIONS,
     "DATA.ANNOTATION_FORMAT": ("auto", "kinetics_csv", "path_label", "folders"),
     "DATA.DECODER": ("decord", "pyav"),
     "TEST.CLIP_SAMPLING": ("official", "centered"),
@@ -297,6 +299,7 @@ def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
         min_tokens=int(cfg.ATS.MIN_TOKENS),
         mode=str(cfg.ATS.MODE),
         sampler=str(cfg.ATS.SAMPLER),
+        selection=str(cfg.ATS.SELECTION),
     )
 
 

@@ -3,9 +3,9 @@
 1. Kept tokens per ATS stage, as histograms over the test set ("Adaptive Sampling").
 2. Top-1 against GFLOPs per view for several budgets ("Model Scaling"): dense, ATS off the shelf, ATS
    fine-tuned, and a fixed-count baseline that keeps the top-k tokens by the very same significance score, k
-   being the budget for every clip. It runs through the same ATS code with the inverse transform sample
-   swapped for a top-k pick (`fixed_count_sampling`), so the two differ in the sampling rule alone and what
-   adaptivity buys shows as the gap between the curves at equal mean GFLOPs.
+   being the budget for every clip. It is the same ATS code with `selection="top_k"` (a top-k pick instead of
+   the inverse transform sample), so the two differ in the sampling rule alone and what adaptivity buys shows
+   as the gap between the curves at equal mean GFLOPs.
 3. Kept tokens against each complexity factor that `make-synthetic` records in scenes.csv, with Spearman's
    rank correlation (the Pearson correlation of the ranks, ties averaged).
 
@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import csv
 import os
-from contextlib import contextmanager
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from .ats import kept_tokens
-from .ats import stage as ats_stage
 from .data import build_dataset
 from .errors import VideoATSError
 from .evaluation.plots import _pyplot
@@ -57,35 +54,6 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     if len(ra) < 2 or np.ptp(ra) == 0 or np.ptp(rb) == 0:
         return None
     return float(np.corrcoef(ra, rb)[0, 1])
-
-
-# ---------------------------------------------------------------------------------------------- top-k
-
-
-def top_k_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None,
-                 width: Optional[int] = None) -> Tuple[Tensor, Tensor]:
-    """`inverse_transform_sample`'s contract with a fixed count: the `n_samples` highest-scoring present
-    candidates of every row (zero scores never), however the scores are spread."""
-    r, m = scores.shape
-    s = scores.float()
-    if present is not None:
-        s = s * present
-    counts = n_samples.to(s.device).expand(r) if isinstance(n_samples, Tensor) else torch.full((r,), int(n_samples))
-    w = min(m, int(counts.max()) if width is None else int(width))
-    top, index = torch.sort(s, dim=1, descending=True, stable=True)
-    keep = (torch.arange(w, device=s.device)[None] < counts[:, None].to(s.device)) & (top[:, :w] > 0)
-    return index[:, :w], keep
-
-
-@contextmanager
-def fixed_count_sampling():
-    """ATS with its inverse transform sample replaced by `top_k_sample`, for as long as the block runs."""
-    saved = ats_stage.inverse_transform_sample
-    ats_stage.inverse_transform_sample = top_k_sample
-    try:
-        yield
-    finally:
-        ats_stage.inverse_transform_sample = saved
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -159,9 +127,9 @@ def measure(model, dense_state: dict, tuned_state: dict, ats: dict, budgets: Seq
 
     def point(name, weights, state, budget, top_k=False):
         model.load_state_dict(state)
-        apply_ats(model, None if budget is None else dict(ats, tokens=budget))
-        with fixed_count_sampling() if top_k else _nothing():
-            result = run_setting(model, clips)
+        apply_ats(model, None if budget is None else
+                  dict(ats, tokens=budget, selection="top_k" if top_k else "inverse_transform"))
+        result = run_setting(model, clips)
         points.append(_summary(name, weights, budget, result))
         say(f"{name:<22} {weights:<10} budget {str(budget):<5} top-1 {result['top1']:6.2f}%  "
             f"GFLOPs/view {points[-1]['gflops_per_view']:.4f}")
@@ -186,11 +154,6 @@ def measure(model, dense_state: dict, tuned_state: dict, ats: dict, budgets: Seq
            "points": points, "equal_gflops": equal_gflops_gaps(points),
            "adaptivity": adaptivity(main, clips["factors"])}
     return doc, main
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def equal_gflops_gaps(points: List[dict]) -> List[dict]:

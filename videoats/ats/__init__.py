@@ -7,4 +7,4 @@ tells what the last forward pass kept.
 from __future__ import annotations
 
 from .core import ATSConfig, SamplingRun, kept_tokens, token_masks, VARIANTS  # noqa: F401
-from .sampler import cls_significance, inverse_transform_sample  # noqa: F401
+from .sampler import cls_significance, inverse_transform_sample, top_k_sample  # noqa: F401

@@ -41,7 +41,8 @@ from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, prese
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
 SAMPLERS = ("eager", "compiled")
-OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler")
+SELECTIONS = ("inverse_transform", "top_k")
+OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection")
 
 
 @dataclass
@@ -53,6 +54,8 @@ class ATSConfig:
     min_tokens: int = 8
     mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
     sampler: str = "eager"  # eager | compiled: each stage's tensor work as torch.compile'd functions
+    # inverse_transform (ATS) | top_k: the fixed-count baseline, the budget's highest-scoring tokens every time
+    selection: str = "inverse_transform"
 
     @classmethod
     def from_any(cls, ats) -> "ATSConfig":
@@ -94,6 +97,8 @@ class ATSConfig:
             raise VideoATSError(f"unknown ATS mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.sampler not in SAMPLERS:
             raise VideoATSError(f"unknown ATS sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.selection not in SELECTIONS:
+            raise VideoATSError(f"unknown ATS selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         tokens = self.tokens
         if isinstance(tokens, (list, tuple)) and len(tokens) != len(blocks):
             raise VideoATSError(f"ATS tokens {list(tokens)}: give one value or one per block ({len(blocks)})")
@@ -105,21 +110,22 @@ class ATSConfig:
         if isinstance(tokens, (list, tuple)):  # the i-th budget belongs to the i-th block as given
             tokens = [t for _, t in sorted(zip(blocks, tokens))]
         return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode,
-                         self.sampler)
+                         self.sampler, self.selection)
 
     def to_dict(self) -> dict:
         """Plain types, as results files record the setting."""
         tokens = list(self.tokens) if isinstance(self.tokens, (list, tuple)) else self.tokens
         return {"variant": self.variant, "blocks": list(self.blocks), "tokens": tokens,
                 "drop_tokens": bool(self.drop_tokens), "min_tokens": int(self.min_tokens), "mode": self.mode,
-                "sampler": self.sampler}
+                "sampler": self.sampler, "selection": self.selection}
 
     def label(self) -> str:
-        """`ATS variant blocks a-b tokens t`: how plots and tables name a setting."""
+        """`ATS variant blocks a-b tokens t` (`top-k ...` for the fixed-count baseline): how plots and tables
+        name a setting."""
         b = list(self.blocks)
         blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
         tokens = self.tokens if not isinstance(self.tokens, (list, tuple)) else "/".join(map(str, self.tokens))
-        return f"ATS {self.variant} b{blocks} k{tokens}"
+        return f"{'top-k' if self.selection == 'top_k' else 'ATS'} {self.variant} b{blocks} k{tokens}"
 
 
 def group_size(variant: str, num_frames: int, num_patches: int) -> int:
@@ -273,7 +279,7 @@ class SamplingRun:
         fn = maybe_compiled(score_and_select, cfg.sampler, float_args=True)
         with torch.no_grad():
             return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
-                      cfg.min_tokens)
+                      cfg.min_tokens, cfg.selection)
 
     def layout(self, block: int, keep: Tensor) -> Tuple[Optional[SlotGather], Layout]:
         """Where kept tokens go next: (the gathers that make the new grid, or None to keep the grid; the new

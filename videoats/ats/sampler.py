@@ -1,6 +1,7 @@
-"""The numerical heart of ATS: significance scores and inverse transform sampling.
+"""The numerical heart of ATS: significance scores and inverse transform sampling (and, as the baseline it
+is measured against, a fixed-count top-k pick with the same contract).
 
-Both functions work on rows of candidates and know nothing about images, frames or backbones; the
+They work on rows of candidates and know nothing about images, frames or backbones; the
 variants in `core.py` decide what a row is (an image, a frame, a clip, or one score per tube).
 The arithmetic follows the official ATS code step by step (including its quirks) so that, given the same
 attention, the same tokens are kept.
@@ -174,3 +175,20 @@ def inverse_transform_sample(scores: Tensor, n_samples, present: Optional[Tensor
     keep = pick != m
     index = order.gather(1, pick.clamp(max=m - 1))
     return index, keep
+
+
+def top_k_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None,
+                 width: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """`inverse_transform_sample`'s contract with a fixed count (`selection="top_k"`): the `n_samples`
+    highest-scoring present candidates of every row (zero scores never), however the scores are spread. The
+    baseline that shows what ATS's adaptive count buys: the same scores, the same budget, no adaptivity."""
+    r, m = scores.shape
+    s = scores.float()
+    if present is not None:
+        s = s * present
+    counts = n_samples.to(s.device).expand(r) if isinstance(n_samples, Tensor) else \
+        torch.full((r,), int(n_samples), device=s.device)
+    w = min(m, int(counts.max()) if width is None else int(width))
+    top, index = torch.sort(s, dim=1, descending=True, stable=True)
+    keep = (torch.arange(w, device=s.device)[None] < counts[:, None]) & (top[:, :w] > 0)
+    return index[:, :w], keep

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .sampler import cls_significance, host_draws, inverse_transform_sample, never_binds, num_samples
+from .sampler import cls_significance, host_draws, inverse_transform_sample, never_binds, num_samples, top_k_sample
 
 
 def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
-                min_tokens: int) -> Tensor:
+                min_tokens: int, selection: str = "inverse_transform") -> Tensor:
     """Sample one stage: significance scores (B, T, L) (0 for absent tokens) -> keep (B, T, L) bool. One
-    inverse transform sample per row, where the variant decides what a row is (module docstring of core.py)."""
+    inverse transform sample per row (or with `selection="top_k"` the fixed-count baseline), where the
+    variant decides what a row is (module docstring of core.py)."""
     b, t, l = scores.shape
     present = valid  # None: every token of the grid is there
     if valid is not None:
@@ -44,7 +45,8 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
         n = ref - 1
     else:
         n = num_samples(budget, present.sum(dim=1) + 1, ref, min_tokens)
-    index, keep = inverse_transform_sample(rows, n, present, width=max(ref - 1, 2))
+    sample = top_k_sample if selection == "top_k" else inverse_transform_sample
+    index, keep = sample(rows, n, present, width=max(ref - 1, 2))
     # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
     chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
     chosen = chosen.scatter_add_(1, index, keep.int()) > 0
@@ -58,10 +60,10 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
 
 def score_and_select(q_cls: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], valid: Optional[Tensor],
                      grid: Tuple[int, int, int], scale: float, variant: str, budget: float, slots0: int,
-                     min_tokens: int) -> Tensor:
+                     min_tokens: int, selection: str = "inverse_transform") -> Tensor:
     """Score and sample one stage: `SamplingRun.sample` as a pure function."""
     scores = cls_significance(q_cls, k, v, scale, key_valid).reshape(grid)
-    return select_keep(scores, valid, variant, budget, slots0, min_tokens)
+    return select_keep(scores, valid, variant, budget, slots0, min_tokens, selection)
 
 
 def held_order(held: Tensor) -> Tensor:
