@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check only a GPU can show (issue #13), as one prepared run that fits a short lease:
 #   tools/gpu_checks.sh tests          the CUDA tests (ATS modes on CUDA, accounting, autocast), ~2 minutes
-#   tools/gpu_checks.sh static         bench_ats, static mode, eager and compiled, the issue's table rows
+#   tools/gpu_checks.sh static         bench_ats, static mode, eager and compiled: TimeSformer and DeiT-S rows
+#   tools/gpu_checks.sh static-xvit    the same for X-ViT, every variant (a call of its own: each compile takes
+#                                      a minute or two, and one command gets at most 10 minutes)
 #   tools/gpu_checks.sh trim           bench_ats, trim mode, eager (one device read per stage)
 #   tools/gpu_checks.sh sampler        bench_ats, trim mode, each stage compiled (ATS.SAMPLER compiled)
 # Results go to $OUT (or ./gpu_out): logs and one JSON line per bench_ats run. Python packages missing on
@@ -31,9 +33,13 @@ case "${1:-tests}" in
     static)
         for v in tube frame joint; do
             bench --model timesformer_8x224 --variant "$v" --mode static --compile --batch-sizes 1,32
-            bench --model xvit_b16_16x224 --variant "$v" --mode static --compile --batch-sizes 16
         done
         bench --model deit_small_patch16_224 --mode static --compile --batch-sizes 1,256
+        ;;
+    static-xvit)
+        for v in tube frame joint; do
+            bench --model xvit_b16_16x224 --variant "$v" --mode static --compile --batch-sizes 16
+        done
         ;;
     trim)
         for v in tube frame joint; do
@@ -48,7 +54,7 @@ case "${1:-tests}" in
         bench --model deit_small_patch16_224 --mode trim --sampler compiled --batch-sizes 1,64,256
         ;;
     *)
-        echo "usage: tools/gpu_checks.sh tests|static|trim|sampler" >&2
+        echo "usage: tools/gpu_checks.sh tests|static|static-xvit|trim|sampler" >&2
         exit 2
         ;;
 esac
