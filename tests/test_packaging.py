@@ -52,6 +52,21 @@ def test_declared_dependencies_are_what_the_package_imports():
     assert _requirement_names(extras["tools"]) == {"pytorchvideo"}  # tools/bench_loader.py
 
 
+def test_starting_the_cli_loads_no_decoder_plotting_or_tensorboard():
+    """They load when a command needs them, so a machine that only runs models (a GPU host with torch alone,
+    plus the config's fvcore) can import the CLI, the benchmark's modules and every model."""
+    probe = ("import sys\n"
+             "class Refuse:\n"
+             "    def find_spec(self, name, path, target=None):\n"
+             "        if name.split('.')[0] in ('av', 'decord', 'matplotlib', 'tensorboard'):\n"
+             "            raise ImportError('refused ' + name)\n"
+             "sys.meta_path.insert(0, Refuse())\n"
+             "import videoats.cli, videoats.figures, videoats.flops, videoats.profiling\n"
+             "videoats.create_model('timesformer_tiny_8x32', ats=dict(blocks=[1]))\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def _copy_source(dst):
     """The files a build reads, so that building never writes into the shared checkout (build/, egg-info)."""
     for name in ("setup.py", "setup.cfg", "README.md"):

@@ -10,7 +10,6 @@ import argparse
 from ._args import add_common, add_config_args
 from .. import runtime as D
 from ..config import load_config
-from ..train.loop import train
 
 EPILOG = """\
 several processes:  torchrun --standalone --nproc_per_node 2 -m videoats.cli train --config CFG
@@ -39,6 +38,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> dict:
+    # the one import left for the command to make: the training loop brings TensorBoard, which no other
+    # command needs, so evaluating, inferring and benchmarking (a GPU host with torch alone) never load it
+    from ..train.loop import train
+
     cfg = load_config(args.config, args.opts)
     started = D.init_from_env(cfg)
     try:
