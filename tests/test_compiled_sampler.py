@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import videoats
 from videoats import apply_ats
@@ -56,6 +57,22 @@ def test_compiled_sampler_keeps_the_eager_tokens(capture_only, name, variant, mo
     for batch in (3, 2):  # a second shape reuses the dynamic graph
         masks = _agree(eager, compiled, _input(eager, batch))
     assert any(int(m.sum()) < m.numel() for m in masks.values())  # ATS did drop tokens
+
+
+@pytest.mark.parametrize("mode", ["trim", "static"])
+def test_new_batch_sizes_and_widths_compile_nothing_more(capture_only, mode):
+    """The stage functions compile with dynamic shapes: once the first batches have made their graphs, other
+    batch sizes and kept counts reuse them (a value of the grid's size in a graph, such as a fill value, fixed
+    it and compiled again for every batch)."""
+    _, compiled = _pair("timesformer_tiny_8x32", "joint", mode)
+    counters.clear()
+    with torch.no_grad():
+        for batch in (2, 3, 4):
+            compiled(video(batch, seed=batch))
+        first = counters["stats"]["unique_graphs"]
+        for batch in (5, 6, 7):
+            compiled(video(batch, seed=batch))
+    assert 0 < first == counters["stats"]["unique_graphs"]
 
 
 def test_compiled_sampler_in_training_masks_alike(capture_only):

@@ -141,10 +141,10 @@ def test_present_rows_by_hand_and_the_padded_gather_computes_only_them():
     assert present_rows(mask).read.tolist() == [0, 2]  # masked layout: found on the device
     exact = present_rows(mask, 2)  # trim: the count came with the widths
     assert exact.read.tolist() == exact.write.tolist() == [0, 2] and not exact.scratch
-    padded = present_rows(mask, 4, bounded=True)  # static: padded to a bound, reading the last row, writing
-    assert padded.read.tolist() == [0, 2, 5, 5] and padded.write.tolist() == [0, 2, 6, 6] and padded.scratch
+    padded = present_rows(mask, 4, bounded=True)  # static: padded to a bound, reading row 0, writing to a
+    assert padded.read.tolist() == [0, 2, 0, 0] and padded.write.tolist() == [1, 3, 0, 0] and padded.scratch
     x = torch.arange(1.0, 7.0).reshape(3, 2, 1)
-    for rows in (exact, padded):  # to the scratch row, which is dropped
+    for rows in (exact, padded):  # scratch row 0 before the grid's, which is dropped
         assert tokenwise(lambda z: z * 10 + 1, x, rows).flatten().tolist() == [11, 0, 31, 0, 0, 0]
 
 

@@ -313,7 +313,7 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
         if m.shape[1:] != (t, l0):
             raise VideoATSError(f"mask for block {block} has shape {tuple(m.shape[1:])}, expected ({t}, {l0})")
         locations = int(m.any(dim=1).sum())  # aligned: spatial and temporal attention see the same slots
-        stages[int(block)] = (m, locations, locations, False)
+        stages[int(block)] = (m, locations, locations, None)
     if stages and max(stages) >= len(model.blocks):
         raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(model.blocks) - 1}")
     spec = _spec(model, ats_path=bool(stages))
@@ -332,7 +332,8 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
     b, t, l0 = trace[0].mask.shape
     if shape is not None and shape[0] != b:
         raise VideoATSError(f"the last forward pass had batch {b}, not {shape[0]}")
-    stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots), r.rows) for r in trace}
+    stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots), None if r.rows is None else int(r.rows))
+              for r in trace}
     spec = _spec(model, ats_path=True)
     return _count(spec, b, t, l0, stages, padded) / 1e9
 

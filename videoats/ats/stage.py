@@ -103,7 +103,8 @@ def key_masks(valid: Tensor) -> Tuple[Tensor, Tensor]:
 
 class Rows(NamedTuple):
     """The rows of a flattened grid token-wise layers compute (`present_rows`): `read` gathers them, `write`
-    puts the results back; with `scratch`, padding entries of `write` point at one scratch row past the end."""
+    puts the results back; with `scratch`, `write` counts from a scratch row 0 put before the grid's rows,
+    where padding entries go."""
     read: Tensor
     write: Tensor
     scratch: bool
@@ -112,14 +113,17 @@ class Rows(NamedTuple):
 def present_rows(mask: Tensor, count: Optional[int] = None, bounded: bool = False) -> Rows:
     """The present rows of `mask`, made once per layout, not in every layer. With their `count` known on the
     host they are found without reading the device (`nonzero_static`); with a bound on it instead (`bounded`,
-    the static layout) the indices are padded to the bound: padding reads the last row and writes to the
-    scratch row. Without a count (the masked layout of training), `nonzero` reads it from the device."""
+    the static layout) the indices are padded to the bound: padding reads row 0 and writes to the scratch row.
+    Without a count (the masked layout of training), `nonzero` reads it from the device. The padding value is
+    `nonzero_static`'s default (-1), not one past the grid: a compiled graph would fix the grid's size."""
     flat = mask.reshape(-1)
     if count is None:
         found = flat.nonzero().squeeze(1)
         return Rows(found, found, False)
-    found = torch.nonzero_static(flat, size=count, fill_value=flat.numel()).squeeze(1)
-    return Rows(found.clamp(max=flat.numel() - 1) if bounded else found, found, bounded)
+    found = torch.nonzero_static(flat, size=count).squeeze(1)
+    if not bounded:  # an exact count: no padding
+        return Rows(found, found, False)
+    return Rows(found.clamp(min=0), found + 1, True)
 
 
 class Arranged(NamedTuple):

@@ -66,7 +66,7 @@ def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -
     y = fn(x.reshape(-1, x.shape[-1]).index_select(0, rows.read))
     n = x.numel() // x.shape[-1]
     out = y.new_zeros(n + rows.scratch, y.shape[-1]).index_copy_(0, rows.write, y)
-    return (out[:n] if rows.scratch else out).reshape(*x.shape[:-1], y.shape[-1])
+    return (out[1:] if rows.scratch else out).reshape(*x.shape[:-1], y.shape[-1])
 
 
 def with_cls(cls: Tensor, x: Tensor) -> Tensor:
