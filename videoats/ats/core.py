@@ -150,10 +150,10 @@ class Layout:
     from), and `aligned_valid` (B, T, U) what is present there.
 
     Token-wise layers compute every slot (`token_rows` None: no token is absent, or a pruned layout whose
-    slots are nearly all present, or may be) or gather the present tokens (`token_rows`, and `frame_rows`
-    for the frame rows with their CLS; `stage.present_rows`): in a trim layout exactly those, whose number
-    the host read with the widths; in a static one padded to the most a sample can keep; in the masked
-    layout of training found on the device."""
+    slots are nearly all present, or may be) or gather the present tokens (`token_rows`, and `key_rows` for
+    the frame rows with their CLS, those `frame_keys` marks; `stage.present_rows`): in a trim layout exactly
+    those, whose number the host read with the widths; in a static one padded to the most a sample can keep;
+    in the masked layout of training found on the device."""
     valid: Optional[Tensor] = None
     column: Optional[Tensor] = None
     source: Optional[Tensor] = None
@@ -166,7 +166,7 @@ class Layout:
     # every token there is present
     temporal_mask: Optional[Tensor] = None
     token_rows: Optional[Rows] = None
-    frame_rows: Optional[Rows] = None
+    key_rows: Optional[Rows] = None
 
     def aligned(self, x: Tensor) -> Tensor:
         """(B, T, W, C) slots -> (B, T, U, C) where a column is one location in every frame (absent: 0)."""
@@ -295,7 +295,7 @@ class SamplingRun:
             return None, Layout(keep, frame_keys=keys, frame_mask=key_mask,
                                 temporal_mask=temporal_mask(keep) if self.divided and t > 1 else None,
                                 token_rows=present_rows(keep) if self.divided else None,
-                                frame_rows=present_rows(keys))
+                                key_rows=present_rows(keys))
         if self.static:
             width, self.most_kept = self._static_widths(block, keep.shape[2])
             aligned = min(self.aligned_width, t * width, self.most_kept) if self.ragged else width
@@ -313,7 +313,7 @@ class SamplingRun:
                         self.ragged, not every_kept, None if every_slot else present, self.static, self.divided)
         self.location = new.location
         layout = Layout(None if every_kept else new.keep, new.column, new.source, new.aligned_valid,
-                        new.frame_keys, new.frame_mask, new.temporal_mask, new.token_rows, new.frame_rows)
+                        new.frame_keys, new.frame_mask, new.temporal_mask, new.token_rows, new.key_rows)
         rows = t * width if every_slot else (self.most_kept if self.static else None)
         self._records[block] = StageRecord(block, mask, width, aligned if by_location else width, rows)
         return SlotGather(new.index, new.slots, new.rows), layout

@@ -140,7 +140,7 @@ class Arranged(NamedTuple):
     frame_mask: Optional[Tensor]
     temporal_mask: Optional[Tensor]  # `temporal_mask` of the aligned grid, when some token there is absent
     token_rows: Optional[Rows]  # `present_rows` of `keep`, when token-wise layers gather (divided blocks)
-    frame_rows: Optional[Rows]  # of `frame_keys` (a CLS row per frame more)
+    key_rows: Optional[Rows]  # of `frame_keys` (a CLS row per frame more)
 
 
 def temporal_mask(present: Tensor) -> Tensor:
@@ -180,12 +180,12 @@ def arrange(keep: Tensor, location: Tensor, mask: Tensor, order: Tensor, aligned
     temporal = None
     if divided and t > 1 and (aligned_valid is not None or masked):
         temporal = temporal_mask(keep if aligned_valid is None else aligned_valid)
-    token_rows = frame_rows = None
+    token_rows = key_rows = None
     if masked and present is not None:
         token_rows = present_rows(keep, present, bounded) if divided else None
-        frame_rows = present_rows(keys, present + b * t, bounded)
+        key_rows = present_rows(keys, present + b * t, bounded)
     return Arranged(index, keep, location, per_frame[..., None], rows[..., None], column, source, aligned_valid,
-                    keys, key_mask, temporal, token_rows, frame_rows)
+                    keys, key_mask, temporal, token_rows, key_rows)
 
 
 # what `sampler="compiled"` compiles with; the tests swap in dynamo's "eager" backend (the same graph capture,

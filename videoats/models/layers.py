@@ -57,7 +57,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Te
 
 
 def tokenwise(fn: Callable[[Tensor], Tensor], x: Tensor, rows: Optional[Rows]) -> Tensor:
-    """Apply a per-token function to the rows `rows` names (`Layout.token_rows` or `frame_rows`; None: every
+    """Apply a per-token function to the rows `rows` names (`Layout.token_rows` or `key_rows`; None: every
     row); the others come back as zeros (needed: an absent key's value row still meets a zero weight).
     Zeroing the whole output first costs one memory pass, less than the ops that would find and fill the
     absent rows."""
@@ -94,7 +94,7 @@ def frame_attention(
     `SlotGather` (None when the grid stays), new layout).
     """
     b, t, _ = grid
-    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.frame_rows)
+    qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.key_rows)
     q, k, v = split_heads(qkv, attn.num_heads)
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
@@ -105,7 +105,7 @@ def frame_attention(
         if gather is not None:
             q = gather.frame_rows(q)
     out = attend(q, k, v, mask)
-    out = tokenwise(attn.proj, out, layout.frame_rows)
+    out = tokenwise(attn.proj, out, layout.key_rows)
     return out, gather, layout
 
 
@@ -163,6 +163,6 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     if gather is not None:
         xs = gather.frame_rows(xs)
     xs = xs + drop_path(ls1(out), p, block.training, b)
-    rows = layout.frame_rows
+    rows = layout.key_rows
     xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout
