@@ -94,11 +94,10 @@ class XViT(nn.Module):
         """Shift the first quarter of the key/value channels across frames, at each location."""
         g, h, n, d = k.shape
         b, moving = g // frames, 2 * self.fold
-        # what is present on the location-aligned grid the shift runs on; a ragged layout's aligned grid is
-        # already zero wherever a token is absent, so only the slot grids need masking
-        patches_present = layout.valid if layout.column is None else None
-        present = None if patches_present is None else torch.cat(
-            [patches_present.new_ones(b, frames, 1), patches_present], dim=2)  # the CLS is always there
+        # what is present on the grid the shift runs on, the CLS first: the layout's frame keys. A ragged
+        # layout's location-aligned grid is already zero wherever a token is absent, so only slot grids need it
+        keys = layout.frame_keys if layout.column is None else None
+        present = None if keys is None else keys.reshape(b, frames, -1)
 
         def shift(z):
             z = z.permute(0, 2, 1, 3).reshape(b, frames, n, h * d)
