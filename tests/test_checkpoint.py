@@ -422,3 +422,50 @@ def test_xvit_pos_grid_resized_bicubic(tmp_path):
     grid = old[:, 1:].reshape(1, 4, 4, 64).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=(8, 8), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 64, 64)
     assert torch.equal(model.pos_embed.detach(), torch.cat([old[:, :1], grid], dim=1))
+
+
+# ------------------------------------------------------------------------------------------- layering
+
+def _imports(path):
+    """(module imported, inside a function?) for every import statement of a source file."""
+    import ast
+
+    tree = ast.parse(open(path).read())
+    found = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if isinstance(child, ast.ImportFrom):
+                found.append(("." * child.level + (child.module or ""), in_function))
+            elif isinstance(child, ast.Import):
+                found.extend((a.name, in_function) for a in child.names)
+            visit(child, inner)
+    visit(tree, False)
+    return found
+
+
+def test_models_never_import_the_checkpoint_layer_and_neither_imports_inside_functions():
+    """The model layer sits below checkpoint loading: a model file importing `checkpoint` (at the top or, to
+    dodge the cycle, inside a function, as `create_model(pretrained=True)` once did) fails here."""
+    root = os.path.dirname(videoats.__file__)
+    for sub in ("models", "checkpoint"):
+        for name in sorted(os.listdir(os.path.join(root, sub))):
+            if not name.endswith(".py"):
+                continue
+            found = _imports(os.path.join(root, sub, name))
+            if sub == "models":
+                assert not [m for m, _ in found if m in ("..checkpoint", "videoats.checkpoint")
+                            or m.startswith(("..checkpoint.", "videoats.checkpoint."))], f"models/{name} imports the checkpoint layer"
+            local = [m for m, inside in found if inside and m.startswith(".")]
+            assert not local, f"{sub}/{name} imports {local} inside a function"
+
+
+def test_the_model_layer_builds_only():
+    """`pretrained=` belongs to `videoats.create_model` (the checkpoint layer; its loading is tested with the
+    zoo); the model layer's `create_model` refuses it in one line rather than ignoring it."""
+    from videoats.models import create_model as build_only
+
+    assert videoats.create_model is videoats.checkpoint.create_model
+    with pytest.raises(VideoATSError, match="pretrained"):
+        build_only(TS, pretrained=True)

@@ -1,7 +1,7 @@
 """videoats: Adaptive Token Sampling for video transformers."""
-from .checkpoint import load_checkpoint  # noqa: F401
+from .checkpoint import create_model, load_checkpoint  # noqa: F401  (create_model: with pretrained=)
 from .config import get_cfg, load_config  # noqa: F401
 from .errors import VideoATSError  # noqa: F401
-from .models import apply_ats, create_model, list_models  # noqa: F401
+from .models import apply_ats, list_models  # noqa: F401
 
 __version__ = "0.1.0"

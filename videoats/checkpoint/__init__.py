@@ -10,3 +10,4 @@ from .layouts import (detect_layout, from_hf_timesformer, from_official_xvit, to
                       to_official_timesformer, to_official_xvit)
 from .loading import (LoadReport, family_of_layout, inspect_checkpoint, load_checkpoint, load_weights,  # noqa: F401
                       resize_pos_1d, resize_time)
+from .pretrained import create_model  # noqa: F401

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch.nn as nn
 
-from .. import zoo
 from ..errors import VideoATSError
 from .ats_patch import apply_ats
 from .cost import CostSpec
@@ -91,15 +90,14 @@ def _check_name(name: str) -> str:
     return name
 
 
-def create_model(name: str, num_classes: Optional[int] = None, ats=None, pretrained: Union[bool, str] = False,
-                 **overrides) -> nn.Module:
-    """Build a registered model.
+def create_model(name: str, num_classes: Optional[int] = None, ats=None, **overrides) -> nn.Module:
+    """Build a registered model with fresh weights.
 
     `num_classes` replaces the published class count; `ats` (a dict or `ATSConfig`) turns on Adaptive
     Token Sampling; other keywords override the architecture (e.g. `num_frames=16`, `img_size=112`,
-    `attention_type='joint_space_time'`, `depth=2`). `pretrained=True` loads the model's published weights
-    from the zoo (downloaded once, `videoats models` lists them), a zoo name other weights; with another
-    `num_classes` the head starts new, as when fine-tuning.
+    `attention_type='joint_space_time'`, `depth=2`). Published weights are loaded one layer up, by
+    `videoats.create_model(name, pretrained=True)` (`videoats.checkpoint.pretrained`), which reads the
+    checkpoint layouts this layer's family records name.
     """
     builder = _BUILDERS[_check_name(name)]
     if num_classes is not None:
@@ -110,13 +108,6 @@ def create_model(name: str, num_classes: Optional[int] = None, ats=None, pretrai
         raise VideoATSError(f"model {name!r}: {e}")
     model.model_name = name
     model.family = family_of_name(name)
-    if pretrained:
-        # checkpoint loading sits above the models (it reads their family records): imported here, on use,
-        # to break that cycle
-        from ..checkpoint import load_checkpoint
-
-        weights = zoo.default_for(name) if pretrained is True else str(pretrained)
-        load_checkpoint(model, zoo.PREFIX + weights, allow_head_reset=num_classes is not None)
     if ats is not None:
         apply_ats(model, ats)
     return model
