@@ -2,11 +2,19 @@
 
 `create_model(name, pretrained=True)` and `--checkpoint zoo:NAME` come here. Users of timm and mmaction2
 expect a name, not a hunt for Dropbox links; what they must be able to trust is that the file is the
-published one: a torch.hub-style name carries the first hex digits of its SHA-256 (checked), and for the
-others the full sum is recorded on the first download (`checksums.json` beside the file) and every later
-use or re-download is checked against it. A download goes to `<file>.part` and resumes from there (HTTP
-Range) when a connection breaks; only a whole, verified file is renamed into place, so the cache never
-holds half a file, and once a file is there no network is needed.
+published one. What is checked depends on what the publisher states (`verification` says it per file):
+- a full SHA-256 the publisher states (the Hugging Face LFS sum of a weight file): checked, every use;
+- a torch.hub-style name carrying the first hex digits of the SHA-256: those digits are checked;
+- nothing stated (the Dropbox `.pyth` files, X-ViT's `.pth`, Hugging Face `config.json`): the sum is
+  recorded on the first download (`checksums.json` beside the file) and every later use or re-download is
+  checked against it; that first download itself is trusted.
+A download goes to `<file>.part` and resumes from there (HTTP Range) when a connection breaks; only a
+whole, verified file is renamed into place, so the cache never holds half a file, and once a file is there
+no network is needed.
+
+A classifier's outputs mean nothing without their class order, which most checkpoints do not carry: an
+entry names the packaged label map its outputs follow (`videoats/assets/labels/<map>.txt`, the copy of
+`data/<dataset>/labels.txt`), or none when the order was never published (X-ViT).
 
 The cache is `$VIDEOATS_HOME/zoo/<name>/` (default `~/.cache/videoats/zoo/<name>/`). Standard library
 only (urllib), so the zoo costs no dependency.
@@ -22,7 +30,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from tqdm import tqdm
 
@@ -52,15 +60,23 @@ class ZooEntry:
     files: Tuple[Tuple[str, str], ...]  # (file name in the cache, URL)
     what: str
     folder: bool = False  # the weights are the folder (Hugging Face layout: weights + config.json labels)
+    labels: str = ""  # the packaged label map its outputs follow (LABEL_MAPS); "" when the order is unknown
+    sha256: Tuple[Tuple[str, str], ...] = ()  # (file name, full SHA-256 its publisher states)
 
 
 _DROPBOX = "https://www.dropbox.com/s/{}/{}?dl=1"  # dl=1: the file itself, not Dropbox's page
 _HF = "https://huggingface.co/facebook/{}/resolve/main/{}"
 
 
-def _hf(model: str, repo: str, what: str) -> ZooEntry:
+def _hf(model: str, repo: str, what: str, weights_sha256: str = "") -> ZooEntry:
     return ZooEntry(model, tuple((f, _HF.format(repo, f)) for f in ("pytorch_model.bin", "config.json")),
-                    what, folder=True)
+                    what, folder=True, labels="kinetics600",
+                    sha256=(("pytorch_model.bin", weights_sha256),) if weights_sha256 else ())
+
+
+K600 = "kinetics600"
+# packaged label maps: name -> file under videoats/assets/labels/ (each the copy of data/<name>/labels.txt)
+LABEL_MAPS = {K600: "kinetics600.txt"}
 
 
 # the official files (../shared/reference/model_facts.md, "Published weight files"); the first entry of
@@ -69,25 +85,29 @@ ZOO: Dict[str, ZooEntry] = {
     "timesformer_8x224_k600": ZooEntry(
         "timesformer_8x224", (("TimeSformer_divST_8x32_224_K600.pyth",
                                _DROPBOX.format("4h2qt41m2z3aqrb", "TimeSformer_divST_8x32_224_K600.pyth")),),
-        "TimeSformer K600, official .pyth (facebookresearch/TimeSformer)"),
+        "TimeSformer K600, official .pyth (facebookresearch/TimeSformer)", labels=K600),
     "timesformer_hr_16x448_k600": ZooEntry(
         "timesformer_hr_16x448", (("TimeSformer_divST_16x16_448_K600.pyth",
                                    _DROPBOX.format("ft1e92g2vhvxecv", "TimeSformer_divST_16x16_448_K600.pyth")),),
-        "TimeSformer-HR K600, official .pyth"),
+        "TimeSformer-HR K600, official .pyth", labels=K600),
     "timesformer_l_96x224_k600": ZooEntry(
         "timesformer_l_96x224", (("TimeSformer_divST_96x4_224_K600.pyth",
                                   _DROPBOX.format("857rx6xeclxfhdg", "TimeSformer_divST_96x4_224_K600.pyth")),),
-        "TimeSformer-L K600, official .pyth"),
+        "TimeSformer-L K600, official .pyth", labels=K600),
+    # the weights' sums: the Hugging Face LFS SHA-256 of the pytorch_model.bin now on `main` (base: the file of
+    # its PR #2, merged; HR: of its PR #1, merged); config.json has no stated sum (it was edited after)
     "timesformer_8x224_k600_hf": _hf("timesformer_8x224", "timesformer-base-finetuned-k600",
-                                     "TimeSformer K600, Hugging Face (with label names)"),
+                                     "TimeSformer K600, Hugging Face (with label names)",
+                                     "fb24c09fa3d2f4cbf13ddd41a82397ac00ee471a6143d6541190601599d2ffdf"),
     "timesformer_hr_16x448_k600_hf": _hf("timesformer_hr_16x448", "timesformer-hr-finetuned-k600",
-                                         "TimeSformer-HR K600, Hugging Face (with label names)"),
+                                         "TimeSformer-HR K600, Hugging Face (with label names)",
+                                         "199273d84d79cea619f71b3bcc8c2bdd5538e78420e7be19b8da15f46126d285"),
     "timesformer_l_96x224_k600_hf": _hf("timesformer_l_96x224", "timesformer-large-finetuned-k600",
                                         "TimeSformer-L K600, Hugging Face (with label names)"),
     "xvit_b16_16x224_k600": ZooEntry(
         "xvit_b16_16x224", (("xvit_b16_16_k600.pth",
                              "https://www.adrianbulat.com/downloads/NeurIPS2021/models/xvit_b16_16_k600.pth"),),
-        "X-ViT K600, official .pth (1adrianb/video-transformers)"),
+        "X-ViT K600, official .pth (1adrianb/video-transformers; its class order is published nowhere)"),
     "deit_small_patch16_224_in1k": ZooEntry(
         "deit_small_patch16_224", (("deit_small_patch16_224-cd65a155.pth",
                                     "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"),),
@@ -135,6 +155,42 @@ def is_cached(name: str) -> bool:
     return all(os.path.isfile(os.path.join(folder(name), f)) for f, _ in entry(name).files)
 
 
+def label_names(name: str) -> Optional[List[str]]:
+    """The class names of zoo entry `name` in output order, or None when its order was never published."""
+    key = entry(name).labels
+    if not key:
+        return None
+    with open(os.path.join(os.path.dirname(__file__), "assets", "labels", LABEL_MAPS[key]), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def entry_for(path: str) -> Optional[str]:
+    """The zoo name of a checkpoint path: `zoo:NAME`, a file or folder in the zoo cache, or a file under its
+    published name (e.g. `TimeSformer_divST_8x32_224_K600.pyth` downloaded by hand); None otherwise."""
+    if path.startswith(PREFIX):
+        return path[len(PREFIX):] if path[len(PREFIX):] in ZOO else None
+    real = os.path.realpath(os.path.expanduser(path))
+    for name, e in ZOO.items():
+        if real == os.path.realpath(local_path(name)):
+            return name
+    base = os.path.basename(real)
+    return next((n for n, e in ZOO.items() if not e.folder and e.files[0][0] == base), None)
+
+
+def verification(name: str) -> Dict[str, str]:
+    """What is checked for each file of zoo entry `name`: its publisher's SHA-256, the hash prefix in its
+    name, or (nothing stated) the sum recorded on its first download."""
+    e = entry(name)
+    stated = dict(e.sha256)
+    out = {}
+    for file_name, _ in e.files:
+        match = HASH_IN_NAME.search(file_name)
+        out[file_name] = ("the SHA-256 its publisher states" if file_name in stated else
+                          f"the SHA-256 prefix in its name ({match.group(1)})" if match else
+                          "none stated: the SHA-256 recorded on the first download")
+    return out
+
+
 def resolve(path: str, progress: bool = True) -> str:
     """`zoo:NAME` -> the local weights (downloaded first if needed); any other path unchanged."""
     return fetch(path[len(PREFIX):], progress) if path.startswith(PREFIX) else path
@@ -153,12 +209,13 @@ def fetch(name: str, progress: bool = True) -> str:
         with _locked(where):
             for file_name, url in e.files:
                 path = os.path.join(where, file_name)
+                stated = dict(e.sha256).get(file_name)
                 if not os.path.isfile(path):
                     _download(name, url, path + ".part", progress)
-                    _check(name, path + ".part", path, url, fresh=True)
+                    _check(name, path + ".part", path, url, fresh=True, stated=stated)
                     publish(path + ".part", path)
                 else:
-                    _check(name, path, path, url, fresh=False)
+                    _check(name, path, path, url, fresh=False, stated=stated)
     except OSError as err:  # network errors are turned into VideoATSError where they happen: this is the disk
         raise VideoATSError(f"zoo weights {name}: cannot write to the cache folder {where} "
                             f"({err.strerror or err}); free some space or set {HOME_ENV} to another folder")
@@ -197,21 +254,30 @@ def _sums(where: str) -> Dict[str, dict]:
         return {}
 
 
-def _check(name: str, path: str, final: str, url: str, fresh: bool) -> None:
-    """Compare the file at `path` (a finished download, or the cached `final`) with the name's hash prefix
-    or the sum recorded before; record the sum when none is known. A fresh download that fails is removed."""
+def _check(name: str, path: str, final: str, url: str, fresh: bool, stated: Optional[str] = None) -> None:
+    """Compare the file at `path` (a finished download, or the cached `final`) with the sum its publisher
+    states, else the name's hash prefix, else the sum recorded before; record the sum when none is known.
+    A fresh download that fails is removed."""
     where, file_name = os.path.dirname(final), os.path.basename(final)
     digest = sha256(path)
     sums = _sums(where)
     match = HASH_IN_NAME.search(file_name)
-    expected, source = (match.group(1), "the hash prefix in its name") if match else (
-        sums.get(file_name, {}).get("sha256"), f"the sum recorded on its first download ({os.path.join(where, SUMS)})")
+    if stated:
+        expected, source = stated, "the SHA-256 its publisher states"
+    elif match:
+        expected, source = match.group(1), "the hash prefix in its name"
+    else:
+        expected, source = (sums.get(file_name, {}).get("sha256"),
+                            f"the sum recorded on its first download ({os.path.join(where, SUMS)})")
     if expected and not digest.startswith(expected):
         if fresh:
             os.remove(path)
+            accept = (f"the server's file is not the one its publisher states; to use it anyway, download it "
+                      f"yourself and give its path as the checkpoint" if stated else
+                      f"the server's file changed: delete {where} to accept it")
             raise VideoATSError(f"zoo weights {name}: the file downloaded from {url} has SHA-256 {digest[:16]}..., "
-                                f"not {expected[:16]}... ({source}); nothing was kept. Run again; if it persists the "
-                                f"server's file changed: delete {where} to accept it")
+                                f"not {expected[:16]}... ({source}); nothing was kept. Run again; if it persists "
+                                + accept)
         raise VideoATSError(f"zoo weights {name}: cached file {final} has SHA-256 {digest[:16]}..., not "
                             f"{expected[:16]}... ({source}): it is damaged or was replaced; delete it to download "
                             "it again")
