@@ -61,6 +61,22 @@ def _check_labels(label_names: List[str], num_classes: int, ckpt_labels) -> None
                 "DATA.LABELS_FILE to the checkpoint's class list")
 
 
+def _label_order(cfg, checkpoint: Optional[str], named: bool, zoo_name: Optional[str]) -> dict:
+    """Where the order of the model's outputs comes from, said once in the results file: the checkpoint's
+    own names, the zoo's label map for these weights (both checked against the dataset's class list), or,
+    when neither names them, the dataset's class list assumed."""
+    ours = (f"DATA.LABELS_FILE ({cfg.DATA.LABELS_FILE})" if cfg.DATA.LABELS_FILE else
+            "the sorted label names of the annotation")
+    if named:
+        return {"source": "checkpoint", "note": "the checkpoint names its classes; the dataset's order matches"}
+    if zoo_name:
+        return {"source": "zoo", "note": f"zoo weights {zoo_name} follow the {zoo.entry(zoo_name).labels} label "
+                                         "map; the dataset's order matches"}
+    what = "the checkpoint names no classes" if checkpoint else "no checkpoint"
+    return {"source": "assumed", "note": f"{what}: its outputs are assumed to follow the dataset's class "
+                                         f"order, {ours}"}
+
+
 def _meta(report, key):
     meta = getattr(report, "metadata", None)
     if meta is None and isinstance(report, dict):
@@ -211,8 +227,12 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
                           fix="; use the config of the architecture it was saved from") if checkpoint else None
     if checkpoint is None and built:
         warnings.append("no checkpoint given: a randomly initialised model was evaluated")
+    ckpt_labels = _meta(report, "label_names") if report is not None else None
+    zoo_name = zoo.entry_for(checkpoint) if checkpoint and not ckpt_labels else None
+    zoo_labels = zoo.label_names(zoo_name) if zoo_name else None
     _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
-                  _meta(report, "label_names") if report is not None else None)
+                  ckpt_labels or zoo_labels)
+    label_order = _label_order(cfg, checkpoint, bool(ckpt_labels), zoo_name if zoo_labels else None)
     if getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
         name = getattr(net, "model_name", type(net).__name__)
         warnings.append(f"model {name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "
@@ -253,6 +273,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
         dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
         world=world, device=str(device), warnings=warnings)
+    doc["label_order"] = label_order
     doc["seconds"] = round(time.perf_counter() - started, 3)
     doc["runtime"] = dict(precision=str(cfg.TEST.PRECISION), compiled=bool(cfg.TEST.COMPILE))
     if out and rank == 0:

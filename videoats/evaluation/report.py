@@ -222,6 +222,8 @@ def format_summary(doc: dict) -> str:
         lines.append(f"  ... and {len(c['not_evaluated']) - 10} more (see the results file)")
     for item in c["incomplete"][:5]:
         lines.append(f"  incomplete ({item['views_seen']} of {item['views_expected']} views): {item['path']}")
+    if (doc.get("label_order") or {}).get("source") == "assumed":
+        lines.append(f"label order: {doc['label_order']['note']}")
     for w in doc.get("warnings", []):
         lines.append(f"warning: {w}")
     for key, path in (doc.get("files") or {}).items():

@@ -32,11 +32,13 @@ class Predictor:
     model: nn.Module
     cfg: object  # the resolved CfgNode (MODEL/ATS/DATA/TEST as used)
     label_names: List[str]
-    label_source: str  # labels_file | checkpoint | config | indices
+    label_source: str  # labels_file | checkpoint | zoo | config | indices
     checkpoint: Optional[str]
     device: torch.device
     warnings: List[str] = field(default_factory=list)
     forward: Optional[nn.Module] = None  # what runs the views: `model`, or `model` compiled (TEST.COMPILE)
+    # the user chose the clip count (--views, TEST.NUM_ENSEMBLE_VIEWS); else whole-video answers cover the video
+    clips_given: bool = True
 
     def __post_init__(self):
         if self.forward is None:
@@ -225,6 +227,10 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
             warnings.append(f"checkpoint {checkpoint} has {len(labels)} label names for {num_classes} classes; "
                             "using class indices")
             labels, source = None, "indices"
+    if labels is None and checkpoint and zoo.entry_for(checkpoint):
+        found = zoo.label_names(zoo.entry_for(checkpoint))
+        if found and len(found) == num_classes:
+            labels, source = found, "zoo"
     if labels is None:
         found = _config_labels(cfg)
         if found and len(found[0]) == num_classes:
@@ -236,4 +242,4 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     model.to(device).eval()
     return Predictor(model=model, cfg=cfg, label_names=labels, label_source=source,
                      checkpoint=os.path.abspath(checkpoint) if checkpoint else None, device=device,
-                     warnings=warnings)
+                     warnings=warnings, clips_given=bool(views) or "TEST.NUM_ENSEMBLE_VIEWS" in keys)
