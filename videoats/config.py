@@ -116,7 +116,7 @@ _C.TEST.ENABLE = True  # PySlowFast compatibility; no command reads it
 _C.TEST.CHECKPOINT_FILE = ""  # weights eval / infer load (a path or zoo:NAME); --checkpoint overrides it
 _C.TEST.BATCH_SIZE = 8  # views per forward pass
 _C.TEST.NUM_ENSEMBLE_VIEWS = 1  # temporal clips per video
-_C.TEST.NUM_SPATIAL_CROPS = 3
+_C.TEST.NUM_SPATIAL_CROPS = 3  # spatial crops per clip (views per video = clips x crops)
 _C.TEST.CLIP_SAMPLING = "official"  # official (TimeSformer/X-ViT: clip k starts at (len-span)*k/n) | centered
 _C.TEST.AGGREGATION = "sum_logits"  # sum_logits | mean_softmax | max_logits
 _C.TEST.SPLIT = "test"  # which annotation file: train | val | test
