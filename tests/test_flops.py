@@ -5,7 +5,6 @@ shapes, not values); fvcore traces run on tiny models and DeiT-S (4.6 GFLOPs).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
@@ -16,6 +15,7 @@ from videoats.ats import stage as ats_stage
 from videoats.cli import main
 from videoats.data.clips import parse_views
 from videoats.flops import GFlopsMeter, analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
+from videoats.ats import kept_tokens
 
 TINY_VIDEO = (1, 3, 8, 32, 32)
 
@@ -52,6 +52,46 @@ def test_one_block_timesformer_by_hand():
     assert fv(model, torch.randn(TINY_VIDEO)) == pytest.approx(expected, rel=1e-12)
 
 
+def divided_by_hand(kept, T=8, L=16, D=64, P=8, H=256, C=10, depth=4):
+    """GFLOPs of one clip through the tiny divided TimeSformer keeping `kept` {block: bool (T, L) of the
+    patch tokens left after that block}, written from the architecture, term by term: every token-wise
+    layer on the tokens present, temporal attention per location over the frames where it is present
+    (m_l^2 pairs, CLS excluded), spatial attention per frame over the CLS copy and that frame's tokens,
+    and in an ATS block the CLS scoring row over the frame's keys plus the kept queries (1 + k_t) against
+    the 1 + n_t keys. Projections and the MLP run on the kept tokens only (and the one CLS)."""
+    present = torch.ones(T, L, dtype=torch.bool)
+    total = T * L * 3 * P * P * D  # patch embedding
+    for b in range(depth):
+        after = kept.get(b, present)
+        n, k = present.sum(1).double(), after.sum(1).double()  # tokens per frame in, out
+        m = present.sum(0).double()  # frames per location
+        total += (5 * D + 3 * D * D + D * D + D * D) * n.sum() + 2 * D * (m ** 2).sum()  # temporal
+        total += (5 * D + 3 * D * D) * (T + n.sum()) + 2 * D * ((1 + k) * (1 + n)).sum()  # norm1, qkv, pairs
+        total += D * D * (T + k.sum())  # proj on the CLS copies and kept queries
+        if b in kept:
+            total += D * (1 + n).sum()  # the scoring row q_cls . K per frame
+        total += (k.sum() + 1) * (5 * D + 2 * D * H)  # norm2 + MLP
+        present = after
+    return float(total + 5 * D + D * C) / 1e9
+
+
+def test_kept_tokens_by_hand():
+    """Frames that keep different locations (what the ragged frame/joint layouts give), priced by hand.
+    After block 1 frame t keeps locations t .. t + 4 (a sliding window: every location but 12-15 is in some
+    frame, none in all 8); after block 2 frames 0-4 keep location 4 and frames 4-7 location 8, so block 3's
+    temporal attention has 5^2 + 4^2 pairs per head dim, not 2 x 8^2."""
+    model = videoats.create_model("timesformer_tiny_8x32").eval()
+    slide = torch.zeros(8, 16, dtype=torch.bool)
+    for t in range(8):
+        slide[t, t:t + 5] = True
+    sparse = torch.zeros(8, 16, dtype=torch.bool)
+    sparse[:5, 4] = True
+    sparse[4:, 8] = True
+    assert not (sparse & ~slide).any()  # block 2 keeps a subset of what block 1 left
+    kept = {1: slide, 2: sparse}
+    assert analytic_gflops(model, masks=kept) == pytest.approx(divided_by_hand(kept), rel=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------- dense
 
 
@@ -76,7 +116,6 @@ PUBLISHED_PER_VIEW = [
     ("timesformer_8x224", 196.1, 0.005),
     ("timesformer_hr_16x448", 1704.5, 0.005),
     ("timesformer_l_96x224", 2382.5, 0.005),
-    ("xvit_b16_16x224", 850 / 3, 0.01),
     ("deit_small_patch16_224", 4.6, 0.005),
 ]
 
@@ -91,16 +130,35 @@ def test_published_baselines_analytic(name, published, tol):
 def test_published_totals():
     with no_init():
         hr = videoats.create_model("timesformer_hr_16x448")
-        xvit = videoats.create_model("xvit_b16_16x224")
         base = videoats.create_model("timesformer_8x224")
     assert 3 * analytic_gflops(hr) == pytest.approx(5110, rel=5e-3)
-    assert 3 * analytic_gflops(xvit) == pytest.approx(850, rel=1e-2)
     assert 3 * analytic_gflops(base) == pytest.approx(590, rel=5e-3)
 
 
+def test_xvit_count_by_hand_and_its_gap_to_the_published_figure():
+    """X-ViT B/16 16x: 16 frames through ViT-B/16 (per-frame CLS; the shift moves channels and costs
+    nothing), the final norm on each frame's CLS, then the temporal head (one block over 1 + T tokens and
+    an MLP head), by hand. The published total, 850 at 1x3 (X-ViT paper, ATS poster), is 283.33 per view:
+    1.912 GFLOPs (0.67%) above this count, i.e. 0.1195 per frame. No op the convention leaves out is that
+    big (per frame: GELU 0.0073, softmax 0.0056, bias adds 0.0163, residual adds 0.0036; the official
+    final norm over all 197 tokens instead of the CLS 0.0008): the nearest single term is one more patch
+    embedding per frame (0.1156). The X-ViT release ships no FLOPs script, so the source of the gap is not
+    identified; it is pinned here so that any change to our count shows."""
+    T, N, D, H, C = 16, 196, 768, 3072, 600
+    n = N + 1
+    block = (5 * D + 3 * D * D) * n + 2 * n * n * D + D * D * n + (5 * D + 2 * D * H) * n
+    head = (5 * D + 3 * D * D + D * D + 5 * D + 2 * D * H) * (T + 1) + 2 * D * (T + 1) ** 2 \
+        + 5 * D + D * D + D * C
+    hand = (T * N * 3 * 16 * 16 * D + T * 12 * block + T * 5 * D + head) / 1e9
+    with no_init():
+        model = videoats.create_model("xvit_b16_16x224")
+    ours = analytic_gflops(model)
+    assert ours == pytest.approx(hand, rel=1e-12)
+    assert 850 / 3 - ours == pytest.approx(1.912, abs=5e-4)
+
+
 def test_deit_small_fvcore_matches_published():
-    with contextlib.nullcontext():  # fvcore traces real tensors
-        model = videoats.create_model("deit_small_patch16_224").eval()
+    model = videoats.create_model("deit_small_patch16_224").eval()  # fvcore traces real tensors
     counted = dense_gflops(model)
     assert counted == pytest.approx(4.6, rel=5e-3)
     assert counted == pytest.approx(analytic_gflops(model), rel=1e-9)
@@ -139,9 +197,9 @@ def test_ats_analytic_equals_fvcore_batch1_pruned(name, variant):
     else:  # frames keep different locations; attention pads them to their union
         assert per_sample <= traced
     assert per_sample < analytic_gflops(model)
-    # the same kept tokens given by hand price the same
-    masks = {r.block: r.mask[0] for r in model.ats_trace}
-    assert analytic_gflops(model, masks=masks) == pytest.approx(per_sample, rel=1e-12)
+    if name.startswith("timesformer"):  # the kept tokens of this forward pass, priced by hand
+        masks = {r.block: r.mask[0] for r in model.ats_trace}
+        assert per_sample == pytest.approx(divided_by_hand(masks), rel=1e-12)
 
 
 @pytest.mark.parametrize("variant,drop", [("frame", True), ("joint", True), ("tube", False)])
@@ -201,7 +259,7 @@ def test_sample_gflops_dense_model_and_meter():
     meter = GFlopsMeter()
     for _ in range(2):
         ats(x)
-        meter.update(ats, x)
+        meter.add(sample_gflops(ats, x), padded_gflops(ats, x))
     s = meter.summary((1, 3))
     assert s["per_view"]["count"] == 4
     assert s["per_view"]["min"] <= s["per_view"]["mean"] <= s["per_view"]["max"] < analytic_gflops(ats)
@@ -230,8 +288,7 @@ def _json(capsys, argv):
 
 
 def test_cli_published_model_json(capsys):
-    with contextlib.nullcontext():  # the command builds on the meta device itself
-        out = _json(capsys, ["flops", "--model", "timesformer_hr_16x448", "--views", "1x3"])
+    out = _json(capsys, ["flops", "--model", "timesformer_hr_16x448", "--views", "1x3"])
     assert out["views"] == "1x3" and out["view_shape"] == [3, 16, 448, 448]
     assert out["dense"]["per_view"]["analytic"] == pytest.approx(1704.5, rel=5e-3)
     assert out["dense"]["total"]["analytic"] == pytest.approx(5110, rel=5e-3)
@@ -287,7 +344,8 @@ def test_meter_per_video_totals():
     x = torch.randn(4, *TINY_VIDEO[1:])
     meter = GFlopsMeter()
     model(x)
-    per = meter.update(model, x, video_ids=["a", "a", "b", "b"])
+    per = sample_gflops(model, x)
+    meter.add(per, padded_gflops(model, x), video_ids=["a", "a", "b", "b"])
     s = meter.summary((1, 2))
     assert s["total"]["count"] == 2 and "sum" in s["total_is"]
     assert s["total"]["max"] == pytest.approx(max(per[:2].sum().item(), per[2:].sum().item()))

@@ -237,15 +237,24 @@ def _patch_size(model) -> Tuple[int, int]:
 
 
 def _count(spec: CostSpec, batch: int, frames: int, locations: int,
-           stages: Dict[int, Tuple[Tensor, int, int, Optional[int]]], padded: bool) -> Tensor:
+           stages: Dict[int, Tuple[Tensor, int, int, Optional[int]]], padded: bool,
+           size: Optional[Tuple[int, int]] = None) -> Tensor:
     """FLOPs per sample (B,), float64, on the device of the stage masks (CPU without stages). stages:
     block -> (mask (B, T, L0) of tokens kept after it, slots per frame after it, locations temporal
     attention runs over after it, patch-token rows per sample token-wise layers computed after it, padding
-    included, or None: the present tokens). Blocks without a stage keep what came in."""
+    included, or None: the present tokens). Blocks without a stage keep what came in. `size`: the input's
+    (height, width), which a spec with `at_size` prices its fixed work by."""
     b, t, l0 = batch, frames, locations
     device = next(iter(stages.values()))[0].device if stages else None
     f64 = dict(dtype=torch.float64, device=device)
     total = torch.full((b,), float(spec.patch * t * l0), **f64)
+    keys = None  # keys a query meets: its own frame's tokens (1 + n), or a fixed count (`CostSpec.at_size`)
+    if spec.at_size is not None:
+        fixed, grid, keys = spec.at_size(*size)
+        if grid != l0:
+            raise VideoATSError(f"the sampled grid has {l0} locations, but a {size[0]}x{size[1]} input gives {grid}: "
+                                "give the input's shape")
+        total += fixed
     if spec.upsample and l0 != spec.native_patches:
         total += spec.dim * l0
     if spec.family == "joint":  # one sequence of 1 + T L tokens, dense only
@@ -277,11 +286,11 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int,
         # spatial attention within every frame, with a CLS per frame
         total += blk.pre * (t + rows_in) + blk.proj * (t + computed)
         if padded:
-            total += blk.pair * t * (1 + width_out) * (1 + width)
+            total += blk.pair * t * (1 + width_out) * (1 + width if keys is None else keys)
             if stage is not None:
                 total += blk.score * t * (1 + width)
         else:
-            total += blk.pair * ((1 + k) * (1 + n)).sum(dim=1)
+            total += blk.pair * ((1 + k) * ((1 + n) if keys is None else keys)).sum(dim=1)
             if stage is not None:
                 total += blk.score * (1 + n).sum(dim=1)
         # MLP: TimeSformer has one CLS, the per-frame models one per frame
@@ -304,8 +313,12 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
     tokens, priced on its real tokens (what `sample_gflops` does for a recorded forward pass).
     """
     t, h, w = input_thw(model, input_shape)
-    ph, pw = _patch_size(model)
-    l0 = (h // ph) * (w // pw)
+    spec = _spec(model, ats_path=bool(masks))
+    if spec.at_size is not None:
+        l0 = spec.at_size(h, w)[1]
+    else:
+        ph, pw = _patch_size(model)
+        l0 = (h // ph) * (w // pw)
     stages = {}
     for block, m in (masks or {}).items():
         m = torch.as_tensor(m, dtype=torch.bool)
@@ -314,10 +327,9 @@ def analytic_gflops(model: nn.Module, input_shape: Optional[Sequence[int]] = Non
             raise VideoATSError(f"mask for block {block} has shape {tuple(m.shape[1:])}, expected ({t}, {l0})")
         locations = int(m.any(dim=1).sum())  # aligned: spatial and temporal attention see the same slots
         stages[int(block)] = (m, locations, locations, None)
-    if stages and max(stages) >= len(model.blocks):
-        raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(model.blocks) - 1}")
-    spec = _spec(model, ats_path=bool(stages))
-    return float(_count(spec, 1, t, l0, stages, padded=False)[0]) / 1e9
+    if stages and max(stages) >= len(spec.blocks):
+        raise VideoATSError(f"mask for block {max(stages)}: the model has blocks 0..{len(spec.blocks) - 1}")
+    return float(_count(spec, 1, t, l0, stages, padded=False, size=(h, w))[0]) / 1e9
 
 
 def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
@@ -335,7 +347,8 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
     stages = {r.block: (r.mask, int(r.padded_slots), int(r.aligned_slots), None if r.rows is None else int(r.rows))
               for r in trace}
     spec = _spec(model, ats_path=True)
-    return _count(spec, b, t, l0, stages, padded) / 1e9
+    size = input_thw(model, None if shape is None else shape[1:])[1:]
+    return _count(spec, b, t, l0, stages, padded, size) / 1e9
 
 
 def sample_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:
@@ -362,7 +375,7 @@ def _spread(values) -> Dict[str, float]:
 
 @dataclass
 class GFlopsMeter:
-    """Accumulates per-sample and padded GFLOPs over an evaluation (call `update` after every batch).
+    """Accumulates per-sample and padded GFLOPs over an evaluation (call `add` after every batch).
 
     Every sample of a batch is one view. Give `video_ids` (one per sample) to also get per-video totals
     (the sum over that video's views, which is what the papers' "GFLOPs" column means for ATS);
@@ -372,13 +385,6 @@ class GFlopsMeter:
     samples: list = field(default_factory=list)
     padded_sum: float = 0.0
     per_video: Dict[object, float] = field(default_factory=dict)
-
-    def update(self, model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None,
-               video_ids: Optional[Sequence[object]] = None) -> Tensor:
-        """Count the last forward pass of `model` on `inputs`."""
-        per = sample_gflops(model, inputs)
-        self.add(per, padded_gflops(model, inputs), video_ids)
-        return per
 
     def add(self, per: Tensor, padded: float, video_ids: Optional[Sequence[object]] = None) -> None:
         """Add a batch's per-sample and padded GFLOPs (as `runner.account` gives them)."""
