@@ -65,7 +65,7 @@ def _check_keys(node: CfgNode, loaded: dict, where: str, prefix: str = "") -> No
 _C = CfgNode()
 _C.OUTPUT_DIR = "outputs"  # where train and eval write (results, checkpoints, logs)
 _C.SEED = 0  # seeds the model's initialisation, data order and augmentation
-_C.DEVICE = "auto"  # auto | cpu | cuda
+_C.DEVICE = "auto"  # where models run: auto (CUDA when there is one) | cpu | cuda
 _C.LOG_PERIOD = 10  # training: log the loss every this many steps
 
 _C.MODEL = CfgNode()
@@ -81,7 +81,7 @@ _C.ATS = CfgNode()
 _C.ATS.ENABLE = False  # build the model with ATS in ATS.BLOCKS
 _C.ATS.BLOCKS = []  # 0-based block indices that sample tokens
 _C.ATS.TOKENS = [0.5]  # one value for all stages or one per stage; a value <= 1 is a ratio of the current tokens
-_C.ATS.VARIANT = "tube"  # image | tube | frame | joint
+_C.ATS.VARIANT = "tube"  # what one draw covers: image | tube (locations) | frame (each frame) | joint (clip)
 _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batch maximum)
 _C.ATS.MIN_TOKENS = 8  # no stage keeps fewer tokens than this (CLS included), whatever the budget
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
@@ -94,7 +94,7 @@ _C.DATA.PATH_PREFIX = ""  # videos are looked up under this folder (default: PAT
 _C.DATA.TRAIN_ANNOTATION = "train.csv"  # training annotation file, under PATH_TO_DATA_DIR
 _C.DATA.VAL_ANNOTATION = "val.csv"  # validation annotation file, under PATH_TO_DATA_DIR
 _C.DATA.TEST_ANNOTATION = "test.csv"  # test annotation file, under PATH_TO_DATA_DIR
-_C.DATA.ANNOTATION_FORMAT = "auto"  # auto | kinetics_csv | path_label | folders
+_C.DATA.ANNOTATION_FORMAT = "auto"  # annotation file format: auto (detected) | kinetics_csv | path_label | folders
 _C.DATA.LABELS_FILE = ""  # one label name a line; default: the sorted label names of the annotations
 _C.DATA.NUM_FRAMES = 8  # frames per clip
 _C.DATA.SAMPLING_RATE = 32  # stride between a clip's frames, in frames at TARGET_FPS
@@ -118,7 +118,7 @@ _C.TEST.BATCH_SIZE = 8  # views per forward pass
 _C.TEST.NUM_ENSEMBLE_VIEWS = 1  # temporal clips per video
 _C.TEST.NUM_SPATIAL_CROPS = 3  # spatial crops per clip (views per video = clips x crops)
 _C.TEST.CLIP_SAMPLING = "official"  # official (TimeSformer/X-ViT: clip k starts at (len-span)*k/n) | centered
-_C.TEST.AGGREGATION = "sum_logits"  # sum_logits | mean_softmax | max_logits
+_C.TEST.AGGREGATION = "sum_logits"  # how a video's views combine: sum_logits | mean_softmax | max_logits
 _C.TEST.SPLIT = "test"  # which annotation file: train | val | test
 _C.TEST.PRECISION = "auto"  # auto (bf16 autocast on CUDA, fp32 on the CPU) | bf16 | fp16 | fp32
 _C.TEST.COMPILE = False  # torch.compile the model for eval / infer (ATS static mode: one graph)
@@ -126,7 +126,7 @@ _C.TEST.COMPILE = False  # torch.compile the model for eval / infer (ATS static 
 _C.TRAIN = CfgNode()
 _C.TRAIN.ENABLE = True  # False refuses `videoats train` (an eval-only config)
 _C.TRAIN.CHECKPOINT_FILE = ""  # initial weights (any format load_checkpoint knows)
-_C.TRAIN.BATCH_SIZE = 8  # per process
+_C.TRAIN.BATCH_SIZE = 8  # clips per step, per process
 _C.TRAIN.GLOBAL_BATCH_SIZE = 0  # >0: accumulate gradients up to this many clips per step over all processes
 _C.TRAIN.EPOCHS = 15  # training epochs
 _C.TRAIN.EVAL_PERIOD = 1  # validate every this many epochs (0: never)
@@ -136,15 +136,15 @@ _C.TRAIN.AUTO_RESUME = True  # continue from OUTPUT_DIR's `last` checkpoint when
 _C.TRAIN.FINAL_TEST = True  # run the multi-view test on the test split after training
 
 _C.SOLVER = CfgNode()
-_C.SOLVER.OPTIMIZER = "adamw"  # adamw | sgd
+_C.SOLVER.OPTIMIZER = "adamw"  # the optimizer: adamw | sgd
 _C.SOLVER.BASE_LR = 1e-4  # peak learning rate (after warm-up)
 _C.SOLVER.MIN_LR = 1e-6  # learning rate the cosine schedule ends at
-_C.SOLVER.WEIGHT_DECAY = 0.05  # decoupled weight decay (AdamW) / L2 (SGD)
+_C.SOLVER.WEIGHT_DECAY = 0.05  # the optimizer's weight decay
 _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
 _C.SOLVER.WARMUP_EPOCHS = 1.0  # linear warm-up length in epochs (fractions allowed)
 _C.SOLVER.LABEL_SMOOTHING = 0.1  # label smoothing of the cross-entropy loss
 _C.SOLVER.CLIP_GRAD = 1.0  # max gradient norm, 0 to disable
-_C.SOLVER.MIXED_PRECISION = "none"  # none | bf16 | fp16 (fp16 on GPU only)
+_C.SOLVER.MIXED_PRECISION = "none"  # training autocast: none | bf16 | fp16 (fp16 on GPU only)
 
 
 def get_cfg() -> CfgNode:
