@@ -133,4 +133,4 @@ def test_reasons_are_true(tmp_path, bad_videos):
         assert meta.truncated and len(frames) == len(pick(40, 30.0))
         with pytest.raises(DecodeFailure) as e:
             refuse_truncated(meta)
-        assert e.value.reason == "corrupt" and e.value.detail == "truncated: 12 of 40 frames decodable"
+        assert e.value.reason == "corrupt" and e.value.detail == "truncated: the file ends inside a packet (12 of 40 frames decodable)"

@@ -75,10 +75,11 @@ def test_infer_answers_the_class_the_head_says_with_the_checkpoint_labels(clips,
     # the override sits between options to check positionals can be intermixed
     code, out, err = run(capsys, "infer", clips[0], clips[1], "--checkpoint", biased_ckpt, "TEST.BATCH_SIZE", "2",
                          "--topk", "3", "--json")
-    assert code == 0 and out["exit_code"] == 0
+    assert code == 0 and "exit_code" not in out and "streamed" not in out
     assert out["model"] == TS and out["label_source"] == "checkpoint" and out["errors"] == []
-    assert out["aggregation"] == "sum_logits" and out["views"] == {"clips": 1, "crops": 3,
-                                                                   "clip_sampling": "official"}
+    # no --views: clips that cover the video (24 frames, a clip spans 8 x 2 = 16: two clips, centred in halves)
+    assert out["aggregation"] == "sum_logits" and out["views"] == {"clips": None, "max_clips": 10, "crops": 3,
+                                                                   "clip_sampling": "cover"}
     assert out["ats"]["blocks"] == [1, 2, 3] and out["warnings"] == []
     assert [r["path"] for r in out["results"]] == clips[:2]
     for r in out["results"]:
@@ -86,9 +87,13 @@ def test_infer_answers_the_class_the_head_says_with_the_checkpoint_labels(clips,
         assert r["topk"][0]["index"] == RIGHT and r["topk"][0]["label"] == "gamma"
         assert [t["label"] for t in r["topk"]] == ["gamma", "beta", "alpha"]
         assert r["topk"][0]["score"] == pytest.approx(np.exp(6) / (1 + np.e + np.exp(6)), abs=1e-5)
-        assert r["views"] == 3 and r["num_frames"] == 24
+        assert r["views"] == 6 and r["num_frames"] == 24 and r["clips"] == 2
+        # halves [0, 12) and [12, 24): centres 6 and 18, minus 8, kept inside the video -> starts 0 and 8
+        assert r["coverage"]["windows_s"] == [[0.0, pytest.approx(16 / 30, abs=1e-4)],
+                                              [pytest.approx(8 / 30, abs=1e-4), pytest.approx(24 / 30, abs=1e-4)]]
+        assert r["coverage"]["fraction"] == 1.0
         g = r["gflops"]
-        assert g["views"] == 3 and g["total"] == pytest.approx(3 * g["per_view"], rel=1e-4)
+        assert g["views"] == 6 and g["total"] == pytest.approx(6 * g["per_view"], rel=1e-4)
         assert 0 < g["per_view"] < out["dense_gflops_per_view"]  # ATS spends less than the dense model
         assert [k["block"] for k in r["kept_tokens"]] == [1, 2, 3]
         means = [k["mean"] for k in r["kept_tokens"]]
@@ -155,7 +160,7 @@ def test_infer_folder_with_bad_files_answers_the_good_ones(clips, biased_ckpt, b
     missing = tmp_path / "missing.mp4"
     code, out, err = run(capsys, "infer", folder, missing, text, "--checkpoint", biased_ckpt, "--views", "1x1",
                          "--json")
-    assert code == 0 and out["exit_code"] == 0
+    assert code == 0 and "exit_code" not in out and "streamed" not in out
     assert [os.path.basename(r["path"]) for r in out["results"]] == ["a_good.mp4", "b_good.mp4"]
     assert all(r["topk"][0]["label"] == "gamma" for r in out["results"])
     reasons = {os.path.basename(e["path"]): e["reason"] for e in out["errors"]}

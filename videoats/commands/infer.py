@@ -86,14 +86,11 @@ def run(args) -> dict:
 
     result = infer_videos(predictor, videos, topk=args.topk, per_clip=args.per_clip, stride=args.stride,
                           on_result=show if stream else None, progress=not args.no_progress)
-    result["streamed"] = stream
-    result["exit_code"] = 0
     if not result["results"]:
         bad = len(result["errors"])
         result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
                            f"{'each listed with its reason' if stream else 'see errors'})" if bad else
                            f"no videos found in {', '.join(videos)}")
-        result["exit_code"] = 2
     return result
 
 
@@ -109,17 +106,35 @@ def header_lines(run: dict) -> list:
     """The setting and views every answer of a run shares."""
     lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})"]
     v = run["views"]
+    crops = _count(v["crops"], "crop")
     if run["mode"] == "per_clip":
-        lines.append(f"per clip: {v['crops']} crop(s) per clip, crops aggregated by {run['aggregation']}")
+        lines.append(f"per clip: {crops} per clip, crops aggregated by {run['aggregation']}")
+    elif v["clip_sampling"] == "cover":
+        lines.append(f"views: clips covering each video (at most {v['max_clips']}) x {crops}, aggregated by "
+                     f"{run['aggregation']}; scores are probabilities")
     else:
         lines.append(f"views: {v['clips']}x{v['crops']} ({v['clip_sampling']} clips), aggregated by "
                      f"{run['aggregation']}; scores are probabilities")
     return lines
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def coverage_line(r: dict) -> str:
+    """Which seconds of the video the answer looked at."""
+    c = r["coverage"]
+    spans = ", ".join(f"{a:.2f}-{b:.2f}" for a, b in c["windows_s"][:6])
+    more = f", ... ({len(c['windows_s'])} in all)" if len(c["windows_s"]) > 6 else ""
+    return (f"  covered {c['covered_s']:.2f} of {r['duration_s']:.2f} s ({100 * c['fraction']:.0f}%): "
+            f"{_count(r['clips'], 'clip')} at {spans}{more} s")
+
+
 def video_lines(r: dict, run: dict) -> list:
     """One video's answer (a blank line first, to separate it from the one before)."""
-    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s, {r['views']} views)"]
+    rate = ", variable frame rate" if r.get("variable_frame_rate") else ""
+    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s{rate}, {_count(r['views'], 'view')})"]
     for i, t in enumerate(r["topk"], 1):
         lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
     g = r["gflops"]
@@ -129,18 +144,16 @@ def video_lines(r: dict, run: dict) -> list:
         lines.append(f"  GFLOPs: {g['per_view']:.4g} per view{extra}, {g['total']:.4g} total")
     if r["kept_tokens"]:
         lines.append(f"  kept tokens (mean over views): {_kept_text(r['kept_tokens'], r['patch_tokens'])}")
+    if "per_clip" not in r:
+        lines.append(coverage_line(r))
     for c in r.get("per_clip", []):
         lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
     return lines
 
 
 def fmt(result: dict) -> str:
-    """The whole report, or only what was not streamed yet (bad files, skipped files)."""
+    """What was not streamed yet (bad files, skipped files): the answers were printed as they came."""
     lines = []
-    if not result.get("streamed"):
-        lines = header_lines(result)
-        for r in result["results"]:
-            lines += video_lines(r, result)
     if result["errors"]:
         lines.append("")
         lines.append(f"not processed ({len(result['errors'])}):")

@@ -1,6 +1,16 @@
 """Test views of one video file: where its clips start (`protocol_plan` as `eval` places them, or a sliding
 window), reading their frames in bounded pieces, and turning frames into normalised crops. `infer`,
-`visualize` and `flops --input` use these, so a file gets the views here that `eval` would give it."""
+`visualize` and `flops --input` use these, so a file gets the views here that `eval` would give it.
+
+Memory is bounded by the model's input, not the source: `protocol_frame` normalises and resizes each frame
+as soon as it is decoded (the protocol's own resize, so the numbers are those of resizing the whole clip),
+and only that small float copy is kept. A 4K frame exists at full size one at a time.
+
+Time: clip positions are laid out in frames of the average rate, as the protocol does. On a variable
+frame rate video (phones record them) those positions are read as times and each takes the frame shown at
+that time (`sample_by_time`), so clips are even in time; window times are always the presentation times of
+the frames a clip used.
+"""
 from __future__ import annotations
 
 import math
@@ -12,12 +22,13 @@ import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
-from .decoding import DecodeFailure, read_frames, refuse_truncated
+from .decoding import DecodeFailure, FrameTransform, read_frames, refuse_truncated, scan_file
 from .files import classify_failure
-from .sampling import clip_span, clip_start, frame_indices, normalize, spatial_crops
+from .sampling import clip_span, clip_start, frame_indices, normalize, resize_short_side, spatial_crops
 
 MAX_FRAMES_PER_READ = 256  # decode long per-clip runs in pieces, so memory does not grow with the video
 MAX_WINDOWS = 100_000
+VARIABLE_RATE = 0.25  # frame intervals spread by more than this share of the median: a variable frame rate
 
 
 def parse_views(text: str) -> Tuple[int, int]:
@@ -45,6 +56,26 @@ class ClipPlan:
     span: float
     starts: List[float]
     indices: np.ndarray  # (clips, T) int64
+    frame_times: Optional[np.ndarray] = None  # presentation time of every frame (s), when the container says
+    by_time: bool = False  # the video has a variable frame rate and `indices` were chosen by time
+
+    def time_of(self, frame: int) -> float:
+        """When frame `frame` is shown (s from the first frame)."""
+        if self.frame_times is not None:
+            return float(self.frame_times[frame])
+        return frame / effective_fps(self.fps, 30.0)
+
+    def window(self, clip: int) -> Tuple[float, float]:
+        """(start, end) s of clip `clip`: from its first frame's time to when its last frame stops showing."""
+        first, last = int(self.indices[clip].min()), int(self.indices[clip].max())
+        if last + 1 < self.num_frames:
+            end = self.time_of(last + 1)
+        else:
+            end = self.time_of(last) + (1.0 / self.fps if self.fps > 0 else 0.0)
+        return self.time_of(first), end
+
+    def duration(self) -> float:
+        return self.time_of(self.num_frames - 1) + (1.0 / self.fps if self.fps > 0 else 0.0)
 
 
 def protocol_plan(settings, num_frames: int, fps: float) -> ClipPlan:
@@ -54,6 +85,29 @@ def protocol_plan(settings, num_frames: int, fps: float) -> ClipPlan:
     starts = [clip_start(num_frames, span, k, s.num_clips, s.clip_sampling) for k in range(s.num_clips)]
     idx = np.stack([frame_indices(st, span, s.num_frames, num_frames) for st in starts])
     return ClipPlan(num_frames, fps, span, starts, idx)
+
+
+def cover_plan(settings, num_frames: int, fps: float, max_clips: int) -> ClipPlan:
+    """Enough clips to cover the whole video (at most `max_clips`), each centred in its equal share of it.
+
+    With n = ceil(length / clip span) clips every share is at most one clip long, so the centred clips leave
+    no gap; a video longer than `max_clips` clips is sampled evenly and the answer says what was covered."""
+    s = settings
+    span = clip_span(s.num_frames, s.sampling_rate, fps, s.target_fps)
+    count = int(min(max(1, math.ceil(num_frames / span - 1e-9)), max(1, max_clips)))
+    starts = [clip_start(num_frames, span, k, count, "centered") for k in range(count)]
+    idx = np.stack([frame_indices(st, span, s.num_frames, num_frames) for st in starts])
+    return ClipPlan(num_frames, fps, span, starts, idx)
+
+
+def covered_seconds(windows: List[Tuple[float, float]]) -> float:
+    """Length of the union of (start, end) windows."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(windows):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def sliding_plan(settings, num_frames: int, fps: float, stride_s: Optional[float] = None) -> ClipPlan:
@@ -77,24 +131,80 @@ def sliding_plan(settings, num_frames: int, fps: float, stride_s: Optional[float
     return ClipPlan(num_frames, fps, span, starts, idx)
 
 
-def read_clip_frames(path: str, settings, planner: Callable[[int, float], ClipPlan]):
-    """Yield (first clip index, frames uint8 (n, T, H, W, 3)) for the clips `planner` lays out, reading
-    at most MAX_FRAMES_PER_READ frames at a time; the plan is available as the first item (None, plan).
+def is_variable_rate(frame_times: Optional[np.ndarray]) -> bool:
+    """True when the frame intervals differ by more than VARIABLE_RATE of their median."""
+    if frame_times is None or len(frame_times) < 3:
+        return False
+    gaps = np.diff(frame_times)
+    median = float(np.median(gaps))
+    return median > 0 and float(gaps.max() - gaps.min()) > VARIABLE_RATE * median
 
-    Raises DecodeFailure (reasons in REASONS) before anything is yielded when the video is unusable.
+
+def sample_by_time(plan: ClipPlan, frame_times: np.ndarray, target_fps: float) -> ClipPlan:
+    """`plan` with its positions read as times at the average rate, each taking the frame shown then.
+
+    A constant-rate video keeps the protocol's frame indices untouched (only a variable rate needs this)."""
+    plan.frame_times = frame_times
+    if not is_variable_rate(frame_times):
+        return plan
+    rate = effective_fps(plan.fps, target_fps)
+    clip_len = plan.indices.shape[1]
+    rows = []
+    for start in plan.starts:
+        positions = torch.linspace(start, start + plan.span - 1, clip_len).double().numpy()
+        shown = np.searchsorted(frame_times, positions / rate + 1e-9, side="right") - 1
+        rows.append(np.clip(shown, 0, plan.num_frames - 1))
+    plan.indices = np.stack(rows).astype(np.int64)
+    plan.by_time = True
+    return plan
+
+
+def protocol_frame(settings) -> FrameTransform:
+    """Decoded uint8 (H, W, 3) frame -> normalised float32 (3, h, w) with the short side at the crop size.
+
+    The protocol's normalise and short-side resize, done per frame as it is decoded: bilinear interpolation
+    treats every channel plane on its own, so this gives the numbers resizing the whole clip at once gives,
+    without ever holding the clip at full size in float32 (`crop_views` then cuts the crops)."""
+    s = settings
+
+    def transform(frame: np.ndarray) -> np.ndarray:
+        plane = normalize(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), s.mean, s.std,
+                          channel_dim=0)
+        return resize_short_side(plane, s.test_crop_size).numpy()
+
+    return transform
+
+
+def read_clip_frames(path: str, settings, planner: Callable[[int, float], ClipPlan],
+                     transform: Optional[FrameTransform] = None):
+    """Yield (first clip index, frames (n, T, ...)) for the clips `planner` lays out, reading at most
+    MAX_FRAMES_PER_READ frames at a time; the plan is available as the first item (None, plan).
+
+    Frames are uint8 (n, T, H, W, 3), or what `transform` makes of each decoded frame (`protocol_frame`:
+    float32 (n, T, 3, h, w) at the model's size). On a variable-frame-rate video the planner's positions
+    are taken as times (`sample_by_time`). Raises DecodeFailure (reasons in REASONS) before anything is
+    yielded when the video is unusable, truncated included.
     """
     s = settings
     box: Dict[str, ClipPlan] = {}
     per_read = max(1, MAX_FRAMES_PER_READ // max(1, s.num_frames))
+    try:
+        scan = scan_file(path, s.decode_timeout)
+    except DecodeFailure as e:
+        raise classify_failure(path, e, min(float(s.decode_timeout or 10.0), 10.0)) from None
 
     def read(first: int):
         def pick(video_len: int, fps: float) -> np.ndarray:
             if "plan" not in box:
-                box["plan"] = planner(int(video_len), float(fps))
+                plan = planner(int(video_len), float(fps))
+                if scan is not None and len(scan.frame_times) == video_len:
+                    plan = sample_by_time(plan, scan.frame_times, s.target_fps)
+                box["plan"] = plan
             return box["plan"].indices[first:first + per_read].reshape(-1)
 
         frames, _, meta = read_frames(path, pick, backend=s.decoder, short_side=s.decode_short_side,
-                                      timeout=s.decode_timeout, num_threads=s.decode_threads)
+                                      timeout=s.decode_timeout, num_threads=s.decode_threads,
+                                      transform=transform, scan=scan)
         return frames, refuse_truncated(meta)
 
     try:
@@ -113,6 +223,13 @@ def read_clip_frames(path: str, settings, planner: Callable[[int, float], ClipPl
         if first >= n_clips:
             return
         frames, _ = read(first)
+
+
+def crop_views(frames: np.ndarray, settings, num_crops: int) -> Tensor:
+    """`protocol_frame` output (n, T, 3, h, w) -> views (n * num_crops, 3, T, S, S), clip-major."""
+    video = torch.from_numpy(np.ascontiguousarray(frames)).transpose(1, 2)  # (n, 3, T, h, w)
+    crops = spatial_crops(video, settings.test_crop_size, num_crops)  # (S, n, 3, T, s, s); no resize left
+    return crops.transpose(0, 1).reshape(-1, *crops.shape[2:]).contiguous()
 
 
 def make_views(frames: np.ndarray, settings, num_crops: int) -> Tensor:

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import VideoATSError
 from .annotations import Annotation, VideoRecord, read_annotation
-from .decoding import DecodeFailure, read_frames
+from .decoding import DecodeFailure, read_frames, refuse_truncated
 from .sampling import (normalize, protocol_clip_indices, random_clip_indices, resize_short_side, spatial_crops,
                        train_transform)
 
@@ -145,9 +145,7 @@ class VideoClipDataset(Dataset):
         item = {"label": record.label, "video_index": video_index, "clip_index": clip_index}
         try:
             frames, _, meta = self._decode(record, pick)
-            if meta.truncated:
-                raise DecodeFailure("corrupt", f"truncated: {meta.num_frames} of {meta.declared_frames} "
-                                               f"frames decodable")
+            refuse_truncated(meta)
         except DecodeFailure as e:
             logger.warning("%s video %d (%s) not evaluated: %s", self.split, video_index, record.path, e)
             item.update(video=torch.empty(0, 3, s.num_frames, self.crop_size, self.crop_size),

@@ -6,13 +6,21 @@ ends in either frames or a `DecodeFailure` whose `reason` is one of REASONS. dec
 ctypes, which releases the GIL, so a stuck decord call does not block the thread that waits for it; the
 stuck thread is abandoned (a daemon) and the item is reported as a timeout.
 
-Partially decodable videos: a video whose frames stop decoding before the frame count its container declares
-(a cut download, a damaged stream) is *truncated*. Every read also decodes the last declared frame, so
-`VideoMeta.truncated` is known whichever frames a clip asks for. One policy follows from it: a truncated
-video is never tested on - check-videos, eval, infer and infer --per-clip all report it as "corrupt" with
-the detail "truncated: N of M frames decodable" (`refuse_truncated`) - while training may still draw its
-decodable frames (frames past the break are clamped to the last good one, as for a short video), because a
-random augmentation clip loses little by that and is not a reported number.
+Partially decodable videos: a video that stops before its container says it ends (a cut download, a
+damaged stream) is *truncated*. Before any decoding, `scan_container` demuxes the whole file with PyAV
+(packets only, no decoding: cheap) and compares where the packets end with the duration the container's
+header declares (Matroska/WebM and MP4 write it at the start; a cut WebM keeps saying 10 s while its packets
+stop at 4.64 s); a packet the demuxer had to cut short at the end of the file, or a read error, says the same.
+Every read also decodes the last frame, so a declared frame count (MP4, AVI) that the decoder cannot reach
+shows too. `VideoMeta.damage` says which. One policy follows from it: a truncated video is never tested on -
+check-videos, eval, infer and infer --per-clip all report it as "corrupt" with that detail
+(`refuse_truncated`) - while training may still draw its decodable frames (frames past the break are
+clamped to the last good one, as for a short video), because a random augmentation clip loses little by
+that and is not a reported number. The same scan gives every frame's presentation time, which
+variable-frame-rate videos need (`VideoMeta.frame_times`).
+
+Only decoding errors (FFmpeg's, decord's, the operating system's) turn into a DecodeFailure; any other
+exception is a bug in this code or its caller and propagates as one.
 
 Library noise: FFmpeg (inside PyAV and, separately, inside decord) and decord print their own log lines on
 the C-level stderr for a damaged file, dozens per video and outside Python's control. Unless the user asked
@@ -29,7 +37,7 @@ import math
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -45,12 +53,25 @@ try:  # decord has no wheels for some platforms; PyAV then does all the work
 except Exception:  # pragma: no cover - depends on the platform
     _decord = None
 
+DECORD_CHUNK = 16  # frames per decord get_batch call: a batch of 4K frames is 25 MB a frame
+# Container formats whose header states the duration independently of the packets (so that a cut file shows)
+_DURATION_IN_HEADER = ("matroska", "webm", "mov", "mp4")
+
 
 # ---------------------------------------------------------------------------------------------- library logs
 
 _log_state = {"verbose": None}
 _stderr_lock = threading.Lock()
 _stderr_state = {"depth": 0, "saved": None}
+
+
+def decoder_errors() -> Tuple[type, ...]:
+    """What a decoder raises for a bad file, as opposed to a bug in our code, which must propagate.
+
+    PyAV is imported here, not at the top, so that starting the CLI loads no decoder."""
+    import av
+
+    return (av.error.FFmpegError, OSError, EOFError) + ((_decord.DECORDError,) if _decord is not None else ())
 
 
 def _verbose() -> bool:
@@ -122,10 +143,32 @@ class VideoMeta:
     width: int
     backend: str
     declared_frames: int = 0  # what the container claims; more than num_frames means a truncated file
+    damage: str = ""  # why the file is cut or damaged (see the module docstring); "" for a whole file
+    # presentation time (s, from the first frame) of every frame, when the container gives one per frame
+    frame_times: Optional[np.ndarray] = field(default=None, repr=False)
 
     @property
     def truncated(self) -> bool:
-        return self.declared_frames > self.num_frames
+        return bool(self.damage) or self.declared_frames > self.num_frames
+
+    @property
+    def truncation(self) -> str:
+        """Why the video counts as truncated, in words ("" when it does not)."""
+        short = self.declared_frames > self.num_frames
+        frames = f"{self.num_frames} of {self.declared_frames} frames decodable" if short else ""
+        if self.damage:
+            return f"{self.damage} ({frames})" if frames else self.damage
+        return f"truncated: {frames}" if frames else ""
+
+
+@dataclass
+class ContainerScan:
+    """What demuxing a whole file (packets only) says: frame times, frame count, where the data end."""
+
+    frame_times: np.ndarray  # video packets' presentation times, sorted, s from the first (empty: none given)
+    video_packets: int  # video packets with data (the frame count when the header states none)
+    declared_frames: int  # the header's frame count (0: not stated)
+    damage: str  # "" or why the file is cut or damaged
 
 
 # Given (num_frames, fps) of the video, the sorted unique frame indices to decode.
@@ -153,7 +196,60 @@ def _scaled_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
     return int(round(height * short_side / width / 2)) * 2, short_side
 
 
-def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int):
+def scan_container(path: str) -> Optional[ContainerScan]:
+    """Demux every packet of every stream (no decoding) and compare where they end with the header.
+
+    None when PyAV cannot open the file or it has no video stream (the decoders then say why). Packet ends
+    are taken over all streams, so a soundtrack longer than the picture is not mistaken for a cut; a video
+    packet without a duration is counted as one frame period, so the tolerance can be half a frame period.
+    """
+    import av
+
+    try:
+        container = av.open(path)
+    except decoder_errors():
+        return None
+    with container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        period = 1.0 / float(rate) if rate else 0.0
+        pts, count, end, cut, error = [], 0, None, False, ""
+        try:
+            for packet in container.demux():
+                if not packet.size:
+                    continue
+                video = packet.stream.index == stream.index
+                count += video
+                cut = cut or packet.is_corrupt
+                if packet.pts is None or packet.time_base is None:
+                    continue
+                start = float(packet.pts * packet.time_base)
+                length = float(packet.duration * packet.time_base) if packet.duration else (period if video else 0.0)
+                end = start + length if end is None else max(end, start + length)
+                if video:
+                    pts.append(start)
+        except decoder_errors() as e:
+            error = _first_line(e)
+        times = np.sort(np.asarray(pts, dtype=np.float64))
+        first = float(times[0]) if len(times) else 0.0
+        damage = ""
+        if error:
+            damage = f"truncated: the demuxer stopped ({error})"
+        elif cut:
+            damage = "truncated: the file ends inside a packet"
+        elif container.duration and end is not None and any(k in container.format.name for k in _DURATION_IN_HEADER):
+            declared = container.duration / 1e6
+            start_time = (container.start_time or 0) / 1e6
+            if end - start_time < declared - max(0.5 * period, 1e-3):
+                damage = (f"truncated: the container says {declared:.2f} s but its data stop at "
+                          f"{end - start_time:.2f} s")
+        return ContainerScan(times - first, count, int(stream.frames or 0), damage)
+
+
+def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int,
+                 transform: Optional["FrameTransform"] = None):
     height, width = -1, -1
     if short_side > 0:
         h, w = _probe_size(path)
@@ -163,7 +259,7 @@ def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int
     try:
         reader = _decord.VideoReader(path, ctx=_decord.cpu(0), width=width, height=height,
                                      num_threads=num_threads)
-    except Exception as e:  # decord raises DECORDError (a RuntimeError) for unreadable files
+    except decoder_errors() + (RuntimeError,) as e:  # decord says "Error reading" with a bare RuntimeError
         raise DecodeFailure("corrupt", f"decord cannot open it ({_first_line(e)})") from None
     num_frames = len(reader)
     if num_frames <= 0:
@@ -171,37 +267,39 @@ def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int
     fps = float(reader.get_avg_fps() or 0.0)
     indices = np.asarray(pick(num_frames, fps), dtype=np.int64)
     unique, inverse = np.unique(indices, return_inverse=True)  # short videos repeat clamped indices
-    try:
-        frames = reader.get_batch(unique.tolist()).asnumpy()
-    except Exception as e:
-        raise DecodeFailure("corrupt", f"decord get_batch failed ({_first_line(e)})") from None
-    finally:
-        del reader
-    if frames.shape[0] != len(unique):
-        raise DecodeFailure("corrupt", f"decord returned {frames.shape[0]} of {len(unique)} frames")
+    pieces, height, width = [], 0, 0
+    for at in range(0, len(unique), DECORD_CHUNK):  # bounded: a chunk of full-size frames at a time
+        wanted = unique[at:at + DECORD_CHUNK].tolist()
+        try:
+            batch = reader.get_batch(wanted).asnumpy()
+        except decoder_errors() + (RuntimeError,) as e:
+            raise DecodeFailure("corrupt", f"decord get_batch failed ({_first_line(e)})") from None
+        if batch.shape[0] != len(wanted):
+            raise DecodeFailure("corrupt", f"decord returned {batch.shape[0]} of {len(wanted)} frames")
+        height, width = batch.shape[1:3]
+        if transform is not None:
+            pieces.extend(transform(frame) for frame in batch)
+        else:
+            pieces.append(batch)
+        del batch
+    del reader
+    frames = np.stack(pieces) if transform is not None else np.concatenate(pieces)
     frames = frames[inverse.reshape(-1)] if len(unique) != len(indices) else frames
-    return frames, indices, VideoMeta(num_frames, fps, frames.shape[1], frames.shape[2], "decord", num_frames)
+    return frames, indices, VideoMeta(num_frames, fps, height, width, "decord", num_frames)
 
 
-def _count_packets(container, stream) -> int:
-    count = 0
-    for packet in container.demux(stream):
-        if packet.size:
-            count += 1
-    container.seek(0)
-    return count
-
-
-def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
+def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int,
+               transform: Optional["FrameTransform"] = None, packets: int = 0):
     """Decode from the start, converting only the wanted frames; frame i is the i-th decoded frame.
 
-    Counting decoded frames (not timestamps) keeps indices right on variable-frame-rate files.
+    Counting decoded frames (not timestamps) keeps indices right on variable-frame-rate files. `packets`:
+    the video packet count `scan_container` found, the frame count when the header states none.
     """
     import av
 
     try:
         container = av.open(path)
-    except Exception as e:
+    except decoder_errors() as e:
         raise DecodeFailure("corrupt", f"PyAV cannot open it ({_first_line(e)})") from None
     try:
         if not container.streams.video:
@@ -210,9 +308,7 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
         stream.thread_type = "AUTO"
         if num_threads > 0:
             stream.codec_context.thread_count = num_threads
-        num_frames = int(stream.frames or 0)
-        if num_frames <= 0:
-            num_frames = _count_packets(container, stream)
+        num_frames = int(stream.frames or 0) or int(packets)
         declared = num_frames
         if num_frames <= 0:
             raise DecodeFailure("zero_frames", "the video stream has no frames")
@@ -222,13 +318,17 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
         wanted = set(indices.tolist())
         last_wanted = int(indices.max())
         height, width = _scaled_size(stream.codec_context.height, stream.codec_context.width, short_side)
+        convert = (lambda f: transform(_to_rgb(f, height, width))) if transform is not None else (
+            lambda f: _to_rgb(f, height, width))
         got = {}
         decoded = 0
         last_frame = None
+        size = (0, 0)
         try:
             for frame in container.decode(stream):
                 if decoded in wanted or decoded == last_wanted:
-                    got[decoded] = _to_rgb(frame, height, width)
+                    got[decoded] = convert(frame)
+                    size = (frame.height, frame.width)
                 last_frame = frame
                 decoded += 1
                 if decoded > last_wanted:
@@ -240,10 +340,12 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int):
             raise DecodeFailure("zero_frames", "no frame could be decoded")
         if decoded <= last_wanted:  # shorter than the header said: clamp like the protocol clamps
             if decoded - 1 not in got:
-                got[decoded - 1] = _to_rgb(last_frame, height, width)
+                got[decoded - 1] = convert(last_frame)
             num_frames = decoded
         frames = np.stack([got[min(i, decoded - 1)] for i in indices.tolist()])
-        return frames, indices, VideoMeta(num_frames, fps, frames.shape[1], frames.shape[2], "pyav", declared)
+        if transform is None:
+            size = frames.shape[1:3]
+        return frames, indices, VideoMeta(num_frames, fps, int(size[0]), int(size[1]), "pyav", declared)
     finally:
         container.close()
 
@@ -264,6 +366,18 @@ def _first_line(e: BaseException) -> str:
 
 
 _READERS = {"decord": _read_decord, "pyav": _read_pyav}
+# Applied to every decoded frame (uint8 (H, W, 3) RGB, display orientation) as soon as it is decoded, so
+# that only its result is kept: e.g. the protocol's normalise-and-resize, so no full-size copy piles up.
+FrameTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def scan_file(path: str, timeout: float = 60.0) -> Optional[ContainerScan]:
+    """`scan_container` under the decode timeout, with the libraries' noise silenced; None when the file
+    cannot be scanned (then the decoders say why). DecodeFailure for a missing, unreadable or empty file."""
+    if check_readable(path) == 0:
+        raise DecodeFailure("zero_frames", "the file is empty (0 bytes)")
+    with native_stderr_silenced():
+        return run_with_timeout(scan_container, timeout, path)
 
 
 def run_with_timeout(fn: Callable, timeout: float, *args):
@@ -328,25 +442,36 @@ def _with_last_frame(pick: IndexPicker) -> IndexPicker:
 
 
 def read_frames(path: str, pick: IndexPicker, backend: str = "decord", short_side: int = 0,
-                timeout: float = 60.0, num_threads: int = 1, fallback: bool = True):
-    """(frames uint8 (N, H, W, 3) RGB, indices (N,), VideoMeta) for the indices `pick` chooses.
+                timeout: float = 60.0, num_threads: int = 1, fallback: bool = True,
+                transform: Optional[FrameTransform] = None, scan: Optional[ContainerScan] = None):
+    """(frames (N, ...), indices (N,), VideoMeta) for the indices `pick` chooses.
 
-    `backend` is tried first; the other one is tried when it fails (decord missing, a decord error, or a
-    decord timeout), each attempt bounded by `timeout` seconds. Raises DecodeFailure. A truncated video
-    comes back with `meta.truncated` set; callers that test on videos pass meta to `refuse_truncated`.
+    Frames are uint8 (N, H, W, 3) RGB, or what `transform` makes of each. `backend` is tried first; the
+    other one is tried when it fails (decord missing, a decord error, or a decord timeout), each attempt
+    bounded by `timeout` seconds. Raises DecodeFailure. `scan`: a `scan_container` result the caller already
+    has (else the file is scanned here). A truncated video comes back with `meta.truncated` set; callers
+    that test on videos pass meta to `refuse_truncated`.
     """
     if check_readable(path) == 0:
         raise DecodeFailure("zero_frames", "the file is empty (0 bytes)")
     order = [backend] + ([b for b in BACKENDS if b != backend] if fallback else [])
     if not decord_available():
         order = [b for b in order if b != "decord"] or ["pyav"]
+    if scan is None:
+        scan = scan_file(path, timeout)
     failure: Optional[DecodeFailure] = None
     checked = _with_last_frame(pick)
     for name in order:
+        extra = {"packets": scan.video_packets if scan else 0} if name == "pyav" else {}
         try:
             with native_stderr_silenced():
                 frames, indices, meta = run_with_timeout(_READERS[name], timeout, path, checked, short_side,
-                                                         num_threads)
+                                                         num_threads, transform, *extra.values())
+            if scan is not None:
+                meta.damage = scan.damage
+                meta.declared_frames = max(meta.declared_frames, scan.declared_frames)
+                if len(scan.frame_times) == meta.num_frames:
+                    meta.frame_times = scan.frame_times
             return frames[:-1], indices[:-1], meta
         except DecodeFailure as e:
             if failure is not None and failure.reason in ("timeout", "zero_frames") and e.reason == "corrupt":
@@ -355,7 +480,7 @@ def read_frames(path: str, pick: IndexPicker, backend: str = "decord", short_sid
                 failure = e
             if name != order[-1]:
                 logger.info("%s: %s failed (%s), trying %s", path, name, e, order[-1])
-        except Exception as e:  # an unexpected decoder error is still a bad file, not a crash
+        except decoder_errors() as e:  # a decoder error outside the readers' own checks is still a bad file
             failure = DecodeFailure("corrupt", f"{name}: {_first_line(e)}")
     raise failure
 
@@ -363,7 +488,7 @@ def read_frames(path: str, pick: IndexPicker, backend: str = "decord", short_sid
 def refuse_truncated(meta: VideoMeta) -> VideoMeta:
     """`meta`, or DecodeFailure('corrupt') for a truncated video (the testing side of the policy above)."""
     if meta.truncated:
-        raise DecodeFailure("corrupt", f"truncated: {meta.num_frames} of {meta.declared_frames} frames decodable")
+        raise DecodeFailure("corrupt", meta.truncation)
     return meta
 
 

@@ -9,10 +9,14 @@ Why it is built this way:
   and the caller lists it next to the answers for the good ones.
 - The scores shown are probabilities whose order is the order of the configured aggregation
   (TEST.AGGREGATION), so that the top-k a user reads is the top-k `eval` scores.
+- Unless the clips are asked for (`--views`, TEST.NUM_ENSEMBLE_VIEWS), a whole-video answer covers the
+  video (`cover_plan`: enough clips to tile it, at most DEFAULT_MAX_CLIPS), and every answer says which
+  seconds its clips covered: an answer about "the video" from its first second alone would mislead.
+- Frames are normalised and resized as they are decoded (`protocol_frame`), so memory follows the model's
+  input size, not the video's.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -21,7 +25,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import runner
-from ..data.clips import effective_fps, make_views, protocol_plan, read_clip_frames, sliding_plan
+from ..data.clips import (cover_plan, covered_seconds, crop_views, make_views, protocol_frame, protocol_plan,  # noqa: F401 (make_views: flops imports it from here)
+                          read_clip_frames, sliding_plan)
 from ..data.decoding import DecodeFailure
 from ..data.files import expand_inputs
 from ..errors import VideoATSError
@@ -30,6 +35,8 @@ from ..flops import CONVENTION, analytic_gflops
 from ..runner import ViewOutputs
 from ..summary import stats, top_k
 from .predictor import Predictor
+
+DEFAULT_MAX_CLIPS = 10  # whole-video answers without --views: clips to cover the video, at most this many
 
 
 def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> ViewOutputs:
@@ -84,52 +91,64 @@ def dense_gflops_per_view(predictor: Predictor) -> float:
 # ---------------------------------------------------------------------------------------------- per video
 
 
+def _clip_planner(predictor: Predictor, per_clip: bool, stride: Optional[float]):
+    s = predictor.settings()
+    if per_clip:
+        return lambda n, fps: sliding_plan(s, n, fps, stride)
+    if predictor.clips_given:
+        return lambda n, fps: protocol_plan(s, n, fps)
+    return lambda n, fps: cover_plan(s, n, fps, DEFAULT_MAX_CLIPS)
+
+
 def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool = False,
                   stride: Optional[float] = None) -> dict:
     """Top-k over the test views of one video (or, `per_clip`, of every sliding clip too).
 
-    Raises DecodeFailure for a video that cannot be used; everything else about the video is in the dict.
+    Raises DecodeFailure for a video that cannot be used; everything else about the video is in the dict,
+    `coverage` included: the seconds each clip spans (the presentation times of the frames it used).
     """
     started = time.perf_counter()
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
     method = str(predictor.cfg.TEST.AGGREGATION)
-    if per_clip:
-        planner = lambda n, fps: sliding_plan(s, n, fps, stride)  # noqa: E731
-    else:
-        planner = lambda n, fps: protocol_plan(s, n, fps)  # noqa: E731
-    chunks = read_clip_frames(path, s, planner)
+    chunks = read_clip_frames(path, s, _clip_planner(predictor, per_clip, stride), transform=protocol_frame(s))
     _, plan = next(chunks)
-    out = runner.concat([run_views(predictor, make_views(frames, s, crops)) for _, frames in chunks])
+    out = runner.concat([run_views(predictor, crop_views(frames, s, crops)) for _, frames in chunks])
     logits, gflops_t, kept_t = out.logits, out.gflops, out.kept
-    fps = effective_fps(plan.fps, s.target_fps)
     tokens = patch_tokens(predictor)
     agg, probs = scores_and_probs(logits, method)
+    windows = [plan.window(c) for c in range(len(plan.starts))]
+    duration = plan.duration()
+    covered = covered_seconds(windows)
     result = {
         "path": path, "num_frames": plan.num_frames, "fps": round(float(plan.fps), 4),
-        "duration_s": round(plan.num_frames / fps, 4),
+        "duration_s": round(duration, 4), "variable_frame_rate": plan.by_time,
         "views": int(logits.shape[0]), "clips": len(plan.starts), "crops": crops,
+        "coverage": {"windows_s": [[round(a, 4), round(b, 4)] for a, b in windows],
+                     "covered_s": round(covered, 4),
+                     "fraction": round(min(1.0, covered / duration), 4) if duration > 0 else 1.0},
         "topk": top_k(agg, predictor.label_names, topk, probs),
         "gflops": _gflops_summary(gflops_t), "kept_tokens": _kept_summary(kept_t, tokens),
         "patch_tokens": tokens,
     }
     if per_clip:
-        windows = []
-        for c, start in enumerate(plan.starts):
+        clips = []
+        for c, (start_s, end_s) in enumerate(windows):
             rows = slice(c * crops, (c + 1) * crops)
             a, p = scores_and_probs(logits[rows], method)
-            end = min(start + plan.span, plan.num_frames)
-            windows.append({
-                "index": c, "start_s": round(start / fps, 4), "end_s": round(end / fps, 4),
-                "start_frame": int(start), "end_frame": int(math.ceil(end - 1e-9)),
-                "frame_indices": plan.indices[c].tolist(),
+            used = plan.indices[c]
+            clips.append({
+                "index": c, "start_s": round(start_s, 4), "end_s": round(end_s, 4),
+                "start_frame": int(used.min()), "end_frame": int(used.max()) + 1,
+                "frame_indices": used.tolist(),
                 "topk": top_k(a, predictor.label_names, topk, p),
                 "gflops": _gflops_summary(gflops_t[rows] if gflops_t is not None else None),
                 "kept_tokens": _kept_summary({b: v[rows] for b, v in kept_t.items()}, tokens),
             })
+        fps = plan.fps if plan.fps > 0 else float(s.target_fps)
         result["stride_s"] = round((plan.starts[1] - plan.starts[0]) / fps, 4) if len(plan.starts) > 1 else None
         result["clip_s"] = round(plan.span / fps, 4)
-        result["per_clip"] = windows
+        result["per_clip"] = clips
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
@@ -142,8 +161,10 @@ def describe_run(predictor: Predictor, per_clip: bool = False) -> dict:
     return {
         **predictor.describe(),
         "mode": "per_clip" if per_clip else "views",
-        "views": {"clips": 1 if per_clip else s.num_clips, "crops": s.num_crops,
-                  "clip_sampling": "sliding" if per_clip else s.clip_sampling},
+        "views": ({"clips": 1, "crops": s.num_crops, "clip_sampling": "sliding"} if per_clip else
+                  {"clips": s.num_clips, "crops": s.num_crops, "clip_sampling": s.clip_sampling}
+                  if predictor.clips_given else  # clips: as many as cover each video, at most max_clips
+                  {"clips": None, "max_clips": DEFAULT_MAX_CLIPS, "crops": s.num_crops, "clip_sampling": "cover"}),
         "aggregation": method, "aggregation_doc": AGGREGATION_DOC.get(method, ""),
         "score": "probability; its order is the aggregation's order",
         "dense_gflops_per_view": dense_gflops_per_view(predictor), "gflops_convention": CONVENTION,
