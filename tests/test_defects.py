@@ -36,15 +36,20 @@ def _ats_model(variant="frame", **kw):
 # --- GFLOPs accounting follows the device of the masks (CUDA masks crashed it) -------------------------
 
 def test_accounting_runs_on_the_device_of_the_masks():
+    """The count of a forward pass on another device stays there: 'meta' stands in for CUDA, and as on
+    CUDA any tensor the count makes without `device=` (a CPU tensor mixed with device masks) raises, and
+    so does any host read of a mask (`.item()`, `float()`, `.tolist()`: a sync per batch on CUDA); the
+    result is float64, as the CPU count is. Its values need a real device: the CUDA test below."""
     model = _ats_model()
     x = _clip()
     with torch.no_grad():
         model(x)
     on_cpu = flops.sample_gflops(model, x)
-    for record in model.ats_trace:  # the masks of a forward pass on another device ('meta' stands in for CUDA)
+    for record in model.ats_trace:
         record.mask = record.mask.to("meta")
     on_meta = flops.sample_gflops(model, x)
     assert on_meta.device.type == "meta" and on_meta.shape == on_cpu.shape == (2,)
+    assert on_meta.dtype == on_cpu.dtype == torch.float64
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -61,7 +66,8 @@ def test_ats_accounting_and_records_on_cuda(variant, mode):
         out = model(x.cuda())
     assert (out.cpu() - ref).abs().max() < 1e-3
     meter = flops.GFlopsMeter()
-    per = meter.update(model, x, video_ids=["a", "b"])
+    per = flops.sample_gflops(model, x)
+    meter.add(per, flops.padded_gflops(model, x), video_ids=["a", "b"])
     assert per.cpu().tolist() == pytest.approx(ref_gflops.tolist(), rel=1e-9)
     assert {b: k.cpu().tolist() for b, k in kept_tokens(model).items()} == \
         {b: k.tolist() for b, k in ref_kept.items()}
