@@ -437,7 +437,7 @@ def prepare_kinetics(csv_path: str, downloads: str, out_dir: str, short_side: in
         path = os.path.join(out_dir, f"{name}.csv")
         lists[name] = (path, _merged_list(path, [c for c in unique if c.split == name]))
 
-    index = DownloadIndex(downloads, skip=[out_dir])
+    index = DownloadIndex(downloads, skip=[out_dir] + [os.path.join(out_dir, name) for name in lists])
     done = _scan_outputs(out_dir, unique)
     outcome: Dict[int, dict] = {}
     jobs = []
@@ -447,13 +447,18 @@ def prepare_kinetics(csv_path: str, downloads: str, out_dir: str, short_side: in
             continue
         source, cut = index.find(clip)
         if not source:
-            outcome[number] = {"status": "missing", "frames": 0, "source": os.path.join(downloads, clip.youtube_id + ".*"),
+            outcome[number] = {"status": "missing", "frames": 0,
+                               "source": os.path.join(downloads, clip.youtube_id + ".*"),
                                "detail": f"no download named {clip.youtube_id}.* or {clip.stem}.*"}
             continue
         jobs.append(Job(number, source, cut, clip.start, clip.end, os.path.join(out_dir, clip.relpath),
                         short_side, crf))
-    for job, result in _run(jobs, workers, progress):
-        outcome[job.index] = dict(result, source=job.source)
+    try:
+        for job, result in _run(jobs, workers, progress):
+            outcome[job.index] = dict(result, source=job.source)
+    except OSError as e:  # writing, not reading, failed: no later clip would fare better
+        raise VideoATSError(f"cannot write {e.filename or out_dir} ({e.strerror or e}); make room or fix the "
+                            f"folder, then run the same command to resume") from None
 
     written = {name: atomic_write_text(path, render_list(rows)) for name, (path, rows) in lists.items()}
     counts = dict.fromkeys(COUNT_KINDS, 0)
