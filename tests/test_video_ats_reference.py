@@ -1,0 +1,160 @@
+"""Spatiotemporal ATS against its literal re-statement (`tests/reference/video_ats.py`).
+
+The reference shares no code with `videoats.ats`: it keeps a sample's tokens as a set of (frame, location),
+deletes dropped tokens and computes every attention over exactly the keys present, in loops. Here every
+variant of both video backbones, in every execution mode, must keep exactly its tokens at every ATS block
+and give its logits, on a batch whose samples keep different counts; and the per-sample GFLOPs must equal
+the multiply-adds the reference counted while computing.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import videoats
+from videoats import apply_ats
+from videoats.ats import stage, token_masks
+from videoats.flops import sample_gflops
+
+from reference.video_ats import Settings, draw_count, reference_forward
+from test_ats import peaky, video
+
+MODELS = ("timesformer_tiny_8x32", "xvit_tiny_8x32")
+VARIANTS = ("tube", "frame", "joint")
+BLOCKS = [1, 2, 3]
+# budget settings, each meant to exercise one rule (`test_the_settings_exercise_their_rules` checks they do)
+SETTINGS = {
+    "binds": dict(tokens=0.6),
+    "never_binds": dict(tokens=1.0),
+    "per_block": dict(tokens=[0.8, 12, 0.4]),
+    "min_tokens": dict(tokens=2, min_tokens=6),
+    "top_k": dict(tokens=0.6, selection="top_k"),
+}
+MODES = {  # name: (ATS options, training)
+    "masked_training": (dict(drop_tokens=True), True),
+    "masked": (dict(drop_tokens=False), False),
+    "trim": (dict(mode="trim"), False),
+    "static": (dict(mode="static"), False),
+}
+FRAMES, LOCATIONS = 8, 16  # the tiny models' grid: 8 frames of 4 x 4 patches
+
+
+def clips():
+    """Three random clips, each with a high-contrast band of 1, 2 or 3 patch rows in every frame, so that
+    even `tube` (which sums over frames) keeps different counts in them."""
+    x = video(3)
+    for s in range(3):
+        x[s, :, :, : 8 * (s + 1)] *= 4
+    return x
+
+
+def _settings(variant, setting) -> Settings:
+    opts = SETTINGS[setting]
+    return Settings(BLOCKS, opts["tokens"], variant, opts.get("min_tokens", 8),
+                    opts.get("selection", "inverse_transform"))
+
+
+def _model(name, variant, setting, **options):
+    torch.manual_seed(0)
+    model = peaky(videoats.create_model(name).eval())
+    return apply_ats(model, dict(blocks=BLOCKS, variant=variant, **SETTINGS[setting], **options))
+
+
+_REFERENCE = {}
+
+
+def _reference(name, variant, setting):
+    """The reference's result for a model and setting (the weights are fixed by the seed): computed once."""
+    key = (name, variant, setting)
+    if key not in _REFERENCE:
+        _REFERENCE[key] = reference_forward(_model(name, variant, setting), clips(), _settings(variant, setting))
+    return _REFERENCE[key]
+
+
+def _kept_sets(model):
+    """{block: [per sample: set of (frame, location) kept]} from the model's stage masks."""
+    return {block: [{(int(t), int(loc)) for t, loc in m.nonzero().tolist()} for m in masks]
+            for block, masks in token_masks(model).items()}
+
+
+def _check(model, expected, training=False):
+    x = clips()
+    model.train(training)
+    with torch.set_grad_enabled(training):
+        logits = model(x).detach()
+    got = _kept_sets(model)
+    assert sorted(got) == BLOCKS
+    for block in BLOCKS:
+        for s in range(3):
+            assert got[block][s] == expected.kept[s][block], (block, s)
+    # fp32: the same function summed in another order, relative to the logits' size
+    scale = max(1.0, float(expected.logits.abs().max()))
+    assert (logits - expected.logits).abs().max() <= 1e-5 * scale
+    counted = torch.tensor(expected.gflops, dtype=torch.float64)
+    assert torch.allclose(sample_gflops(model, x), counted, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("setting", list(SETTINGS))
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", MODELS)
+def test_every_mode_keeps_the_reference_tokens_and_logits(name, variant, setting, mode):
+    options, training = MODES[mode]
+    _check(_model(name, variant, setting, **options), _reference(name, variant, setting), training)
+
+
+@pytest.fixture
+def capture_only(monkeypatch):
+    """dynamo's graph capture without code generation: the compiled sampler's graphs, checked quickly."""
+    monkeypatch.setattr(stage, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,variant,mode", [("timesformer_tiny_8x32", "tube", "static"),
+                                               ("timesformer_tiny_8x32", "frame", "trim"),
+                                               ("xvit_tiny_8x32", "joint", "static")])
+def test_the_compiled_sampler_keeps_the_reference_tokens(capture_only, name, variant, mode):
+    model = _model(name, variant, "binds", mode=mode, sampler="compiled")
+    _check(model, _reference(name, variant, "binds"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", MODELS)
+def test_the_batch_keeps_different_counts(name, variant):
+    """A batch whose samples keep the same number of tokens would not test padding: these do."""
+    result = _reference(name, variant, "binds")
+    counts = {sum(len(kept) for kept in sample.values()) for sample in result.kept}
+    assert len(counts) > 1
+
+
+def test_the_settings_exercise_their_rules():
+    """Each budget setting is in the regime it is named for, by the reference's own rules."""
+    present, ref = LOCATIONS + 1, LOCATIONS + 1
+    # a binding budget draws fewer targets than the official K = N
+    assert draw_count(0.6, present, ref, 8) < draw_count(1.0, present, ref, 8) == LOCATIONS
+    # min_tokens raises a count budget of 2 tokens
+    assert draw_count(2, present, ref, 6) > draw_count(2, present, ref, 0)
+    joint = FRAMES * LOCATIONS + 1
+    assert draw_count(2, joint, joint, 6) > draw_count(2, joint, joint, 0)
+    # per block: the three budgets draw three different counts at full presence
+    assert len({draw_count(b, present, ref, 8) for b in SETTINGS["per_block"]["tokens"]}) == 3
+    # top-k keeps exactly its count where ATS keeps fewer (the adaptive part)
+    for name in MODELS:
+        ats, top = _reference(name, "frame", "binds"), _reference(name, "frame", "top_k")
+        assert sum(map(len, (s[1] for s in ats.kept))) < sum(map(len, (s[1] for s in top.kept)))
+
+
+def test_a_dropped_neighbour_gives_xvit_a_zero():
+    """The reference's own shift, by hand: frame 1's location 0 takes channels [0, fold) from frame 2 and
+    [fold, 2 fold) from frame 0; with frame 2's token gone those channels are zero; across a group of
+    `segments` frames nothing comes in."""
+    from reference.video_ats import shifted
+
+    keys = {(t, 0): torch.full((8,), float(t + 1)) for t in range(4)}
+    assert shifted(keys, 1, 0, fold=2, segments=4).tolist() == [3, 3, 1, 1, 2, 2, 2, 2]
+    del keys[2, 0]
+    assert shifted(keys, 1, 0, fold=2, segments=4).tolist() == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert shifted(keys, 1, 0, fold=2, segments=1).tolist() == [0, 0, 0, 0, 2, 2, 2, 2]
