@@ -60,6 +60,10 @@ PLANTS = [
             "part = part"),
            ("videoats/models/xvit.py", "part = torch.cat([part[:, :, :1], layout.unaligned(part[:, :, 1:])], dim=2)",
             "part = part"))),
+    Plant("masked_absent_rows_computed", "the masked layout computes qkv for absent tokens too (so X-ViT's shift "
+                                         "hands their stale keys/values to the neighbouring frames)",
+          (("videoats/ats/core.py", "                                key_rows=present_rows(keys))",
+            "                                key_rows=None)"),)),
     Plant("xvit_scores_unshifted", "X-ViT scores tokens with the keys/values before the frame shift",
           (("videoats/models/layers.py", "        k, v = kv_hook(k, v, layout)\n",
             "        unshifted, (k, v) = (k, v), kv_hook(k, v, layout)\n"),

@@ -9,7 +9,6 @@ a segment boundary, so a dropped token never leaks into attention.
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -25,11 +24,9 @@ from .resize import resize_pos_2d, resize_time
 from .timesformer import PatchEmbed
 
 
-def shift_frames(x: Tensor, segments: int, fold: int, present: Optional[Tensor]) -> Tensor:
+def shift_frames(x: Tensor, segments: int, fold: int) -> Tensor:
     """x: (B, S*G, N, C) per-frame tokens. Channels [0, fold) take frame t+1, [fold, 2 fold) frame t-1."""
     b, t, n, c = x.shape
-    if present is not None:
-        x = x * present[..., None].to(x.dtype)
     x = x.reshape(b * t // segments, segments, n, c)
     out = torch.zeros_like(x)
     out[:, :-1, :, :fold] = x[:, 1:, :, :fold]
@@ -94,16 +91,15 @@ class XViT(nn.Module):
         """Shift the first quarter of the key/value channels across frames, at each location."""
         g, h, n, d = k.shape
         b, moving = g // frames, 2 * self.fold
-        # what is present on the grid the shift runs on, the CLS first: the layout's frame keys. A ragged
-        # layout's location-aligned grid is already zero wherever a token is absent, so only slot grids need it
-        keys = layout.frame_keys if layout.column is None else None
-        present = None if keys is None else keys.reshape(b, frames, -1)
+        # an absent token's key and value are zero wherever the shift can read them: the masked layout's
+        # token-wise layers leave absent rows at zero (`tokenwise`), a ragged layout's location-aligned grid
+        # is zero where a location is absent, and an aligned layout's padding slot is padding in every frame
 
         def shift(z):
             z = z.permute(0, 2, 1, 3).reshape(b, frames, n, h * d)
             part = z[..., :moving]  # the patches move on their location-aligned grid, the CLS as it is
             part = torch.cat([part[:, :, :1], layout.aligned(part[:, :, 1:])], dim=2)
-            part = shift_frames(part, self.num_segments, self.fold, present)
+            part = shift_frames(part, self.num_segments, self.fold)
             part = torch.cat([part[:, :, :1], layout.unaligned(part[:, :, 1:])], dim=2)
             z = torch.cat([part, z[..., moving:]], dim=-1)
             return z.reshape(g, n, h, d).permute(0, 2, 1, 3)
