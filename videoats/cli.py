@@ -146,8 +146,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _run(args)
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader (`| head`) went away
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise a second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured): nothing to flush into a pipe
+        pass
+    finally:
+        os.close(devnull)
+
+
 def _run(args) -> int:
-    """One parsed command: its result printed, a user's error as one line and exit code 2."""
+    """One parsed command: its result printed, a user's error as one line and exit code 2; a closed pipe
+    (`videoats infer DIR | head`) ends the command quietly, as other command-line tools do."""
+    try:
+        return _run_and_emit(args)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return SIGPIPE_EXIT
+
+
+def _run_and_emit(args) -> int:
     try:
         check_declared(args)
         result = args.func(args)
