@@ -306,3 +306,18 @@ def test_output_size_by_hand():
     assert output_size(1080, 1920, 256) == (256, 456)  # 455.1 -> 456
     assert output_size(240, 320, 256) == (240, 320)  # never up
     assert output_size(49, 65, 0) == (48, 64)  # kept, made even for H.264 4:2:0
+
+
+
+def test_variable_frame_rate_keeps_its_timestamps(tmp_path, vt, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    pts_ms = [0, 40, 300, 340, 900, 1000, 1033, 1400, 1950, 1999, 2000, 2500]  # frame i painted i
+    vt.encode_video(raw / "aaaaaaaaaaa.mp4", [vt.index_frame(i, 48, 64) for i in range(len(pts_ms))], fps=10,
+                    pts_ms=pts_ms)
+    csv_path = write_csv(tmp_path / "val.csv", ["abseiling,aaaaaaaaaaa,1,2,val"])
+    code, _, err = run(capsys, "prepare-kinetics", csv_path, str(raw), str(tmp_path / "out"), "--workers", "1")
+    assert code == 0, err
+    indices, times, _ = decode(vt, tmp_path / "out" / "val" / "abseiling" / "aaaaaaaaaaa_000001_000002.mp4")
+    assert indices == [5, 6, 7, 8, 9]  # shown at 1.000 ... 1.999 s; 2.000 s is the next clip's
+    assert np.allclose(times, [0, 0.033, 0.4, 0.95, 0.999], atol=1e-3)  # the gaps kept, not made uniform
