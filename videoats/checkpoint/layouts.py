@@ -134,9 +134,76 @@ def from_official_xvit(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor]
     return out, ignored
 
 
+# CvT: our keys are the official ones (`microsoft/CvT`); (ours, Hugging Face) for the parts of a stage and of a
+# block, most specific first (`CvtForImageClassification`, `convert_cvt_original_pytorch_checkpoint_to_pytorch`)
+_CVT_STAGE = [
+    ("patch_embed.proj.", "embedding.convolution_embeddings.projection."),
+    ("patch_embed.norm.", "embedding.convolution_embeddings.normalization."),
+    ("cls_token", "cls_token"),
+]
+_CVT_BLOCK = [
+    (f"attn.conv_proj_{x}.{a}.", f"attention.attention.convolution_projection_{name}.convolution_projection.{b}.")
+    for x, name in (("q", "query"), ("k", "key"), ("v", "value"))
+    for a, b in (("conv", "convolution"), ("bn", "normalization"))
+] + [(f"attn.proj_{x}.", f"attention.attention.projection_{name}.")
+     for x, name in (("q", "query"), ("k", "key"), ("v", "value"))] + [
+    ("attn.proj.", "attention.output.dense."),
+    ("mlp.fc1.", "intermediate.dense."),
+    ("mlp.fc2.", "output.dense."),
+    ("norm1.", "layernorm_before."),
+    ("norm2.", "layernorm_after."),
+]
+_CVT_TOP = [("norm.", "layernorm."), ("head.", "classifier.")]
+_HF_CVT = "cvt.encoder.stages."
+
+
+def _swap(key: str, pairs, forward: bool) -> str:
+    for ours, theirs in pairs:
+        a, b = (ours, theirs) if forward else (theirs, ours)
+        if key.startswith(a):
+            return b + key[len(a):]
+    return key
+
+
+def _cvt_to_hf(key: str) -> str:
+    m = re.fullmatch(r"stage(\d+)\.blocks\.(\d+)\.(.+)", key)
+    if m:
+        return f"{_HF_CVT}{m.group(1)}.layers.{m.group(2)}." + _swap(m.group(3), _CVT_BLOCK, True)
+    m = re.fullmatch(r"stage(\d+)\.(.+)", key)
+    if m:
+        return f"{_HF_CVT}{m.group(1)}." + _swap(m.group(2), _CVT_STAGE, True)
+    return _swap(key, _CVT_TOP, True)
+
+
+def _cvt_from_hf(key: str) -> str:
+    m = re.fullmatch(re.escape(_HF_CVT) + r"(\d+)\.layers\.(\d+)\.(.+)", key)
+    if m:
+        return f"stage{m.group(1)}.blocks.{m.group(2)}." + _swap(m.group(3), _CVT_BLOCK, False)
+    m = re.fullmatch(re.escape(_HF_CVT) + r"(\d+)\.(.+)", key)
+    if m:
+        return f"stage{m.group(1)}." + _swap(m.group(2), _CVT_STAGE, False)
+    return _swap(key, _CVT_TOP, False)
+
+
+def to_hf_cvt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Our (= the official) CvT keys -> Hugging Face `CvtForImageClassification` keys."""
+    return {_cvt_to_hf(k): v for k, v in state_dict.items()}
+
+
+def from_hf_cvt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    sd = dict(state_dict)
+    if not any(k.startswith("cvt.") for k in sd):  # a bare CvtModel (no classifier)
+        sd = {f"cvt.{k}": v for k, v in sd.items()}
+    return {_cvt_from_hf(k): v for k, v in sd.items()}
+
+
 def detect_layout(sd: Dict[str, Tensor]) -> str:
     """Name the layout of a (prefix-stripped) state dict from its keys alone."""
     keys = set(sd)
+    if any(k.startswith((_HF_CVT, "encoder.stages.")) for k in keys):
+        return "hf_cvt"
+    if any(re.match(r"stage\d+\.blocks\.\d+\.attn\.conv_proj_q\.", k) for k in keys):
+        return "cvt_official"
     if any(k.startswith(("timesformer.", "classifier.", "embeddings.patch_embeddings")) for k in keys):
         return "hf_timesformer"
     if any(k.startswith(("base_model.", "consensus.", "new_fc.")) for k in keys):
@@ -154,6 +221,8 @@ def to_our_keys(sd: Dict[str, Tensor], layout: str) -> Tuple[Dict[str, Tensor], 
     """A state dict of `layout` in our key names, and the keys it has that we knowingly drop."""
     if layout == "hf_timesformer":
         return from_hf_timesformer(sd), []
+    if layout == "hf_cvt":
+        return from_hf_cvt(sd), []
     if layout == "xvit_official":
         return from_official_xvit(sd)
     return sd, []

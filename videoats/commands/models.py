@@ -5,6 +5,7 @@ import torch
 
 from .. import zoo
 from ._args import add_common
+from ..inference import shipped
 from ..models import create_model, list_models
 
 
@@ -13,7 +14,8 @@ def register(sub) -> None:
         "models", help="list the registered models and their zoo weights",
         description="List the registered models with their input size and parameters, and the published weights "
                     "the zoo can download for them (create_model(name, pretrained=True), --checkpoint zoo:NAME), "
-                    "with whether they are in the cache already."))
+                    "with whether they are in the cache already, and the model shipped in the package "
+                    "(--checkpoint demo)."))
     p.add_argument("pattern", nargs="?", default=None, help="a glob, e.g. 'timesformer*'")
     p.set_defaults(func=run, human=human)
 
@@ -24,7 +26,7 @@ def describe(name: str) -> dict:
     with torch.device("meta"):
         model = create_model(name)
     video = getattr(model, "is_video", False)
-    size = model.img_size if video else model.patch_embed.img_size[0]
+    size = model.img_size if hasattr(model, "img_size") else model.patch_embed.img_size[0]  # timm: its stem
     params = sum(p.numel() for p in model.parameters())
     return dict(
         name=name, kind="video" if video else "image", frames=model.num_frames if video else None,
@@ -43,7 +45,8 @@ def zoo_table() -> list:
 def run(args) -> dict:
     models = [describe(n) for n in list_models(args.pattern)]
     wanted = {m["name"] for m in models}
-    return dict(models=models, zoo=[z for z in zoo_table() if z["model"] in wanted], cache=zoo.home())
+    return dict(models=models, zoo=[z for z in zoo_table() if z["model"] in wanted], cache=zoo.home(),
+                shipped=[m for m in shipped.listing() if m["model"] in wanted])
 
 
 def human(result: dict) -> str:
@@ -59,4 +62,9 @@ def human(result: dict) -> str:
                   f"  {'NAME':<30} {'model':<22} {'cached':<6}  what"]
         for z in result["zoo"]:
             lines.append(f"  {z['name']:<30} {z['model']:<22} {'yes' if z['cached'] else 'no':<6}  {z['what']}")
+    if result.get("shipped"):
+        lines += ["", "shipped with the package (no download): --checkpoint NAME, zoo:NAME or "
+                      "videoats.Recognizer(NAME)"]
+        for m in result["shipped"]:
+            lines.append(f"  {m['name']:<30} {m['model']:<22} {m['classes']} classes: {m['what']}")
     return "\n".join(lines)

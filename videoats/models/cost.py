@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch.nn as nn
 
@@ -69,3 +69,7 @@ class CostSpec:
     upsample: bool = False  # TimeSformer's nearest pos-embed resize (fvcore counts 1 per output element)
     native_patches: int = 0
     dim: int = 0
+    # a model whose sampled grid is not a patch grid of the input (CvT: the last of three convolutional stages):
+    # (input height, width) -> (multiply-adds the sample does not change, locations of the sampled grid, keys
+    # every query of a block meets there). With it, `patch` is 0 and attention pairs are (1 + queries) x keys.
+    at_size: Optional[Callable[[int, int], Tuple[int, int, int]]] = None

@@ -24,6 +24,23 @@ ResizeRule = Tuple[int, Callable, str]
 
 
 @dataclass(frozen=True)
+class ImageTransform:
+    """An image model's published test transform (what its top-1 was measured with): resize the short side to
+    `size / crop_fraction` and take the centre `size` x `size` crop, or with `crop_fraction` None resize the
+    whole image to `size` x `size` (aspect not kept); `interpolation` bilinear | bicubic; then the family's
+    mean / std."""
+
+    size: int
+    crop_fraction: Optional[float] = 0.875
+    interpolation: str = "bicubic"
+
+    @property
+    def resize(self) -> int:
+        """The short side before the crop (torchvision's and timm's int(size / fraction))."""
+        return self.size if self.crop_fraction is None else int(self.size / self.crop_fraction)
+
+
+@dataclass(frozen=True)
 class Family:
     """What generic code needs to know about one backbone family, declared next to its blocks."""
 
@@ -41,6 +58,8 @@ class Family:
     # (prefixes) that keep the model's own initialisation
     image_init_ignored: Tuple[str, ...] = ()
     image_init_kept: Tuple[str, ...] = ()
+    # image families: the published test transform for a model of a given input size
+    image_transform: Optional[Callable[[int], ImageTransform]] = None
 
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {}
