@@ -35,7 +35,7 @@ def make_clip(path: str, width: int, height: int, seconds: float, fps: int = 30)
     with av.open(path, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "28"}
+        stream.options = {"preset": "ultrafast", "crf": "28", "g": "60"}  # a keyframe every 2 s, as cameras write
         for i in range(int(seconds * fps)):
             frame = np.stack([np.roll(base, 4 * i, axis=1), np.roll(base, 2 * i, axis=0), base], axis=-1)
             side = height // 6
@@ -57,7 +57,7 @@ from videoats.inference.predict import predict_video, run_views
 from videoats.inference.predictor import load_predictor
 torch.manual_seed(0)
 predictor = load_predictor(checkpoint={checkpoint!r} or None, model_name={model!r} or None,
-                           opts=["DATA.DECODER", {decoder!r}])
+                           opts=["DATA.DECODER", {decoder!r}, "DATA.DECODE_TIMEOUT", "3600"])  # no deadline
 start = time.perf_counter()
 if {path!r} == "resized":
     r = predict_video(predictor, {video!r}, per_clip=True, topk=1)

@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.resources import files
 
 from ._args import add_common
 from ..checkpoint import inspect_checkpoint
 from ..config import apply_overrides, config_from_yaml, get_cfg
 from ..data import build_dataset
 from ..data.synthetic import SCENES, STORAGE, make_synthetic
-from ..errors import VideoATSError
 from ..evaluation.evaluate import evaluate
 from ..inference.predictor import load_predictor
+from ..inference.shipped import CHECKPOINT, ats_overrides, provenance
 from ..inference.visualize import visualize_clip
 from ..paths import cache_dir, check_output_dir, declare_outputs
 
-# package data (setup.cfg package_data), so a wheel install has it as well as a checkout; pip unpacks
-# wheels into folders, so these are real files that torch and safetensors can open by path
-DEMO_DIR = files("videoats") / "assets" / "demo"
-CHECKPOINT = DEMO_DIR / "timesformer_tiny_synthetic.safetensors"
-PROVENANCE = DEMO_DIR / "provenance.json"
+_provenance = provenance  # the shipped model's record (videoats.inference.shipped)
 
 
 def register(sub) -> None:
@@ -42,15 +37,6 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     declare_outputs(p, output="dir", data="dir")
     p.set_defaults(func=run, human=human)
-
-
-def _provenance() -> dict:
-    if not CHECKPOINT.is_file() or not PROVENANCE.is_file():
-        raise VideoATSError(f"the demo checkpoint is missing from {DEMO_DIR}; this videoats install is "
-                            "incomplete: reinstall it (pip install --force-reinstall videoats, or pip install -e . "
-                            "from a checkout)")
-    with open(PROVENANCE) as f:
-        return json.load(f)
 
 
 def ensure_test_split(data_dir: str, recipe: dict) -> str:
@@ -73,10 +59,10 @@ def ensure_test_split(data_dir: str, recipe: dict) -> str:
 
 
 def run(args) -> dict:
-    provenance = _provenance()
+    record = provenance()
     data_dir = os.path.expanduser(args.data) if args.data else check_output_dir(cache_dir("demo_synthetic"), "the "
                                                                                 "demo's data cache ($VIDEOATS_HOME)")
-    ensure_test_split(data_dir, provenance["synthetic"])
+    ensure_test_split(data_dir, record["synthetic"])
     cfg = config_from_yaml(inspect_checkpoint(str(CHECKPOINT))["metadata"]["config"])
     cfg.DATA.PATH_TO_DATA_DIR = data_dir
     cfg.DATA.LABELS_FILE = "labels.txt"
@@ -84,10 +70,7 @@ def run(args) -> dict:
     cfg.DATA.NUM_WORKERS = min(2, os.cpu_count() or 1)
     output = os.path.abspath(args.output)
     # the ATS setting the provenance reports (the model may be fine-tuned at another budget than it is run at)
-    ats = provenance.get("ats", {})
-    ats_opts = [item for key, value in (("ATS.BLOCKS", ats.get("blocks")), ("ATS.TOKENS", ats.get("tokens")),
-                                        ("ATS.VARIANT", ats.get("variant"))) if value is not None
-                for item in (key, str(value))]
+    ats_opts = ats_overrides()
 
     rows = []
     for setting, ats_on in (("dense", False), ("ATS", True)):
@@ -100,8 +83,8 @@ def run(args) -> dict:
         rows.append(dict(
             setting=setting, top1=result["metrics"]["video"]["top1"], top5=result["metrics"]["video"]["top5"],
             gflops_per_view=result["gflops"]["per_view"], dense_gflops_per_view=result["gflops"]["dense_per_view"],
-            kept_tokens={str(b): f"{v['mean']:.0f} ({v['min']:.0f}-{v['max']:.0f}) of {v['of']}"
-                         for b, v in kept.items()},
+            kept_tokens={str(b): {"mean": round(float(v["mean"]), 2), "min": int(round(v["min"])),
+                                  "max": int(round(v["max"])), "of": int(v["of"])} for b, v in kept.items()},
             videos=result["coverage"]["evaluated_videos"], results=result["files"].get("results")))
 
     picture = os.path.join(output, "tokens.png")
@@ -110,8 +93,8 @@ def run(args) -> dict:
     visualize_clip(predictor, first_video, picture)
     files = dict(results_dense=rows[0]["results"], results_ats=rows[1]["results"], tokens_png=picture,
                  kept_tokens_png=os.path.join(output, "ats", "kept_tokens.png"))
-    return dict(checkpoint=str(CHECKPOINT), model=provenance["model"], data=data_dir,
-                num_classes=provenance["synthetic"]["num_classes"], rows=rows, files=files,
+    return dict(checkpoint=str(CHECKPOINT), model=record["model"], data=data_dir,
+                num_classes=record["synthetic"]["num_classes"], rows=rows, files=files,
                 visualised_video=first_video)
 
 
@@ -126,7 +109,8 @@ def human(result: dict) -> str:
              f"({result['num_classes']} motion classes, chance {100 / result['num_classes']:.0f}%)", "",
              f"{'':<6} {'top-1':>6} {'top-5':>6} {'GFLOPs/view':>12}  kept tokens per ATS stage: mean (min-max)"]
     for r in result["rows"]:
-        kept = ", ".join(f"block {b}: {v}" for b, v in r["kept_tokens"].items()) or "all"
+        kept = ", ".join(f"block {b}: {v['mean']:.0f} ({v['min']}-{v['max']}) of {v['of']}"
+                         for b, v in r["kept_tokens"].items()) or "all"
         lines.append(f"{r['setting']:<6} {r['top1']:>5.1f}% {r['top5']:>5.1f}% "
                      f"{r['gflops_per_view']:>12.4f}  {kept}")
     dense, ats = result["rows"][0]["gflops_per_view"], result["rows"][1]["gflops_per_view"]

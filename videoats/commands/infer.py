@@ -24,7 +24,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "--cfg", dest="config", metavar="CFG", help="YAML config file")
     p.add_argument("--model", metavar="NAME", help="a registered model (see `videoats models`); overrides "
                                                     "MODEL.NAME; without --config the clip size follows it")
-    p.add_argument("--checkpoint", metavar="PATH", help="weights (any layout `load_checkpoint` knows); a videoats "
+    p.add_argument("--checkpoint", metavar="PATH", help="weights (any layout `load_checkpoint` knows), zoo:NAME, or "
+                                                        "`demo` for the model shipped in the package; a videoats "
                                                         "checkpoint also gives the model, config and label names")
     p.add_argument("--labels", metavar="FILE", help="label names, one a line (default: the checkpoint's)")
 
@@ -104,7 +105,12 @@ def _kept_text(kept, total) -> str:
 
 def header_lines(run: dict) -> list:
     """The setting and views every answer of a run shares."""
-    lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})"]
+    ats = run.get("ats")
+    tokens = ats["tokens"] if ats and isinstance(ats["tokens"], (list, tuple)) else [ats["tokens"]] if ats else []
+    ats_text = (f"ATS {ats['variant']} at blocks {', '.join(str(b) for b in ats['blocks'])}, budget "
+                f"{', '.join(f'{t:g}' for t in tokens)} (--ats off: dense)" if ats else "dense (no ATS)")
+    lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})",
+             ats_text]
     v = run["views"]
     crops = _count(v["crops"], "crop")
     if run["mode"] == "per_clip":

@@ -12,6 +12,7 @@ from torch import nn
 
 import yaml
 
+from . import shipped
 from .. import zoo
 from ..checkpoint import inspect_checkpoint, load_weights
 from ..config import CfgNode, apply_overrides, ats_from_cfg, get_cfg, load_config, validate
@@ -137,6 +138,8 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     the model (its frames and image size), so `--model NAME` alone runs. The class count is the one the
     weights have; label names come from `labels_file`, else the checkpoint, else the config's
     DATA.LABELS_FILE, else class indices. `ats`: None keeps the config's ATS.ENABLE, 'on'/'off' force it.
+    `checkpoint` may name the shipped model (`demo`, `zoo:demo`), which runs at the ATS setting its
+    provenance states (`shipped.ats_overrides`) unless `opts` say otherwise.
     """
     warnings: List[str] = []
     opts = list(opts or [])
@@ -145,7 +148,7 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
     checkpoint = checkpoint or cfg.TEST.CHECKPOINT_FILE or None
     info = None
     if checkpoint:
-        checkpoint = zoo.resolve(os.path.expanduser(checkpoint))  # zoo:NAME -> the cached file
+        checkpoint = shipped.resolve(checkpoint) or zoo.resolve(os.path.expanduser(checkpoint))  # names -> files
         if not os.path.exists(checkpoint):
             raise VideoATSError(f"checkpoint not found: {checkpoint} (give the path to a checkpoint file)")
         info = inspect_checkpoint(checkpoint)
@@ -161,6 +164,8 @@ def load_predictor(config: Optional[str] = None, model_name: Optional[str] = Non
         if isinstance(values, dict):
             cfg = get_cfg()
             _merge_lenient(cfg, values, f"checkpoint {checkpoint}", warnings)
+            if shipped.is_shipped(checkpoint):  # run at the ATS setting the README and the demo report
+                apply_overrides(cfg, shipped.ats_overrides())
             apply_overrides(cfg, opts)
             from_file = True
     name = model_name or (cfg.MODEL.NAME if from_file or "MODEL.NAME" in keys else None) or meta.get("model_name")
