@@ -41,7 +41,7 @@ def register(subparsers) -> None:
 
 def run_prepare_kinetics(args) -> dict:
     return prepare_kinetics(args.csv, args.downloads, args.out, short_side=args.short_side, crf=args.crf,
-                            split=args.split, workers=args.workers, progress=True)
+                            split=args.split, workers=args.workers, progress=not args.json)
 
 
 def format_prepare_kinetics(result: dict) -> str:

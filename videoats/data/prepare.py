@@ -299,7 +299,7 @@ def _encode_span(job: Job, tmp: str) -> Tuple[int, float]:
         stream = source.streams.video[0]
         tb = stream.time_base
         begin, end = (0, job.end - job.start) if job.already_cut else (job.start, job.end)
-        first = last = None
+        first = offset = None
         count = 0
         for frame, pts in _span_frames(source, stream, Fraction(begin), Fraction(end)):
             if out is None:
@@ -310,10 +310,11 @@ def _encode_span(job: Job, tmp: str) -> Tuple[int, float]:
                 ostream.codec_context.time_base = tb
                 ostream.options = {"crf": str(job.crf), "threads": "1"}
                 first = pts
+            # the source's timestamps from 0; a repeated or backward one (damaged files) moves up by a tick,
+            # since the encoder takes strictly increasing ones only
+            offset = pts - first if offset is None else max(pts - first, offset + 1)
             picture = _to_output(frame, size)
-            picture.pts = max(pts - first, -1 if last is None else last - first + 1)  # strictly increasing
-            picture.time_base = tb
-            last = picture.pts + first
+            picture.pts, picture.time_base = offset, tb
             for packet in ostream.encode(picture):
                 out.mux(packet)
             count += 1
@@ -324,7 +325,7 @@ def _encode_span(job: Job, tmp: str) -> Tuple[int, float]:
         for packet in ostream.encode():
             out.mux(packet)
         rate = stream.average_rate or stream.guessed_rate or 30
-        return count, float((last - first) * tb + 1 / Fraction(rate))
+        return count, float(offset * tb + 1 / Fraction(rate))
     finally:
         if out is not None:
             out.close()
