@@ -218,6 +218,9 @@ def test_a_subset_then_all_adds_rows_and_skips_done_clips(tmp_path, vt, capsys):
     assert os.stat(clip).st_mtime_ns == stamp
     assert (out / "train.csv").read_text().splitlines() == [HEADER] + rows
     assert decode(vt, clip)[2] == (48, 64)  # smaller than the default short side: kept, never scaled up
+    code, text, _ = run(capsys, "prepare-kinetics", str(tmp_path / "all.csv"), str(raw), str(out))
+    assert code == 0 and text.startswith(f"{out / 'train.csv'} (kinetics_csv): 2 videos, 2 decodable, 0 missing")
+    assert "prepared 0 clips now, 2 were done before" in text
 
 
 def test_unlabelled_test_list_goes_to_the_split_folder(tmp_path, vt, capsys):
