@@ -29,7 +29,10 @@ def accept_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:
-    """`--compile` and `--precision`, the command-line faces of TEST.COMPILE and TEST.PRECISION."""
+    """`--compile`, `--precision` and `--device`, the command-line faces of TEST.COMPILE, TEST.PRECISION and
+    DEVICE."""
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs (DEVICE; default auto: the GPU when there is one)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (TEST.COMPILE); with ATS.MODE static ATS compiles as one graph")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -40,4 +43,5 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
 def inference_overrides(args) -> List[str]:
     """The config overrides `add_inference_args`' flags stand for."""
     opts = ["TEST.COMPILE", "True"] if args.compile else []
+    opts += ["DEVICE", args.device] if getattr(args, "device", None) else []
     return opts + (["TEST.PRECISION", args.precision] if args.precision else [])
