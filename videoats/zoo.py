@@ -112,6 +112,18 @@ ZOO: Dict[str, ZooEntry] = {
         "deit_small_patch16_224", (("deit_small_patch16_224-cd65a155.pth",
                                     "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"),),
         "DeiT-S ImageNet-1k (timm; also the ImageNet init of video models)"),
+    # CvT: the official .pth files sit in a OneDrive share (microsoft/CvT README, "model zoo"), which gives no
+    # direct file link; the Hugging Face conversions of the same weights do
+    **{f"{model}_{tag}_hf": ZooEntry(
+        model, tuple((f, f"https://huggingface.co/microsoft/{repo}/resolve/main/{f}")
+                     for f in ("pytorch_model.bin", "config.json")),
+        f"{title}, Hugging Face conversion of the official weights (microsoft/{repo}, with label names)",
+        folder=True)
+       for model, tag, repo, title in (
+           ("cvt_21_384", "in1k", "cvt-21-384", "CvT-21 384 px ImageNet-1k"),
+           ("cvt_21_384", "in22k", "cvt-21-384-22k", "CvT-21 384 px, ImageNet-22k pretrained, 1k fine-tuned"),
+           ("cvt_13_224", "in1k", "cvt-13", "CvT-13 224 px ImageNet-1k"),
+           ("cvt_21_224", "in1k", "cvt-21", "CvT-21 224 px ImageNet-1k"))},
 }
 
 

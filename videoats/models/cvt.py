@@ -346,10 +346,12 @@ def flops_spec(model: CvT, ats_path: bool) -> CostSpec:
                     at_size=lambda h, w: _fixed(model, h, w))
 
 
+# the official test transforms: at 384 px the image resized to 384 x 384 (no crop), at 224 px the short side to
+# 256 and the centre 224 crop; bicubic, ImageNet mean / std (experiments/imagenet/cvt/*.yaml)
 FAMILY = register_family(__name__, Family(
     name="cvt", title="CvT", is_video=False, matches=lambda m: isinstance(m, CvT), flops_spec=flops_spec,
     head_keys=("head.weight", "head.bias"), layouts=("cvt_official", "hf_cvt"),
-    image_transform=ImageTransform(size=224, crop_fraction=0.875, interpolation="bicubic")))
+    image_transform=lambda size: ImageTransform(size, None if size >= 384 else 0.875, "bicubic")))
 
 
 def _build(img_size: int, depths, num_classes: int, kw) -> CvT:
