@@ -21,6 +21,7 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
@@ -28,9 +29,11 @@ from .. import zoo
 from ..checkpoint import load_weights
 from ..config import cfg_to_yaml
 from ..data import build_dataset, build_loader
+from ..data.images import build_image_dataset, collate_images
 from ..errors import VideoATSError
 from ..flops import dense_gflops
 from ..models.build import build_from_cfg, model_label
+from ..models.registry import ImageTransform, family_of_name
 from ..paths import check_output_dir, require_data_dir
 from ..runner import run_views
 from ..runtime import compiled_for_inference, inference_autocast, rank_world, resolve_device
@@ -218,7 +221,14 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     if cfg.DATA.PATH_TO_DATA_DIR:
         require_data_dir(cfg)
     split = cfg.TEST.SPLIT
-    dataset = build_dataset(cfg, split)
+    family = family_of_name(cfg.MODEL.NAME)
+    images = not family.is_video
+    if images:  # an image folder, with the model's published test transform (its family record)
+        size = int(cfg.DATA.TEST_CROP_SIZE)
+        transform = family.image_transform(size) if family.image_transform else ImageTransform(size)
+        dataset = build_image_dataset(cfg, split, transform, family.mean, family.std)
+    else:
+        dataset = build_dataset(cfg, split)
     built = model is None
     if built:
         model = build_from_cfg(cfg)
@@ -233,7 +243,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
                   ckpt_labels or zoo_labels)
     label_order = _label_order(cfg, checkpoint, bool(ckpt_labels), zoo_name if zoo_labels else None)
-    if getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
+    if not images and getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
         name = getattr(net, "model_name", type(net).__name__)
         warnings.append(f"model {name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "
                         f"{cfg.DATA.NUM_FRAMES}; its time embedding is interpolated")
@@ -241,7 +251,8 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     device = resolve_device(cfg)
     was_training = net.training
     net.to(device).eval()
-    view_shape = (3, int(cfg.DATA.NUM_FRAMES), int(cfg.DATA.TEST_CROP_SIZE), int(cfg.DATA.TEST_CROP_SIZE))
+    crop = int(cfg.DATA.TEST_CROP_SIZE)
+    view_shape = (3, crop, crop) if images else (3, int(cfg.DATA.NUM_FRAMES), crop, crop)
     dense = float(dense_gflops(net, input_shape=view_shape))  # fvcore, on the view shape evaluated
 
     crops = dataset.crops_per_video
@@ -249,8 +260,13 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     sampler = None
     if world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-    loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
-                          num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
+    if images:
+        workers = int(cfg.DATA.NUM_WORKERS)
+        loader = DataLoader(dataset, batch_views, sampler=sampler, num_workers=workers, collate_fn=collate_images,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    else:
+        loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
+                              num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
     try:
         table = _run_views(net, loader, device, batch_views, progress, rank,
                            compiled_for_inference(net, bool(cfg.TEST.COMPILE)),

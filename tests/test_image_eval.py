@@ -1,0 +1,90 @@
+"""Image evaluation: `videoats eval` on an ImageNet-style folder of real photographs (matplotlib's sample
+images), with the model's published test transform re-stated by hand, top-1/top-5, and per-image GFLOPs."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import videoats
+from videoats.checkpoint import save_checkpoint
+from videoats.cli import main as cli_main
+from videoats.data.images import apply_test_transform, scan_images
+from videoats.models.registry import ImageTransform, family_of_name
+
+SAMPLES = os.path.join(__import__("matplotlib").get_data_path(), "sample_data")
+PHOTOS = {"person": ["grace_hopper.jpg"], "object": ["Minduka_Present_Blue_Pack.png", "logo2.png"]}
+
+
+def test_transform_by_hand():
+    """Grace Hopper (512 x 600, W x H) through CvT-224's transform: short side 256 (bicubic), so 256 x 300, then
+    the centre 224 crop at rows 38..261 and columns 16..239, /255 and ImageNet mean/std; re-stated with PIL and
+    numpy, and the 384 transform (no crop) as a plain 384 x 384 resize."""
+    image = Image.open(os.path.join(SAMPLES, "grace_hopper.jpg"))
+    assert image.size == (512, 600)
+    family = family_of_name("cvt_21_224")
+    transform = family.image_transform(224)
+    assert (transform.resize, transform.size, transform.interpolation) == (256, 224, "bicubic")
+    got = apply_test_transform(image, transform, family.mean, family.std)
+    resized = np.asarray(image.convert("RGB").resize((256, 300), Image.BICUBIC), dtype=np.float32) / 255.0
+    crop = resized[38:262, 16:240]
+    expected = (crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    assert got.shape == (3, 224, 224)
+    assert np.abs(got.permute(1, 2, 0).numpy() - expected).max() < 1e-5
+    whole = apply_test_transform(image, family.image_transform(384), (0, 0, 0), (1, 1, 1))
+    plain = np.asarray(image.convert("RGB").resize((384, 384), Image.BICUBIC), dtype=np.float32) / 255.0
+    assert np.abs(whole.permute(1, 2, 0).numpy() - plain).max() < 1e-6
+
+
+@pytest.fixture
+def folder(tmp_path):
+    for cls, files in PHOTOS.items():
+        os.makedirs(tmp_path / "val" / cls)
+        for f in files:
+            shutil.copy(os.path.join(SAMPLES, f), tmp_path / "val" / cls / f)
+    return tmp_path
+
+
+def test_flat_folder_with_a_labels_list_reads_as_the_class_folders(folder, tmp_path):
+    nested, names = scan_images(str(folder / "val"), "")
+    flat = tmp_path / "flat"
+    os.makedirs(flat / "val")
+    lines = []
+    for path, label in nested:
+        shutil.copy(path, flat / "val" / os.path.basename(path))
+        lines.append(f"{os.path.basename(path)} {names[label]}")
+    (flat / "val.txt").write_text("\n".join(lines) + "\n")
+    items, flat_names = scan_images(str(flat / "val"), str(flat / "val.txt"))
+    assert flat_names == names == ["object", "person"]
+    assert [(os.path.basename(p), l) for p, l in items] == [(os.path.basename(p), l) for p, l in nested]
+
+
+def test_eval_on_photographs_end_to_end(folder, tmp_path):
+    """The model's own logits on the hand-transformed images decide the expected top-1; the results file
+    has the video evaluation's layout, with per-image GFLOPs under ATS."""
+    torch.manual_seed(0)
+    model = videoats.create_model("cvt_tiny_96", num_classes=2).eval()
+    ckpt = tmp_path / "cvt.safetensors"
+    save_checkpoint(ckpt, model)
+    family = family_of_name("cvt_tiny_96")
+    items, names = scan_images(str(folder / "val"), "")
+    x = torch.stack([apply_test_transform(Image.open(p), family.image_transform(96), family.mean, family.std)
+                     for p, _ in items])
+    with torch.no_grad():
+        expected = (model(x).argmax(dim=1) == torch.tensor([l for _, l in items])).float().mean().item() * 100
+    out = tmp_path / "out"
+    rc = cli_main(["eval", "--config", "configs/imagenet/cvt_21_384_ats.yaml", "--checkpoint", str(ckpt),
+                   "--output", str(out), "--json", "MODEL.NAME", "cvt_tiny_96", "MODEL.NUM_CLASSES", "2",
+                   "DATA.PATH_TO_DATA_DIR", str(folder), "DATA.TEST_CROP_SIZE", "96", "ATS.BLOCKS", "[1, 2, 3]",
+                   "ATS.TOKENS", "[0.5]", "DATA.NUM_WORKERS", "0"])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["coverage"]["evaluated_videos"] == 3 and doc["coverage"]["complete"]
+    assert doc["metrics"]["video"]["top1"] == pytest.approx(expected, abs=1e-3)
+    assert doc["metrics"]["video"]["top5"] == pytest.approx(100.0)
+    adaptive = doc["gflops"]["adaptive"]
+    dense = videoats.flops.analytic_gflops(model)
+    assert adaptive["per_view"]["min"] <= adaptive["per_view"]["mean"] <= adaptive["per_view"]["max"] < dense
