@@ -152,6 +152,8 @@ def video_lines(r: dict, run: dict) -> list:
         lines.append(f"  kept tokens (mean over views): {_kept_text(r['kept_tokens'], r['patch_tokens'])}")
     if "per_clip" not in r:
         lines.append(coverage_line(r))
+    if r.get("short"):
+        lines.append(f"  note: {r['short']}")
     for c in r.get("per_clip", []):
         lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
     return lines

@@ -17,10 +17,12 @@ Why it is built this way:
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
@@ -29,6 +31,7 @@ from ..data.clips import (cover_plan, covered_seconds, crop_views, make_views, p
                           read_clip_frames, sliding_plan)
 from ..data.decoding import DecodeFailure
 from ..data.files import expand_inputs
+from ..data.sampling import clip_span, frame_indices
 from ..errors import VideoATSError
 from ..evaluation.metrics import AGGREGATION_DOC, aggregate
 from ..flops import CONVENTION, analytic_gflops
@@ -110,10 +113,49 @@ def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool
     started = time.perf_counter()
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
-    method = str(predictor.cfg.TEST.AGGREGATION)
     chunks = read_clip_frames(path, s, _clip_planner(predictor, per_clip, stride), transform=protocol_frame(s))
     _, plan = next(chunks)
     out = runner.concat([run_views(predictor, crop_views(frames, s, crops)) for _, frames in chunks])
+    return answer(predictor, plan, out, {"path": path}, topk, per_clip, started)
+
+
+def predict_frames(predictor: Predictor, frames, fps: float, topk: int = 5, per_clip: bool = False,
+                   stride: Optional[float] = None) -> dict:
+    """`predict_video` for frames already in memory: uint8 (T, H, W, 3) RGB (numpy or torch) at `fps`.
+
+    The same clips, views and answer as for a video file of those frames; each frame a clip uses is
+    normalised and resized once (`protocol_frame`), so no float copy of the whole array is made."""
+    started = time.perf_counter()
+    frames = check_frames(frames)
+    s = predictor.settings()
+    crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
+    plan = _clip_planner(predictor, per_clip, stride)(len(frames), float(fps))
+    plan.fps = float(fps)
+    transform = protocol_frame(s)
+    small = {int(i): transform(frames[int(i)]) for i in np.unique(plan.indices)}
+    per_run = max(1, int(predictor.cfg.TEST.BATCH_SIZE) // max(1, crops))
+    outs = []
+    for first in range(0, len(plan.starts), per_run):
+        clips = np.stack([np.stack([small[int(i)] for i in row]) for row in plan.indices[first:first + per_run]])
+        outs.append(run_views(predictor, crop_views(clips, s, crops)))
+    return answer(predictor, plan, runner.concat(outs), {"path": None}, topk, per_clip, started)
+
+
+def check_frames(frames) -> np.ndarray:
+    """uint8 (T, H, W, 3) as numpy, or VideoATSError saying what was given and what is wanted."""
+    array = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8 or len(array) == 0:
+        raise VideoATSError(f"frames of shape {tuple(array.shape)} and type {array.dtype}: give uint8 RGB frames "
+                            "shaped (T, H, W, 3), T at least 1")
+    return array
+
+
+def answer(predictor: Predictor, plan, out: ViewOutputs, head: dict, topk: int, per_clip: bool,
+           started: float) -> dict:
+    """One video's answer from its clip plan and the outputs of its views (clip-major, crops inner)."""
+    s = predictor.settings()
+    crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
+    method = str(predictor.cfg.TEST.AGGREGATION)
     logits, gflops_t, kept_t = out.logits, out.gflops, out.kept
     tokens = patch_tokens(predictor)
     agg, probs = scores_and_probs(logits, method)
@@ -121,7 +163,7 @@ def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool
     duration = plan.duration()
     covered = covered_seconds(windows)
     result = {
-        "path": path, "num_frames": plan.num_frames, "fps": round(float(plan.fps), 4),
+        **head, "num_frames": plan.num_frames, "fps": round(float(plan.fps), 4),
         "duration_s": round(duration, 4), "variable_frame_rate": plan.by_time,
         "views": int(logits.shape[0]), "clips": len(plan.starts), "crops": crops,
         "coverage": {"windows_s": [[round(a, 4), round(b, 4)] for a, b in windows],
@@ -131,6 +173,9 @@ def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool
         "gflops": _gflops_summary(gflops_t), "kept_tokens": _kept_summary(kept_t, tokens),
         "patch_tokens": tokens,
     }
+    if plan.num_frames < plan.span:
+        result["short"] = (f"the video has {plan.num_frames} frames but a clip spans {math.ceil(plan.span)}: "
+                           "its last frame is repeated to fill the clip, so the answer is less reliable")
     if per_clip:
         clips = []
         for c, (start_s, end_s) in enumerate(windows):
@@ -151,6 +196,50 @@ def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool
         result["per_clip"] = clips
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: Optional[float] = None,
+                   topk: int = 5) -> Iterator[dict]:
+    """Answers for a sliding window over a stream of frames, each yielded as soon as its last frame arrives.
+
+    `frames`: any iterable of uint8 (H, W, 3) RGB frames at a constant `fps` (a camera, a decoder loop).
+    Windows are the clips `infer --per-clip` takes (one clip long, every `stride` seconds; default one
+    clip length), with the same frame positions; only the small resized frames of the windows still open
+    are kept. A stream shorter than one clip gives one answer with its last frame repeated (`short`)."""
+    s = predictor.settings()
+    crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
+    span = clip_span(s.num_frames, s.sampling_rate, fps, s.target_fps)
+    step = span if not stride else float(stride) * float(fps)
+    if step <= 0 or not fps or fps <= 0:
+        raise VideoATSError(f"fps {fps} and stride {stride}: give a positive frame rate and stride")
+    transform = protocol_frame(s)
+    kept: Dict[int, np.ndarray] = {}
+    count, window = 0, 0
+
+    def emit(start: float, length: int) -> dict:
+        rows = frame_indices(start, span, s.num_frames, length)
+        clip = np.stack([kept[int(i)] for i in rows])[None]
+        out = run_views(predictor, crop_views(clip, s, crops))
+        method = str(predictor.cfg.TEST.AGGREGATION)
+        agg, probs = scores_and_probs(out.logits, method)
+        first, last = int(rows.min()), int(rows.max())
+        result = {"index": window, "start_s": round(first / fps, 4), "end_s": round((last + 1) / fps, 4),
+                  "frame_indices": rows.tolist(), "topk": top_k(agg, predictor.label_names, topk, probs),
+                  "gflops": _gflops_summary(out.gflops)}
+        if length < span:
+            result["short"] = f"the stream ended after {length} frames, less than a clip ({math.ceil(span)})"
+        return result
+
+    for frame in frames:
+        kept[count] = transform(check_frames(np.asarray(frame)[None])[0])
+        count += 1
+        while window * step + span - 1 < count:  # the frame at the window's last position has arrived
+            yield emit(window * step, count)
+            window += 1
+            for i in [i for i in kept if i < int(window * step)]:  # frames no later window uses
+                del kept[i]
+    if window == 0 and count:
+        yield emit(0.0, count)
 
 
 def describe_run(predictor: Predictor, per_clip: bool = False) -> dict:
