@@ -63,8 +63,9 @@ def test_flat_folder_with_a_labels_list_reads_as_the_class_folders(folder, tmp_p
 
 
 def test_eval_on_photographs_end_to_end(folder, tmp_path):
-    """The model's own logits on the hand-transformed images decide the expected top-1; the results file
-    has the video evaluation's layout, with per-image GFLOPs under ATS."""
+    """The model's own logits on the hand-transformed images decide the expected top-1 (a transform or label
+    order that differs from the hand one moves it); the results file has the video evaluation's layout, with
+    per-image GFLOPs under ATS below the dense count."""
     torch.manual_seed(0)
     model = videoats.create_model("cvt_tiny_96", num_classes=2).eval()
     ckpt = tmp_path / "cvt.safetensors"
@@ -75,6 +76,7 @@ def test_eval_on_photographs_end_to_end(folder, tmp_path):
                      for p, _ in items])
     with torch.no_grad():
         expected = (model(x).argmax(dim=1) == torch.tensor([l for _, l in items])).float().mean().item() * 100
+    (folder / "val" / "person" / "truncated.jpg").write_bytes(b"\xff\xd8 not a whole jpeg")
     out = tmp_path / "out"
     rc = cli_main(["eval", "--config", "configs/imagenet/cvt_21_384_ats.yaml", "--checkpoint", str(ckpt),
                    "--output", str(out), "--json", "MODEL.NAME", "cvt_tiny_96", "MODEL.NUM_CLASSES", "2",
@@ -82,7 +84,10 @@ def test_eval_on_photographs_end_to_end(folder, tmp_path):
                    "ATS.TOKENS", "[0.5]", "DATA.NUM_WORKERS", "0"])
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
-    assert doc["coverage"]["evaluated_videos"] == 3 and doc["coverage"]["complete"]
+    # an unreadable image is reported, never replaced or silently skipped
+    coverage = doc["coverage"]
+    assert (coverage["evaluated_videos"], coverage["expected_videos"], coverage["complete"]) == (3, 4, False)
+    assert coverage["by_reason"] == {"unreadable image": 1}
     assert doc["metrics"]["video"]["top1"] == pytest.approx(expected, abs=1e-3)
     assert doc["metrics"]["video"]["top5"] == pytest.approx(100.0)
     adaptive = doc["gflops"]["adaptive"]
