@@ -1,7 +1,6 @@
 """`videoats models` counts parameters on the meta device: the published counts, derived here by hand from
 the architectures, without allocating or initialising a single weight."""
 import json
-import time
 
 import torch
 
@@ -35,8 +34,9 @@ def test_tiny_models_count_as_a_real_build():
         assert models_cmd.describe(name)["params"] == real, name
 
 
-def test_models_builds_on_meta_and_is_quick(monkeypatch, capsys):
-    models_cmd.describe("deit_small_patch16_224")  # timm's first import is not the command's cost
+def test_models_builds_on_meta(monkeypatch, capsys):
+    """Every model the command lists is built on the meta device (no weights allocated or initialised: the
+    122M-parameter models take seconds each to build for real); timings are left to benchmarks."""
     built = []
 
     def spy(name, **kw):
@@ -45,11 +45,7 @@ def test_models_builds_on_meta_and_is_quick(monkeypatch, capsys):
         return model
 
     monkeypatch.setattr(models_cmd, "create_model", spy)
-    start = time.perf_counter()
     assert main(["models", "--json"]) == 0
-    took = time.perf_counter() - start
     listed = json.loads(capsys.readouterr().out)["models"]
     assert len(built) == len(listed) == len(videoats.list_models())
     assert all(p.device == torch.device("meta") for m in built for p in m.parameters())
-    # about 0.3 s for all nine; building the 122M-parameter models for real takes seconds each
-    assert took < 3.0, took
