@@ -1,4 +1,4 @@
-"""The ATS paper's three figures, measured on the synthetic benchmark (issue #14).
+"""The ATS paper's three figures, measured on the synthetic benchmark.
 
 1. Kept tokens per ATS stage, as histograms over the test set ("Adaptive Sampling").
 2. Top-1 against GFLOPs per view for several budgets ("Model Scaling"): dense, ATS off the shelf, ATS

@@ -67,7 +67,7 @@ CONVENTION = ("fvcore convention: 1 fused multiply-add = 1 flop; counts linear/c
 # Published per-view GFLOPs (fvcore convention) and the views of the published totals.
 PUBLISHED = {
     "timesformer_8x224": dict(per_view=196.1, views=(1, 3), total=590.0,
-                              source="issue #5 seed; mmaction2 zoo lists 196G per view, 590 at 1x3"),
+                              source="TimeSformer paper, 0.59 TFLOPs at 1x3; mmaction2 zoo lists 196G per view"),
     "timesformer_hr_16x448": dict(per_view=1704.5, views=(1, 3), total=5110.0, source="ATS poster, K600 table"),
     "timesformer_l_96x224": dict(per_view=2382.5, views=(1, 3), total=7140.0,
                                  source="TimeSformer paper, 7.14 TFLOPs at 1x3"),
