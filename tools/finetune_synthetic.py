@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ATS benchmark recipe of issue #14, in one repeatable command (about 50 minutes on 2 CPU cores, all in):
+"""The ATS benchmark recipe, in one repeatable command (about 50 minutes on 2 CPU cores, all in):
 
     python tools/finetune_synthetic.py [--data data/benchmark] [--out outputs/benchmark] [--json]
 

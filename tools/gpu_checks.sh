@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check only a GPU can show (issue #13), as one prepared run that fits a short lease:
+# Every check only a GPU can show, as one prepared run that fits a short lease:
 #   tools/gpu_checks.sh tests          the CUDA tests (ATS modes on CUDA, accounting, autocast), ~2 minutes
 #   tools/gpu_checks.sh static         bench_ats, static mode, eager and compiled: TimeSformer and DeiT-S rows
 #   tools/gpu_checks.sh static-xvit    the same for X-ViT, every variant (a call of its own: each compile takes
