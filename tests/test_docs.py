@@ -148,3 +148,19 @@ def test_readme_demo_table_is_what_the_demo_prints():
     readme, bench = _read("README.md"), _read("docs", "benchmark.md")
     rows = [l for l in readme.splitlines() if re.match(r"^(dense|ATS)\s+\d", l)]
     assert len(rows) == 2 and all(r in bench for r in rows)
+
+
+def test_no_internal_issue_numbers_in_what_users_read():
+    """Configs, tools' help and the package's messages speak of the product, not of its tracker: no
+    "issue #N", "(#N)" or "#N's" (an external source is named with its repository, e.g. decord#373)."""
+    pattern = re.compile(r"\bissues? #?\d|\(#\d+\)|(?<![\w/])#\d+'s")
+    found = []
+    for top in ("videoats", "configs", "tools"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                if name.endswith((".py", ".yaml", ".sh")):
+                    path = os.path.join(folder, name)
+                    with open(path, encoding="utf-8") as f:
+                        found += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1)
+                                  if pattern.search(line)]
+    assert not found, found
