@@ -59,6 +59,9 @@ def test_zoo_k600_entries_carry_the_k600_order_or_say_it_is_unknown():
         else:  # an unknown order must be said where users look it up, under the entry's name
             assert zoo.label_names(name) is None and f"`{name}`" in readme, name
     assert zoo.label_names("timesformer_8x224_k600") == names  # the official TimeSformer file is known
+    for page in ("models.md", "evaluation.md"):  # where users look the class order up
+        with open(os.path.join(ROOT, "docs", page), encoding="utf-8") as f:
+            assert "data/kinetics600/labels.txt" in f.read(), page
 
 
 def test_zoo_recognises_its_files_by_name_and_cache_path(tmp_path, monkeypatch):
