@@ -182,7 +182,7 @@ def entry_for(path: str) -> Optional[str]:
     if path.startswith(PREFIX):
         return path[len(PREFIX):] if path[len(PREFIX):] in ZOO else None
     real = os.path.realpath(os.path.expanduser(path))
-    for name, e in ZOO.items():
+    for name in ZOO:
         if real == os.path.realpath(local_path(name)):
             return name
     base = os.path.basename(real)
