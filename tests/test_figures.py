@@ -15,7 +15,8 @@ from videoats.ats.sampler import inverse_transform_sample, top_k_sample
 from videoats.cli import main
 from videoats.data.synthetic import make_synthetic
 from videoats.errors import VideoATSError
-from videoats.figures import equal_gflops_gaps, ranks, spearman
+from videoats.config import load_config
+from videoats.figures import equal_gflops_gaps, load_test_clips, ranks, run_setting, spearman
 
 from test_ats import peaky, video
 
@@ -82,6 +83,27 @@ def test_equal_gflops_gap_interpolates_the_top_k_curve():
     assert gaps[0]["top_k_top1_at_same_gflops"] == pytest.approx(82.5) and gaps[0]["gap"] == pytest.approx(2.5)
 
 
+def test_reversed_frames_are_the_clips_played_backwards():
+    """The README's "the model uses time" figure compares each clip's prediction with that of the clip played
+    backwards: the reversed predictions are those of the frames flipped in time, clip by clip (not in height
+    or width, which a time-blind model would also notice), and a model blind to frame order (TimeSformer
+    without its time embedding: attention over frames is order-free and the CLS averages the frames) changes
+    none."""
+    model = peaky(videoats.create_model("timesformer_tiny_8x32", num_classes=5).eval())
+    clips = {"video": torch.randn(8, 3, 8, 32, 32, generator=torch.Generator().manual_seed(2)),
+             "label": torch.arange(8) % 5}
+    with torch.no_grad():
+        forward, backward = (model(clips["video"].flip(dims)).argmax(1) for dims in ((), (2,)))
+    assert not torch.equal(forward, backward)  # this model and these clips tell the two orders apart
+    assert torch.equal(run_setting(model, clips, reverse=True)["pred"], backward)
+    with torch.no_grad():
+        model.time_embed.zero_()
+        upside_down = model(clips["video"].flip(3)).argmax(1)
+    blind = run_setting(model, clips)["pred"]
+    assert not torch.equal(blind, upside_down)  # flipped the wrong way, the blind model would show a change
+    assert torch.equal(run_setting(model, clips, reverse=True)["pred"], blind)
+
+
 def test_figures_command_end_to_end_is_repeatable(tmp_path, capsys):
     """Random weights on six clips: every file is written, every clip counted, and a rerun gives the same JSON."""
     make_synthetic(str(tmp_path / "d"), num_classes=3, videos_per_class={"test": 2}, num_frames=8, size=64, seed=1)
@@ -102,6 +124,12 @@ def test_figures_command_end_to_end_is_repeatable(tmp_path, capsys):
     for name in ("kept_tokens", "scaling", "adaptivity", "json"):
         assert os.path.getsize(doc["files"][name]) > 0
     assert all(len(v) == 6 and max(v) <= 8 * 64 for v in doc["kept_tokens_histogram"].values())
-    assert 0 <= doc["dense"]["reversed_frames_change_prediction_pct"] <= 100
+    # the share of changed predictions, recounted from the dense weights on the same clips
+    clips = load_test_clips(load_config(config, args[args.index("DATA.PATH_TO_DATA_DIR"):]))
+    model = videoats.create_model("timesformer_tiny_8x64", num_classes=3).eval()
+    model.load_state_dict(torch.load(ckpt))
+    with torch.no_grad():
+        changed = (model(clips["video"]).argmax(1) != model(clips["video"].flip(2)).argmax(1)).double().mean()
+    assert doc["dense"]["reversed_frames_change_prediction_pct"] == round(100 * float(changed), 2)
     strip = lambda d: {k: v for k, v in d.items() if k not in ("files",)}  # noqa: E731
     assert strip(docs[0]) == strip(docs[1])
