@@ -225,7 +225,14 @@ def test_torchrun_two_processes_train_resume_evaluate(tiny_synthetic, tmp_path):
     assert all("top1" in r["val"] and r["val"]["videos"] == 10 for r in log if r["event"] == "epoch")
     assert any(r["event"] == "resume" for r in log)
     test = r2["test"]
-    assert test["num_videos"] == 10 and 0 <= test["top1"] <= 100 and test["gflops_per_view"] > 0
+    assert test["num_videos"] == 10 and test["gflops_per_view"] > 0
+    assert test["checkpoint"] == r2["best"]["checkpoint"]  # the best checkpoint was tested, not the last
     with open(os.path.join(out, "test", "results.json")) as f:
         assert json.load(f)["coverage"]["evaluated_videos"] == 10
+    # the reported accuracy is that of the test predictions, recounted from the file of predictions
+    with open(os.path.join(out, "test", "predictions.jsonl")) as f:
+        preds = [json.loads(line) for line in f]
+    assert sorted(p["video_index"] for p in preds) == list(range(10))
+    assert test["top1"] == pytest.approx(100 * sum(p["top5"][0]["index"] == p["label"] for p in preds) / 10)
+    assert test["top5"] == pytest.approx(100 * sum(p["label"] in [t["index"] for t in p["top5"]] for p in preds) / 10)
     assert os.listdir(os.path.join(out, "tensorboard"))
