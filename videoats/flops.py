@@ -251,6 +251,7 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int,
     keys = None  # keys a query meets: its own frame's tokens (1 + n), or a fixed count (`CostSpec.at_size`)
     if spec.at_size is not None:
         fixed, grid, keys = spec.at_size(*size)
+        keys = keys or None  # 0: queries meet their own frame's tokens
         if grid != l0:
             raise VideoATSError(f"the sampled grid has {l0} locations, but a {size[0]}x{size[1]} input gives {grid}: "
                                 "give the input's shape")

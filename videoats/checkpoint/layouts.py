@@ -204,6 +204,8 @@ def detect_layout(sd: Dict[str, Tensor]) -> str:
         return "hf_cvt"
     if any(re.match(r"stage\d+\.blocks\.\d+\.attn\.conv_proj_q\.", k) for k in keys):
         return "cvt_official"
+    if any(k.startswith("ps_layers.") for k in keys) and "point_coord" in keys:
+        return "psvit_official"
     if any(k.startswith(("timesformer.", "classifier.", "embeddings.patch_embeddings")) for k in keys):
         return "hf_timesformer"
     if any(k.startswith(("base_model.", "consensus.", "new_fc.")) for k in keys):

@@ -71,5 +71,6 @@ class CostSpec:
     dim: int = 0
     # a model whose sampled grid is not a patch grid of the input (CvT: the last of three convolutional stages):
     # (input height, width) -> (multiply-adds the sample does not change, locations of the sampled grid, keys
-    # every query of a block meets there). With it, `patch` is 0 and attention pairs are (1 + queries) x keys.
+    # every query of a block meets there, or 0: its own frame's tokens). With it, `patch` is 0 and attention
+    # pairs are (1 + queries) x keys.
     at_size: Optional[Callable[[int, int], Tuple[int, int, int]]] = None
