@@ -16,8 +16,13 @@ import time
 import pytest
 import torch
 
+import videoats
+from videoats.ats import kept_tokens
 from videoats.cli import main as cli_main
 from videoats.config import load_config
+from videoats.errors import VideoATSError
+from videoats.flops import analytic_gflops, sample_gflops
+from videoats.train.log import ats_stats
 from videoats.train.optim import lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +74,25 @@ def test_warmup_cosine_by_hand():
     assert lr_at(10, base, low, 4, 12) == pytest.approx(low + (base - low) * 0.5 * (1 + math.cos(math.pi * 0.75)))
     assert lr_at(12, base, low, 4, 12) == pytest.approx(low)
     assert lr_at(5, base, low, 0, 10) == pytest.approx(low + (base - low) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_ats_stats_of_the_last_forward_pass_and_its_errors_raised():
+    """The kept tokens and GFLOPs a training log reports are those of the batch just run; a batch the
+    accounting cannot match (here: not the one the model last ran) is an error raised, not an empty row."""
+    torch.manual_seed(0)
+    model = videoats.create_model("timesformer_tiny_8x32", ats=dict(blocks=[1], tokens=0.5)).eval()
+    x = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        model(x)
+    row = ats_stats(model, x)
+    assert row["gflops_per_sample"] == pytest.approx(float(sample_gflops(model, x).mean()), rel=1e-12)
+    assert row["kept_tokens"] == {"block1": pytest.approx(float(kept_tokens(model)[1].double().mean()))}
+    with pytest.raises(VideoATSError, match="batch 2, not 1"):
+        ats_stats(model, x[:1])
+    dense = videoats.create_model("timesformer_tiny_8x32").eval()
+    with torch.no_grad():
+        dense(x)
+    assert ats_stats(dense, x) == {"gflops_per_sample": pytest.approx(analytic_gflops(dense), rel=1e-12)}
 
 
 def test_schedule_and_accumulation_in_the_engine(tiny_synthetic, tmp_path):
