@@ -68,17 +68,25 @@ def test_frames_resized_as_decoded_give_the_protocol_views_of_the_full_frames(vt
         assert torch.allclose(got, expected, rtol=0, atol=1e-5)
 
 
-def test_decord_never_decodes_more_full_size_frames_than_a_chunk_at_once(vt, tmp_path, monkeypatch):
+def test_decord_reads_in_chunks_of_bounded_bytes_and_closes_while_converting(vt, tmp_path, monkeypatch):
     if not decoding.decord_available():
         pytest.skip("decord not installed")
-    path = vt.index_video(tmp_path / "long.mp4", 60)
-    asked = []
-    real = decoding._decord.VideoReader.get_batch
+    path = vt.index_video(tmp_path / "long.mp4", 60)  # 32x40 frames: 3840 bytes each
+    monkeypatch.setattr(decoding, "DECORD_CHUNK_BYTES", 3840 * 7)  # 7 frames a call
+    asked, opened = [], []
+    real_batch, real_init = decoding._decord.VideoReader.get_batch, decoding._decord.VideoReader.__init__
     monkeypatch.setattr(decoding._decord.VideoReader, "get_batch",
-                        lambda self, idx: asked.append(len(idx)) or real(self, idx))
+                        lambda self, idx: asked.append(len(idx)) or real_batch(self, idx))
+    monkeypatch.setattr(decoding._decord.VideoReader, "__init__",
+                        lambda self, *a, **k: opened.append(1) or real_init(self, *a, **k))
     frames, _, _ = read_frames(path, lambda n, fps: np.arange(n), backend="decord", fallback=False)
     assert vt.decode_index(frames).tolist() == list(range(60))
-    assert max(asked) <= decoding.DECORD_CHUNK and sum(asked) == 60  # the last frame is also the checked one
+    assert asked == [7] * 8 + [4] and len(opened) == 1  # 60 frames (the last one is also the checked one)
+    asked.clear(), opened.clear()
+    small, _, _ = read_frames(path, lambda n, fps: np.arange(n), backend="decord", fallback=False,
+                              transform=lambda f: f[:1, :1].copy())
+    assert asked == [7] * 8 + [4] and len(opened) == 9  # reopened for every chunk after the first
+    assert small.shape == (60, 1, 1, 3) and vt.decode_index(small).tolist() == list(range(60))
 
 
 # ------------------------------------------------------------------------------------ cut downloads

@@ -14,6 +14,7 @@ the frames a clip used.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -166,11 +167,21 @@ def protocol_frame(settings) -> FrameTransform:
     treats every channel plane on its own, so this gives the numbers resizing the whole clip at once gives,
     without ever holding the clip at full size in float32 (`crop_views` then cuts the crops)."""
     s = settings
+    mean = torch.tensor(s.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(s.std, dtype=torch.float32).view(3, 1, 1)
+    # One float32 frame buffer per thread, reused: a fresh full-size temporary per frame makes glibc's malloc
+    # raise its mmap threshold and keep the freed blocks (measured: +1.9 GB RSS over 152 1080p frames).
+    # Per thread, because a decoder abandoned after a timeout may still be converting frames.
+    local = threading.local()
 
     def transform(frame: np.ndarray) -> np.ndarray:
-        plane = normalize(torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1), s.mean, s.std,
-                          channel_dim=0)
-        return resize_short_side(plane, s.test_crop_size).numpy()
+        image = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+        plane = getattr(local, "plane", None)
+        if plane is None or plane.shape != image.shape:
+            plane = local.plane = torch.empty(image.shape, dtype=torch.float32)
+        plane.copy_(image).div_(255.0).sub_(mean).div_(std)  # `normalize`'s arithmetic, in place
+        resized = resize_short_side(plane, s.test_crop_size)
+        return (resized.clone() if resized is plane else resized).numpy()
 
     return transform
 
