@@ -124,6 +124,14 @@ ZOO: Dict[str, ZooEntry] = {
            ("cvt_21_384", "in22k", "cvt-21-384-22k", "CvT-21 384 px, ImageNet-22k pretrained, 1k fine-tuned"),
            ("cvt_13_224", "in1k", "cvt-13", "CvT-13 224 px ImageNet-1k"),
            ("cvt_21_224", "in1k", "cvt-21", "CvT-21 224 px ImageNet-1k"))},
+    # PS-ViT: the official files are on Google Drive (yuexy/PS-ViT README); `uc?export=download` gives the file
+    # itself (no confirmation page below 100 MB), a raw or `state_dict` dict that timm's load_checkpoint reads
+    **{f"{model}_in1k": ZooEntry(
+        model, ((f"{theirs}.pth", f"https://drive.google.com/uc?export=download&id={drive}"),),
+        f"{title} ImageNet-1k, official (yuexy/PS-ViT, Google Drive)")
+       for model, theirs, drive, title in (
+           ("psvit_b18_224", "ps_vit_b_18", "1KG4TdrfbNNdbNImCPCdSeQ5Y-gkDMlnr", "PS-ViT-B/18"),
+           ("psvit_b14_224", "ps_vit_b_14", "1FAAOCbpgPKlSe3dWIzQLg8JK6okvZkC5", "PS-ViT-B/14"))},
 }
 
 
