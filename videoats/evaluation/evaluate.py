@@ -20,7 +20,6 @@ from typing import List, Optional
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
@@ -197,9 +196,8 @@ def _run_views(model, loader, device, batch_views: int, progress: bool, rank: in
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
-def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] = None,
-             output_dir: Optional[str] = None, progress: bool = True) -> dict:
-    """Multi-view test of `model` (or the config's model with `checkpoint` / TEST.CHECKPOINT_FILE).
+def evaluate(cfg, checkpoint: Optional[str] = None, output_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """Multi-view test of the config's model with `checkpoint` (default TEST.CHECKPOINT_FILE).
 
     Every input problem is raised as VideoATSError before any video is decoded. Under torch.distributed each
     process evaluates its shard and every process returns the same results; only rank 0 writes files
@@ -210,7 +208,7 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
     started = time.perf_counter()
     rank, world = rank_world()
     warnings: List[str] = []
-    if checkpoint is None and model is None:
+    if checkpoint is None:
         checkpoint = cfg.TEST.CHECKPOINT_FILE or None
     checkpoint = zoo.resolve(checkpoint) if checkpoint else checkpoint  # zoo:NAME -> the cached file
     if checkpoint and not os.path.exists(checkpoint):
@@ -229,13 +227,10 @@ def evaluate(cfg, model: Optional[nn.Module] = None, checkpoint: Optional[str] =
         dataset = build_image_dataset(cfg, split, transform, family.mean, family.std)
     else:
         dataset = build_dataset(cfg, split)
-    built = model is None
-    if built:
-        model = build_from_cfg(cfg)
-    net = model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    net = build_from_cfg(cfg)
     report = load_weights(net, checkpoint, not_found=" (give --checkpoint or TEST.CHECKPOINT_FILE)",
                           fix="; use the config of the architecture it was saved from") if checkpoint else None
-    if checkpoint is None and built:
+    if checkpoint is None:
         warnings.append("no checkpoint given: a randomly initialised model was evaluated")
     ckpt_labels = _meta(report, "label_names") if report is not None else None
     zoo_name = zoo.entry_for(checkpoint) if checkpoint and not ckpt_labels else None
