@@ -265,5 +265,21 @@ def test_visualize_png_and_gif(clips, biased_ckpt, tmp_path, capsys):
     with Image.open(gif) as anim:
         assert anim.n_frames == 4 and anim.size == (out["animation"]["width"], out["animation"]["height"])
 
-    code, out, err = run(capsys, "visualize", clips[0], clips[1], "--checkpoint", biased_ckpt)
-    assert code == 2 and "exactly one video" in err
+
+
+def test_visualize_several_videos_one_picture_each_after_checking_every_path(clips, biased_ckpt, bad_videos,
+                                                                              tmp_path, capsys):
+    code, out, err = run(capsys, "visualize", clips[0], clips[1], "--checkpoint", biased_ckpt, "--output",
+                         tmp_path / "x.png")
+    assert code == 2 and "--output-dir" in err and not (tmp_path / "x.png").exists()
+    code, out, err = run(capsys, "visualize", clips[0], clips[0], "--checkpoint", biased_ckpt, "--output-dir",
+                         tmp_path)
+    assert code == 2 and "same picture" in err
+    folder = tmp_path / "pics"
+    code, out, err = run(capsys, "visualize", clips[0], bad_videos["truncated"], clips[1], "--checkpoint",
+                         biased_ckpt, "--output-dir", folder, "--json")
+    assert code == 0 and [r["video"] for r in out["results"]] == [clips[0], clips[1]]
+    assert [e["reason"] for e in out["errors"]] == ["corrupt"]
+    for r, video in zip(out["results"], (clips[0], clips[1])):
+        stem = os.path.splitext(os.path.basename(video))[0]
+        assert r["output"] == str(folder / f"{stem}_tokens.png") and os.path.getsize(r["output"]) > 0

@@ -255,3 +255,35 @@ def test_whole_video_text_says_what_it_covered(vt, tmp_path, capsys):
     assert r["coverage"] == {"windows_s": [[0.0, pytest.approx(8 / 30, abs=1e-4)]],
                              "covered_s": pytest.approx(8 / 30, abs=1e-4), "fraction": pytest.approx(1 / 12, abs=1e-3)}
     assert r["views"] == 1
+
+
+# ------------------------------------------------------------------------------------ odd inputs
+
+
+def test_a_video_shorter_than_a_clip_is_answered_with_a_note(vt, tmp_path, capsys):
+    path = vt.index_video(tmp_path / "short.mp4", 10)  # the demo model's clip spans 8 x 4 = 32 frames
+    code = main(["infer", path, "--checkpoint", "demo", "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0 and "note: the video has 10 frames but a clip spans 32" in text
+    code = main(["infer", vt.index_video(tmp_path / "long.mp4", 40), "--checkpoint", "demo", "--json"])
+    assert code == 0 and "short" not in json.loads(capsys.readouterr().out)["results"][0]
+
+
+def test_a_raw_h264_stream_is_decoded(tmp_path, capsys):
+    """An elementary stream has no container index nor timestamps: its frames are counted from its packets
+    (a seek back to the start, which such a stream cannot do, once made it "corrupt")."""
+    import av
+
+    path = str(tmp_path / "raw.h264")
+    with av.open(path, "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(40):
+            array = np.full((48, 64, 3), i * 5, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    code = main(["infer", path, "--checkpoint", "demo", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["errors"] == [] and out["results"][0]["num_frames"] == 40

@@ -279,4 +279,6 @@ def visualize_clip(predictor, path: str, output: str, gif: Optional[str] = None,
             "clip_frames": [int(i) for i in source], "patch_tokens": total, "stages": stages,
             "topk": top_k(agg, predictor.label_names, 5, probs),
             "gflops_per_view": round(float(out.gflops[0]), 6) if out.gflops is not None else None,
-            "dense_gflops_per_view": dense_gflops_per_view(predictor), "warnings": list(predictor.warnings)}
+            "dense_gflops_per_view": dense_gflops_per_view(predictor), "warnings": list(predictor.warnings) + (
+                [f"{path} has {plan.num_frames} frames but a clip spans {math.ceil(plan.span)}: its last frame is "
+                 "repeated to fill the clip"] if plan.num_frames < plan.span else [])}
