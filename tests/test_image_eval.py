@@ -90,6 +90,11 @@ def test_eval_on_photographs_end_to_end(folder, tmp_path):
     assert coverage["by_reason"] == {"unreadable image": 1}
     assert doc["metrics"]["video"]["top1"] == pytest.approx(expected, abs=1e-3)
     assert doc["metrics"]["video"]["top5"] == pytest.approx(100.0)
+    # the transform used is recorded, with the family's normalisation (not the config's video default)
+    assert doc["protocol"]["image_transform"] == dict(size=96, resize=109, crop_fraction=0.875,
+                                                      interpolation="bicubic", mean=[0.485, 0.456, 0.406],
+                                                      std=[0.229, 0.224, 0.225])
+    assert "3 of 4 images" in (out / "summary.txt").read_text()
     adaptive = doc["gflops"]["adaptive"]
     dense = videoats.flops.analytic_gflops(model)
     assert adaptive["per_view"]["min"] <= adaptive["per_view"]["mean"] <= adaptive["per_view"]["max"] < dense

@@ -283,7 +283,10 @@ def evaluate(cfg, checkpoint: Optional[str] = None, output_dir: Optional[str] = 
         ats=net.ats.to_dict() if net.ats is not None else None,
         dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
         load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
-        world=world, device=str(device), warnings=warnings)
+        world=world, device=str(device), warnings=warnings,
+        image_transform=dict(size=transform.size, resize=transform.resize, crop_fraction=transform.crop_fraction,
+                             interpolation=transform.interpolation, mean=list(family.mean), std=list(family.std))
+        if images else None)
     doc["label_order"] = label_order
     doc["seconds"] = round(time.perf_counter() - started, 3)
     doc["runtime"] = dict(precision=str(cfg.TEST.PRECISION), compiled=bool(cfg.TEST.COMPILE))

@@ -99,8 +99,11 @@ def _kept(views: dict, tokens_per_view: Optional[int]) -> Optional[dict]:
 
 
 def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, checkpoint, load_report, views,
-                     failed, dense_gflops, view_shape, world, device, warnings) -> Tuple[dict, List[dict]]:
-    """(results dict, per-video predictions) from the merged per-view table."""
+                     failed, dense_gflops, view_shape, world, device, warnings,
+                     image_transform: Optional[dict] = None) -> Tuple[dict, List[dict]]:
+    """(results dict, per-video predictions) from the merged per-view table. An image evaluation gives the
+    test transform it used (`image_transform`: size, resize, crop_fraction, interpolation, mean, std); its
+    images are the file's "videos" of one view each."""
     method = cfg.TEST.AGGREGATION
     num_classes = int(getattr(model, "num_classes", len(dataset.label_names)))
     logits = views["logits"] if views["logits"] is not None else torch.empty(0, num_classes)
@@ -159,6 +162,9 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
         "warnings": list(warnings),
         "config": yaml.safe_load(cfg_yaml),
     }
+    if image_transform is not None:
+        doc["protocol"].update(images=True, image_transform=dict(image_transform), mean=list(image_transform["mean"]),
+                               std=list(image_transform["std"]), num_frames=1)
     return doc, predictions
 
 
@@ -182,16 +188,28 @@ def format_summary(doc: dict) -> str:
     """The table people read; every number says which kind it is (video vs clip, per view vs total)."""
     m, c, g, p = doc["metrics"], doc["coverage"], doc["gflops"], doc["protocol"]
     views = p["views"]
-    lines = [f"videoats eval  {doc['model']['label']}  on {doc['split']} "
-             f"({videos_text(c)}, {doc['world_size']} process(es))",
-             f"checkpoint    {doc['checkpoint'] or 'none (random weights)'}",
-             f"protocol      {views} views (clips x crops), {p['num_frames']} frames every {p['sampling_rate']}, "
-             f"{p['crop_size']} px; aggregation {doc['aggregation']['method']}", "-" * 72,
-             f"{'video top-1 (' + views + ' views)':<38}{_pct(m['video']['top1'])}",
-             f"{'video top-5':<38}{_pct(m['video']['top5'])}",
-             f"{'video mean per-class accuracy':<38}{_pct(m['video']['mean_class_accuracy'])}",
-             f"{'clip-level top-1 (single view)':<38}{_pct(m['clip']['top1'])}   <- not the paper metric",
-             "-" * 72]
+    t = p.get("image_transform")
+    if t:  # images: one view each; the transform is the protocol
+        crop = f"short side {t['resize']}, centre {t['size']} crop" if t["crop_fraction"] else \
+            f"resized to {t['size']} x {t['size']}, no crop"
+        head = [f"videoats eval  {doc['model']['label']}  on {doc['split']} "
+                f"({videos_text(c).replace('videos', 'images')}, {doc['world_size']} process(es))",
+                f"checkpoint    {doc['checkpoint'] or 'none (random weights)'}",
+                f"protocol      1 view per image: {crop}, {t['interpolation']}; mean {t['mean']}, std {t['std']}",
+                "-" * 72, f"{'top-1':<38}{_pct(m['video']['top1'])}", f"{'top-5':<38}{_pct(m['video']['top5'])}",
+                f"{'mean per-class accuracy':<38}{_pct(m['video']['mean_class_accuracy'])}", "-" * 72]
+    else:
+        head = [f"videoats eval  {doc['model']['label']}  on {doc['split']} "
+                f"({videos_text(c)}, {doc['world_size']} process(es))",
+                f"checkpoint    {doc['checkpoint'] or 'none (random weights)'}",
+                f"protocol      {views} views (clips x crops), {p['num_frames']} frames every {p['sampling_rate']}, "
+                f"{p['crop_size']} px; aggregation {doc['aggregation']['method']}", "-" * 72,
+                f"{'video top-1 (' + views + ' views)':<38}{_pct(m['video']['top1'])}",
+                f"{'video top-5':<38}{_pct(m['video']['top5'])}",
+                f"{'video mean per-class accuracy':<38}{_pct(m['video']['mean_class_accuracy'])}",
+                f"{'clip-level top-1 (single view)':<38}{_pct(m['clip']['top1'])}   <- not the paper metric",
+                "-" * 72]
+    lines = head
     if g["per_view"] is not None or g["dense_per_view"] is not None:
         lines.append(f"{'GFLOPs per view':<38}{number_text(g['per_view']):>10}   x {c['views_per_video']} views = "
                      f"{number_text(g['total'])}")
@@ -213,8 +231,11 @@ def format_summary(doc: dict) -> str:
     for block, s in (doc.get("kept_tokens") or {}).items():
         lines.append(f"{'kept tokens, block ' + block:<38}mean {s['mean']:.1f}  min {s['min']:.0f}  "
                      f"max {s['max']:.0f}" + (f"  of {s['of']}" if s.get("of") else ""))
-    lines.append(f"{'coverage':<38}{c['evaluated_videos']} of {c['expected_videos']} videos, "
-                 f"{c['evaluated_views']} of {c['expected_views']} views")
+    if t:
+        lines.append(f"{'coverage':<38}{c['evaluated_videos']} of {c['expected_videos']} images")
+    else:
+        lines.append(f"{'coverage':<38}{c['evaluated_videos']} of {c['expected_videos']} videos, "
+                     f"{c['evaluated_views']} of {c['expected_views']} views")
     for item in c["not_evaluated"][:10]:
         lines.append(f"  not evaluated: {item['path']}: {item['reason']}"
                      + (f" ({item['detail']})" if item.get("detail") else ""))
