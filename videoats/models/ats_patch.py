@@ -24,12 +24,10 @@ from .layers import call_block, grid_block
 @dataclass(frozen=True)
 class Grid:
     """The token grid a patched timm ViT exposes to the ATS core (our own backbones carry these facts as
-    attributes: depth, num_frames, num_patches, is_video)."""
+    attributes: depth, num_frames, num_patches, is_video); an image is a one-frame grid."""
 
     depth: int
-    frames: int
     patches: int
-    is_video: bool = False
 
 
 def is_timm_vit(model) -> bool:
@@ -45,9 +43,8 @@ class _GridViT:
     grid: Grid
 
     depth = property(lambda self: self.grid.depth)
-    num_frames = property(lambda self: self.grid.frames)
     num_patches = property(lambda self: self.grid.patches)
-    is_video = property(lambda self: self.grid.is_video)
+    num_frames, is_video = 1, False
 
     def forward_features(self, images: Tensor, attn_mask=None, **kw) -> Tensor:
         if self.ats is None:  # ATS off: timm's own forward
@@ -82,7 +79,7 @@ def patch_vit(model) -> None:
     if base not in _PATCHED:  # one subclass per timm class, named as it (messages read the same)
         _PATCHED[base] = type(base.__name__, (_GridViT, base), {"__module__": __name__})
     model.__class__ = _PATCHED[base]
-    model.grid = Grid(depth=len(model.blocks), frames=1, patches=model.patch_embed.num_patches)
+    model.grid = Grid(depth=len(model.blocks), patches=model.patch_embed.num_patches)
     model.ats, model.ats_trace = getattr(model, "ats", None), getattr(model, "ats_trace", [])
 
 
