@@ -33,6 +33,19 @@ def aggregate(view_logits: Tensor, method: str) -> Tensor:
     return x.max(dim=0).values
 
 
+def probabilities(scores: Tensor, method: str, views: int) -> Tensor:
+    """The aggregated scores of one video (or rows of videos) as probabilities in the same order.
+
+    Softmax of the mean logit for sum_logits (the sum's order, without the sharpening a sum of V views
+    would give), softmax of the max for max_logits, the mean softmax itself otherwise. `infer`, the Python
+    API and eval's predictions.jsonl all report this as `score`, next to the ranked `aggregate`."""
+    if method == "sum_logits":
+        return (scores / max(1, int(views))).softmax(dim=-1)
+    if method == "max_logits":
+        return scores.softmax(dim=-1)
+    return scores
+
+
 def video_scores(view_logits: Tensor, video_index: Tensor, method: str) -> Tuple[Tensor, Tensor, Tensor]:
     """Group views by video. Returns (video ids ascending, (N, K) scores, (N,) views per video).
 

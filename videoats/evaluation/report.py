@@ -122,7 +122,8 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
     for row, v in enumerate(ev["ids"].tolist()):
         record = dataset.videos[v]
         label = int(ev["labels"][row])
-        top5 = top_k(ev["scores"][row], names, 5)
+        scores = ev["scores"][row]
+        top5 = top_k(scores, names, 5, M.probabilities(scores, method, int(ev["views"][row])))
         p = {"video_index": v, "path": record.path, "label": label,
              "label_name": names[label] if 0 <= label < len(names) else None,
              "top5": top5, "correct": (top5[0]["index"] == label) if label >= 0 else None,

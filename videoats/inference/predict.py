@@ -33,7 +33,7 @@ from ..data.decoding import DecodeFailure
 from ..data.files import expand_inputs
 from ..data.sampling import clip_span, frame_indices
 from ..errors import VideoATSError
-from ..evaluation.metrics import AGGREGATION_DOC, aggregate
+from ..evaluation.metrics import AGGREGATION_DOC, aggregate, probabilities
 from ..flops import CONVENTION, analytic_gflops
 from ..runner import ViewOutputs
 from ..summary import stats, top_k
@@ -49,19 +49,9 @@ def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> 
 
 
 def scores_and_probs(view_logits: Tensor, method: str) -> Tuple[Tensor, Tensor]:
-    """(aggregated scores, probabilities in the same order) of one video's views.
-
-    Probabilities: softmax of the mean logit for sum_logits (the sum's order, without the sharpening a
-    sum of V views would give), softmax of the max for max_logits, the mean softmax itself otherwise.
-    """
+    """(aggregated scores, probabilities in the same order) of one video's views (`metrics.probabilities`)."""
     agg = aggregate(view_logits, method)
-    if method == "sum_logits":
-        probs = (agg / max(1, view_logits.shape[0])).softmax(dim=-1)
-    elif method == "max_logits":
-        probs = agg.softmax(dim=-1)
-    else:
-        probs = agg
-    return agg, probs
+    return agg, probabilities(agg, method, view_logits.shape[0])
 
 
 def _gflops_summary(gflops: Optional[Tensor]) -> Optional[dict]:

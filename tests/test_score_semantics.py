@@ -1,0 +1,54 @@
+"""`score` means one thing everywhere: a probability, with the ranked aggregate beside it. eval's
+predictions.jsonl and infer --json must give the same numbers for the same video, model and views."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from videoats.cli import main
+from videoats.evaluation import metrics as M
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic",
+                      "tiny_timesformer.yaml")
+
+
+@pytest.mark.parametrize("method", ["sum_logits", "mean_softmax", "max_logits"])
+def test_probabilities_by_hand(method):
+    views = torch.tensor([[1.0, 0.0, -1.0], [3.0, 0.0, 1.0]], dtype=torch.float64)
+    agg = M.aggregate(views, method)
+    probs = M.probabilities(agg, method, 2)
+    expected = {"sum_logits": torch.tensor([2.0, 0.0, 0.0]).softmax(-1),  # the mean logit (4, 0, 0) / 2
+                "mean_softmax": (views.softmax(-1)[0] + views.softmax(-1)[1]) / 2,
+                "max_logits": torch.tensor([3.0, 0.0, 1.0]).softmax(-1)}[method]
+    assert torch.allclose(probs, expected.double(), atol=1e-12) and float(probs.sum()) == pytest.approx(1.0)
+    assert probs.argmax() == agg.argmax()
+
+
+def test_eval_predictions_and_infer_report_the_same_score(tiny_synthetic, tmp_path, capsys):
+    torch.manual_seed(0)
+    import videoats
+    from videoats.checkpoint import save_checkpoint
+    from videoats.config import load_config
+
+    cfg = load_config(CONFIG, ["MODEL.NUM_CLASSES", "10"])
+    model = videoats.create_model(cfg.MODEL.NAME, num_classes=10)
+    ckpt = str(tmp_path / "m.safetensors")
+    save_checkpoint(ckpt, model, config=cfg)
+    views = ["TEST.NUM_ENSEMBLE_VIEWS", "2", "TEST.NUM_SPATIAL_CROPS", "3"]
+    code = main(["eval", "--config", CONFIG, "--checkpoint", ckpt, "--output", str(tmp_path / "ev"), "--json",
+                 "--no-progress", "DATA.PATH_TO_DATA_DIR", tiny_synthetic, "DATA.NUM_WORKERS", "0",
+                 "MODEL.NUM_CLASSES", "10", *views])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    with open(result["files"]["predictions"]) as f:
+        first = json.loads(f.readline())
+    code = main(["infer", first["path"], "--checkpoint", ckpt, "--topk", "5", "--json", *views])
+    answer = json.loads(capsys.readouterr().out)["results"][0]
+    assert code == 0 and answer["views"] == first["views"] == 6
+    assert [t["index"] for t in answer["topk"]] == [t["index"] for t in first["top5"]]
+    for key in ("score", "aggregate"):
+        assert [t[key] for t in answer["topk"]] == pytest.approx([t[key] for t in first["top5"]], abs=1e-4)
+    assert 0 < sum(t["score"] for t in first["top5"]) <= 1 + 1e-6
