@@ -52,3 +52,17 @@ def test_eval_predictions_and_infer_report_the_same_score(tiny_synthetic, tmp_pa
     for key in ("score", "aggregate"):
         assert [t[key] for t in answer["topk"]] == pytest.approx([t[key] for t in first["top5"]], abs=1e-4)
     assert 0 < sum(t["score"] for t in first["top5"]) <= 1 + 1e-6
+
+
+def test_eval_without_output_keeps_the_earlier_results(tiny_synthetic, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["eval", "--config", CONFIG, "--json", "--no-progress", "DATA.PATH_TO_DATA_DIR", tiny_synthetic,
+            "DATA.NUM_WORKERS", "0", "MODEL.NUM_CLASSES", "10", "TEST.NUM_SPATIAL_CROPS", "1",
+            "OUTPUT_DIR", str(out)]
+    written = []
+    for _ in range(3):
+        assert main(args) == 0
+        result = json.loads(capsys.readouterr().out)
+        written.append(os.path.dirname(result["files"]["results"]))
+    assert written == [str(out), str(out / "eval-2"), str(out / "eval-3")]
+    assert all(os.path.isfile(os.path.join(w, "results.json")) for w in written)

@@ -5,6 +5,9 @@ and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import torch.distributed as dist
 
 from ._args import add_common, add_config_args, add_inference_args, inference_overrides
@@ -31,8 +34,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, human=fmt)
 
 
+def unused_output(folder: str) -> str:
+    """`folder`, or when an earlier eval's results.json is there, the first `folder/eval-N` without one:
+    without --output, a new eval must not overwrite the last one's results."""
+    if not os.path.exists(os.path.join(folder, "results.json")):
+        return folder
+    n = 2
+    while os.path.exists(os.path.join(folder, f"eval-{n}", "results.json")):
+        n += 1
+    return os.path.join(folder, f"eval-{n}")
+
+
 def run(args) -> dict:
     cfg = load_config(args.config, list(args.opts) + inference_overrides(args))
+    if args.output is None and cfg.OUTPUT_DIR:
+        args.output = unused_output(cfg.OUTPUT_DIR)
+        if args.output != cfg.OUTPUT_DIR:
+            print(f"videoats eval: {cfg.OUTPUT_DIR} holds an earlier eval's results; writing to {args.output} "
+                  "(give --output DIR to choose)", file=sys.stderr)
     started = init_from_env(cfg)
     rank = 0
     try:
