@@ -207,11 +207,14 @@ def _is_video(model) -> bool:
 
 
 def _spec(model: nn.Module, ats_path: bool) -> CostSpec:
-    """The cost terms of the model's family (declared in its family file, next to its blocks)."""
+    """The cost terms of the model's family (declared in its family file, next to its blocks), for its ATS
+    forward pass (`ats_path`) or its own."""
     family = family_of(model)
     if family is None:
         raise VideoATSError(f"no GFLOPs model for {type(model).__name__}")
-    return family.flops_spec(model, ats_path)
+    if ats_path and family.ats_flops_spec is not None:
+        return family.ats_flops_spec(model)
+    return family.flops_spec(model)
 
 
 def input_thw(model, input_shape: Optional[Sequence[int]]) -> Tuple[int, int, int]:

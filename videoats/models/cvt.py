@@ -338,7 +338,7 @@ def _fixed(model: CvT, h: int, w: int) -> Tuple[int, int, int]:
     return total, h * w, 1 + hk * wk
 
 
-def flops_spec(model: CvT, ats_path: bool) -> CostSpec:
+def flops_spec(model: CvT) -> CostSpec:
     """The last stage as a grid of one frame with a CLS; everything the sample does not change is priced by
     the input's size (`_fixed`). The final LayerNorm sees the CLS alone."""
     blocks = [_block_cost(b) for b in model.stage2.blocks]

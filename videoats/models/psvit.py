@@ -200,7 +200,7 @@ def _fixed(model: PSViT, h: int, w: int) -> Tuple[int, int, int]:
     return total, n, 0
 
 
-def flops_spec(model: PSViT, ats_path: bool) -> CostSpec:
+def flops_spec(model: PSViT) -> CostSpec:
     blocks = [attn_block_cost(b.norm1, b.attn, b.norm2, b.mlp) for b in model.trans_layers]
     return CostSpec("frame", 0, blocks, head_fixed=ln(model.norm) + lin(model.head), dim=model.head.in_features,
                     at_size=lambda h, w: _fixed(model, h, w))

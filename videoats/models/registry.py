@@ -48,7 +48,10 @@ class Family:
     title: str  # how messages name it, e.g. "TimeSformer"
     is_video: bool  # takes (B, 3, T, H, W); otherwise images (B, 3, H, W)
     matches: Callable[[nn.Module], bool]  # is this module one of the family (also when built by hand)?
-    flops_spec: Callable[[nn.Module, bool], CostSpec]  # (model, ATS forward?) -> cost terms
+    flops_spec: Callable[[nn.Module], CostSpec]  # model -> the cost terms of its forward pass
+    # the cost terms of its ATS forward pass, where that differs from its own (a timm ViT's final norm sees
+    # every token in timm's forward, the CLS alone in the ATS one); None: the same
+    ats_flops_spec: Optional[Callable[[nn.Module], CostSpec]] = None
     mean: Tuple[float, float, float] = IMAGENET_MEAN  # input normalisation of the released weights
     std: Tuple[float, float, float] = IMAGENET_STD
     head_keys: Tuple[str, ...] = ("head.weight", "head.bias")  # the classifier (replaced on a new class count)

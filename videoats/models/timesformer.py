@@ -213,7 +213,7 @@ class TimeSformer(nn.Module):
         return self.head(self.head_drop(self.forward_features(video)))
 
 
-def flops_spec(model: "TimeSformer", ats_path: bool) -> CostSpec:
+def flops_spec(model: "TimeSformer") -> CostSpec:
     """Cost terms read off the built modules (divided: spatial + temporal attention; space_only: per-frame
     CLS; joint: one sequence over the clip)."""
     blocks, kind = [], model.attention_type

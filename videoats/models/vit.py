@@ -11,18 +11,28 @@ from .registry import Family, register_family, register_model
 from .resize import resize_pos_timm
 
 
-def flops_spec(model, ats_path: bool) -> CostSpec:
-    """A timm ViT: dense, the final LayerNorm sees every token; the ATS forward norms the CLS alone."""
+def _blocks_patch_head(model):
     blocks = [attn_block_cost(b.norm1, b.attn, b.norm2, b.mlp) for b in model.blocks]
-    head_fixed = lin(model.head) + ln(getattr(model, "fc_norm", None))
-    patch, dim = patch_cost(model.patch_embed), model.patch_embed.proj.out_channels
-    if ats_path:
-        return CostSpec("frame", patch, blocks, head_fixed=head_fixed + ln(model.norm), dim=dim)
-    return CostSpec("vit", patch, blocks, head_fixed=head_fixed, final_norm=ln(model.norm), dim=dim)
+    return blocks, patch_cost(model.patch_embed), lin(model.head) + ln(getattr(model, "fc_norm", None))
+
+
+def flops_spec(model) -> CostSpec:
+    """A timm ViT as timm runs it: dense, the final LayerNorm sees every token."""
+    blocks, patch, head_fixed = _blocks_patch_head(model)
+    return CostSpec("vit", patch, blocks, head_fixed=head_fixed, final_norm=ln(model.norm),
+                    dim=model.patch_embed.proj.out_channels)
+
+
+def ats_flops_spec(model) -> CostSpec:
+    """Its ATS forward: a one-frame grid with a CLS, whose final LayerNorm sees the CLS alone."""
+    blocks, patch, head_fixed = _blocks_patch_head(model)
+    return CostSpec("frame", patch, blocks, head_fixed=head_fixed + ln(model.norm),
+                    dim=model.patch_embed.proj.out_channels)
 
 
 FAMILY = register_family(__name__, Family(
     name="vit", title="image ViT (timm)", is_video=False, matches=is_timm_vit, flops_spec=flops_spec,
+    ats_flops_spec=ats_flops_spec,
     head_keys=("head.weight", "head.bias"), layouts=("timm_vit",),
     resize_rules={"pos_embed": (1, resize_pos_timm, "bicubic over the patch grid, as timm")}))
 

@@ -144,7 +144,7 @@ class XViT(nn.Module):
         return self.temporal_head(self.frame_drop(self.forward_features(video)))
 
 
-def flops_spec(model: "XViT", ats_path: bool) -> CostSpec:
+def flops_spec(model: "XViT") -> CostSpec:
     """A ViT per frame (per-frame CLS; the shift moves channels, it costs nothing), then the temporal head:
     one block over 1 + T tokens and an MLP."""
     th = model.temporal_head
