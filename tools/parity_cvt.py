@@ -1,5 +1,7 @@
 """Logits of videoats' CvT against the official code (microsoft/CvT, lib/models/cls_cvt.py), with random
-weights saved in the official layout and loaded by `load_checkpoint`, at the native size and one other.
+weights saved in the official layout and loaded by `load_checkpoint`, at the native size and one other; and
+against Hugging Face's `CvtForImageClassification` loaded with the same weights in its layout (`to_hf_cvt`),
+as shipped (exact GELU) and with the official QuickGELU in its MLPs.
 
     python tools/parity_cvt.py PATH/TO/CvT-checkout  (needs einops; nothing of it is copied here)
 
@@ -14,7 +16,11 @@ from functools import partial
 
 import torch
 
+import transformers
+
 import videoats
+from videoats.checkpoint import to_hf_cvt
+from videoats.models.cvt import QuickGELU
 
 six = types.ModuleType("torch._six")
 six.container_abcs = collections.abc
@@ -43,8 +49,20 @@ for name, depths, sizes in [("cvt_21_384", (1, 4, 16), (384, 224)), ("cvt_13_224
     report = videoats.load_checkpoint(ours, path)
     print(name, report.source_format, len(report.mapped), "params", sum(p.numel() for p in ref.parameters()) / 1e6,
           sum(p.numel() for p in ours.parameters()) / 1e6)
+    hf = transformers.CvtForImageClassification(transformers.CvtConfig(
+        embed_dim=[64, 192, 384], num_heads=[1, 3, 6], depth=list(depths), num_labels=1000)).eval()
+    hf.load_state_dict(to_hf_cvt(ours.state_dict()))
+    mlps = [m for m in hf.modules() if type(m).__name__ == "CvtIntermediate"]
     for s in sizes:
         x = torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(s))
         with torch.no_grad():
             a, b = ref(x), ours(x)
-        print(f"  {s}px max|diff| {(a - b).abs().max().item():.2e}  max|logit| {a.abs().max().item():.2f}")
+            shipped = hf(x).logits
+            for m in mlps:
+                m.activation = QuickGELU()
+            quick = hf(x).logits
+            for m in mlps:
+                m.activation = torch.nn.GELU()
+        print(f"  {s}px max|diff| official {(a - b).abs().max().item():.2e}, HF with QuickGELU "
+              f"{(quick - b).abs().max().item():.2e}, HF as shipped {(shipped - b).abs().max().item():.2e}; "
+              f"max|logit| {a.abs().max().item():.2f}")
