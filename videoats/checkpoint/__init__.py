@@ -5,9 +5,8 @@ Recognised (by content, not by file name): official TimeSformer `.pyth` (`model_
 file or folder), official X-ViT `.pth`, timm ImageNet ViT weights (used to initialise video models as the
 TimeSformer authors do), and videoats checkpoints (`.safetensors` with JSON metadata, or a torch dict).
 """
-from .files import RawCheckpoint, read_checkpoint, save_checkpoint  # noqa: F401
-from .layouts import (detect_layout, from_hf_cvt, from_hf_timesformer, from_official_xvit, to_hf_cvt,  # noqa: F401
-                      to_hf_timesformer, to_official_timesformer, to_official_xvit)
-from .loading import (LoadReport, family_of_layout, inspect_checkpoint, load_checkpoint, load_weights,  # noqa: F401
-                      resize_pos_1d, resize_time)
+from .files import read_checkpoint, save_checkpoint  # noqa: F401
+from .layouts import (detect_layout, from_hf_cvt, to_hf_cvt, to_hf_timesformer, to_official_timesformer,  # noqa: F401
+                      to_official_xvit)
+from .loading import inspect_checkpoint, load_checkpoint, load_weights  # noqa: F401
 from .pretrained import create_model  # noqa: F401

@@ -4,5 +4,5 @@
 describes.
 """
 from .ats_patch import apply_ats  # noqa: F401
-from .registry import Family, create_model, family_of, family_of_name, list_models, register_model  # noqa: F401
+from .registry import create_model, family_of, family_of_name, list_models  # noqa: F401
 from . import cvt, psvit, timesformer, vit, xvit  # noqa: F401,E402  (registration side effects)
