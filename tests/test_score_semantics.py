@@ -1,5 +1,6 @@
 """`score` means one thing everywhere: a probability, with the ranked aggregate beside it. eval's
-predictions.jsonl and infer --json must give the same numbers for the same video, model and views."""
+predictions.jsonl and infer --json must give the same numbers for the same video, model and views. Also what
+eval does without being told: no --output keeps earlier results, no --config takes the checkpoint's own."""
 from __future__ import annotations
 
 import json
@@ -66,3 +67,27 @@ def test_eval_without_output_keeps_the_earlier_results(tiny_synthetic, tmp_path,
         written.append(os.path.dirname(result["files"]["results"]))
     assert written == [str(out), str(out / "eval-2"), str(out / "eval-3")]
     assert all(os.path.isfile(os.path.join(w, "results.json")) for w in written)
+
+
+def test_eval_without_config_uses_the_checkpoints_own(tiny_synthetic, tmp_path, capsys):
+    import videoats
+    from videoats.checkpoint import save_checkpoint
+    from videoats.config import load_config
+
+    torch.manual_seed(1)
+    stored = ["MODEL.NUM_CLASSES", "10", "TEST.NUM_SPATIAL_CROPS", "1", "DATA.NUM_FRAMES", "4"]
+    cfg = load_config(CONFIG, stored)
+    ckpt = str(tmp_path / "m.safetensors")
+    save_checkpoint(ckpt, videoats.create_model(cfg.MODEL.NAME, num_classes=10), config=cfg)
+    common = ["--checkpoint", ckpt, "--json", "--no-progress", "DATA.PATH_TO_DATA_DIR", tiny_synthetic,
+              "DATA.NUM_WORKERS", "0"]
+    assert main(["eval", "--config", CONFIG, *stored, "--output", str(tmp_path / "a"), *common]) == 0
+    with_file = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--output", str(tmp_path / "b"), *common]) == 0
+    stored_run = json.loads(capsys.readouterr().out)
+    assert stored_run["metrics"] == with_file["metrics"] and stored_run["coverage"] == with_file["coverage"]
+    assert stored_run["config_file"] == f"stored in {ckpt}"
+    plain = str(tmp_path / "w.pth")
+    torch.save(videoats.create_model(cfg.MODEL.NAME, num_classes=10).state_dict(), plain)
+    assert main(["eval", "--checkpoint", plain, "DATA.PATH_TO_DATA_DIR", tiny_synthetic]) == 2
+    assert "stores no config: give --config FILE" in capsys.readouterr().err

@@ -12,8 +12,10 @@ import torch.distributed as dist
 
 from ._args import add_common, add_config_args, add_inference_args, inference_overrides
 from ..config import load_config
+from ..errors import VideoATSError
 from ..evaluation.evaluate import evaluate
 from ..evaluation.report import format_summary
+from ..inference.predictor import stored_config
 from ..paths import declare_outputs
 from ..runtime import init_from_env
 
@@ -24,8 +26,9 @@ def register(subparsers) -> None:
         description="Evaluate a checkpoint on the config's test split with the config's views (clips x crops) "
                     "and aggregation. Writes results.json, predictions.jsonl, summary.txt and, for ATS models, "
                     "kept_tokens.png. Run under torchrun to shard the videos over processes.")
-    add_config_args(p, required=True)
-    p.add_argument("--checkpoint", help="weights to evaluate (default: TEST.CHECKPOINT_FILE)")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="weights to evaluate (default: TEST.CHECKPOINT_FILE), zoo:NAME, or demo; "
+                                        "without --config, the config the checkpoint was saved with is used")
     p.add_argument("--output", metavar="DIR", help="where to write the results (default: OUTPUT_DIR)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_args(p)
@@ -46,7 +49,13 @@ def unused_output(folder: str) -> str:
 
 
 def run(args) -> dict:
-    cfg = load_config(args.config, list(args.opts) + inference_overrides(args))
+    opts = list(args.opts) + inference_overrides(args)
+    if args.config:
+        cfg = load_config(args.config, opts)
+    elif args.checkpoint:
+        cfg, args.checkpoint = stored_config(args.checkpoint, opts)
+    else:
+        raise VideoATSError("give --config FILE, or a --checkpoint saved by videoats (it stores its config)")
     if args.output is None and cfg.OUTPUT_DIR:
         args.output = unused_output(cfg.OUTPUT_DIR)
         if args.output != cfg.OUTPUT_DIR:
@@ -63,7 +72,7 @@ def run(args) -> dict:
             dist.destroy_process_group()
     if rank != 0:
         return None  # rank 0 speaks for all
-    result["config_file"] = args.config
+    result["config_file"] = args.config or f"stored in {args.checkpoint}"
     result["exit_code"] = 0 if result["coverage"]["evaluated_videos"] else 1
     return result
 

@@ -15,7 +15,7 @@ import yaml
 from . import shipped
 from .. import zoo
 from ..checkpoint import inspect_checkpoint, load_weights
-from ..config import CfgNode, apply_overrides, ats_from_cfg, get_cfg, load_config, validate
+from ..config import CfgNode, apply_overrides, ats_from_cfg, config_from_yaml, get_cfg, load_config, validate
 from ..data import ClipSettings
 from ..data.annotations import read_labels_file
 from ..data.clips import parse_views
@@ -122,6 +122,24 @@ def _config_labels(cfg) -> Optional[Tuple[List[str], str]]:
     if not os.path.isfile(path):
         return None
     return read_labels_file(path), path
+
+
+def stored_config(checkpoint: str, opts: Sequence[str] = ()) -> Tuple[CfgNode, str]:
+    """(the config a videoats checkpoint was saved with, then `opts`; the checkpoint's file) for commands
+    given no --config. `checkpoint` may be a name (`demo`, `zoo:NAME`); the shipped model gets its run-time
+    ATS setting. VideoATSError when the file stores no config."""
+    path = shipped.resolve(checkpoint) or zoo.resolve(os.path.expanduser(checkpoint))
+    if not os.path.isfile(path):
+        raise VideoATSError(f"checkpoint not found: {path} (give the path to a checkpoint file)")
+    text = ((inspect_checkpoint(path) or {}).get("metadata") or {}).get("config")
+    if not text:
+        raise VideoATSError(f"checkpoint {checkpoint} stores no config: give --config FILE")
+    cfg = config_from_yaml(text, f"the config stored in {checkpoint}")
+    if shipped.is_shipped(path):
+        apply_overrides(cfg, shipped.ats_overrides())
+    apply_overrides(cfg, list(opts))
+    validate(cfg)
+    return cfg, path
 
 
 def _opt_keys(opts: Sequence[str]) -> set:
