@@ -15,7 +15,6 @@ from videoats.ats import stage as ats_stage
 from videoats.cli import main
 from videoats.data.clips import parse_views
 from videoats.flops import GFlopsMeter, analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
-from videoats.ats import kept_tokens
 
 TINY_VIDEO = (1, 3, 8, 32, 32)
 
