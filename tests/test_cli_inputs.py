@@ -69,3 +69,37 @@ def test_infer_folder_streams_answers_under_a_progress_bar(tiny_synthetic, capsy
     terminal.truncate()
     assert main(["infer", folder, "--model", "timesformer_tiny_8x32", "--config", CONFIG, "--no-progress"]) == 0
     assert "%|" not in terminal.getvalue()
+
+
+def test_torch_cuda_home_notice_is_kept_to_verbose(capfd):
+    """torch.compile on a machine without CUDA logs "No CUDA runtime is found, using CUDA_HOME=..." from its
+    C++ extension builder; the commands keep it to --verbose and leave the logger as they found it."""
+    import logging
+
+    from videoats.cli import command_logging
+
+    notice = logging.getLogger("torch.utils.cpp_extension")
+    before = notice.level
+    with command_logging("infer"):
+        notice.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+    assert "CUDA_HOME" not in capfd.readouterr().err and notice.level == before
+    with command_logging("infer", verbose=True):
+        notice.warning("No CUDA runtime is found, using CUDA_HOME='/usr/local'")
+    assert "CUDA_HOME" in capfd.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """`videoats infer DIR | head -1`: no BrokenPipeError traceback, the status a shell expects (141)."""
+    import subprocess
+
+    script = tmp_path / "long_listing.py"
+    script.write_text("import sys\n"
+                      "import videoats.cli as cli\n"
+                      "from videoats.commands import models\n"
+                      "listing = models.human\n"
+                      "models.human = lambda result: listing(result) * 3000  # megabytes of text\n"
+                      "sys.exit(cli.main(['models']))\n")
+    done = subprocess.run(f"'{sys.executable}' '{script}' | head -c 10 > /dev/null; echo ${{PIPESTATUS[0]}}",
+                          shell=True, capture_output=True, text=True, executable="/bin/bash")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr[-800:]
+    assert done.stdout.strip() == "141"

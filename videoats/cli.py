@@ -111,6 +111,12 @@ def command_logging(command: str, verbose: bool = False) -> Iterator[None]:
     tests, tools), whose own logging must not stay switched off."""
     logger = logging.getLogger("videoats")
     saved = (list(logger.handlers), logger.level, logger.propagate, os.environ.get(VERBOSE_ENV))
+    # torch.compile on a machine without CUDA warns "No CUDA runtime is found, using CUDA_HOME=..." from
+    # its C++ extension builder: nothing the user can act on, so it is kept to --verbose
+    cpp_logger = logging.getLogger("torch.utils.cpp_extension")
+    cpp_level = cpp_logger.level
+    if not verbose:
+        cpp_logger.setLevel(logging.ERROR)
     for handler in [h for h in logger.handlers if isinstance(h, _OnceHandler)]:
         logger.removeHandler(handler)
     logger.addHandler(_OnceHandler(command))
@@ -123,6 +129,7 @@ def command_logging(command: str, verbose: bool = False) -> Iterator[None]:
     try:
         yield
     finally:
+        cpp_logger.setLevel(cpp_level)
         logger.handlers[:] = saved[0]
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
