@@ -220,3 +220,28 @@ def test_training_masks_and_gradients_reach_the_sampled_blocks(peaked):
     grads = [p.grad for p in model.stage2.blocks[3].parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(int(m.sum()) < m.numel() for m in token_masks(model).values())
+
+
+@pytest.mark.parametrize("mode", ["static", "trim"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
+    """On a fake CUDA device (tests/test_fake_cuda.py): every tensor the grid code makes follows the input, bf16
+    autocast runs through, and the fake pass takes the CPU pass's layout; the masked training pass too."""
+    from test_fake_cuda import HostReads, fake_cuda_run
+
+    model = _ats(peaked, mode=mode)
+    x = images()
+    reads = HostReads(monkeypatch)
+    reads.record()
+    with torch.no_grad():
+        model(x)
+    widths = [(r.padded_slots, r.rows) for r in model.ats_trace]
+    reads.replay()
+    out = fake_cuda_run(model, x, autocast)
+    assert not reads.answers and out.device.type == "cuda"
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert [(r.padded_slots, r.rows) for r in model.ats_trace] == widths
+    assert all(m.device.type == "cuda" for m in token_masks(model).values())
+    if mode == "trim" and autocast:
+        training = _ats(peaked).train()
+        assert fake_cuda_run(training, x, autocast=True).device.type == "cuda"

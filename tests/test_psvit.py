@@ -11,6 +11,7 @@ from videoats import apply_ats
 from videoats.ats import kept_tokens, token_masks
 from videoats.ats import stage as ats_stage
 from videoats.checkpoint import detect_layout, load_checkpoint
+from videoats.checkpoint.layouts import from_official_psvit, to_official_psvit
 from videoats.flops import analytic_gflops, fvcore_count, padded_gflops, sample_gflops
 from videoats.models.psvit import sample_points
 
@@ -69,7 +70,7 @@ def test_our_keys_are_the_official_ones(tmp_path):
     assert sum(p.numel() for p in model.parameters()) == 21_344_302
     for k in ("stem.0.weight", "stem.1.running_var", "stem.4.conv1.weight", "stem.4.downsample.0.weight",
               "stem.4.downsample.1.bias", "stem.5.bn3.weight", "point_coord", "pos_layer.weight",
-              "ps_layers.0.position_layer.weight", "ps_layers.2.offset_layer.bias",
+              "ps_layers.2.offset_layer.bias",
               "ps_layers.3.transformer_layer.attn.qkv.weight", "trans_layers.9.mlp.fc2.bias", "cls_token",
               "norm.weight", "head.bias"):
         assert k in sd, k
@@ -78,6 +79,13 @@ def test_our_keys_are_the_official_ones(tmp_path):
     assert not any(k.endswith("attn.qkv.bias") for k in sd)
     assert sd["point_coord"].shape == (1, 324, 2) and sd["stem.4.conv3.weight"].shape == (256, 64, 1, 1)
     assert detect_layout(sd) == "psvit_official"
+    # the official model lists its shared position layer under every iteration too: the same tensor
+    official = to_official_psvit(sd)
+    assert sorted(set(official) - set(sd)) == sorted(f"ps_layers.{i}.position_layer.{p}" for i in range(4)
+                                                     for p in ("weight", "bias"))
+    assert official["ps_layers.3.position_layer.bias"] is sd["pos_layer.bias"]
+    back, dropped = from_official_psvit(official)
+    assert back.keys() == sd.keys() and len(dropped) == 8
 
 
 def test_official_layout_file_round_trip(tmp_path):
@@ -87,9 +95,11 @@ def test_official_layout_file_round_trip(tmp_path):
         for k, v in ours.state_dict().items():
             if v.dtype.is_floating_point and k != "point_coord":
                 v.copy_(torch.rand_like(v) + 0.5 if k.endswith("running_var") else torch.randn_like(v) * 0.2)
-    torch.save({"state_dict": ours.state_dict()}, tmp_path / "psvit.pth")  # as timm's load_checkpoint reads it
+    # the official layout (shared position layer listed per iteration), as timm's load_checkpoint reads it
+    torch.save({"state_dict": to_official_psvit(ours.state_dict())}, tmp_path / "psvit.pth")
     back = videoats.create_model(TINY).eval()
-    assert load_checkpoint(back, tmp_path / "psvit.pth").source_format == "psvit_official"
+    report = load_checkpoint(back, tmp_path / "psvit.pth")
+    assert report.source_format == "psvit_official" and len(report.ignored) == 4
     x = images()
     with torch.no_grad():
         assert torch.equal(back(x), ours(x))
@@ -196,3 +206,31 @@ def test_static_mode_compiles_as_one_graph_and_the_compiled_sampler_keeps_the_ea
     for block in (1, 2, 3):
         assert torch.equal(token_masks(compiled)[block], token_masks(reference)[block])
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", ["static", "trim"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
+    """On a fake CUDA device (tests/test_fake_cuda.py): every tensor the grid code makes follows the input, bf16
+    autocast runs through, and the fake pass takes the CPU pass's layout; the masked training pass too."""
+    from test_fake_cuda import HostReads, fake_cuda_run
+
+    model = _ats(peaked, mode=mode)
+    x = images()
+    reads = HostReads(monkeypatch)
+    reads.record()
+    with torch.no_grad():
+        model(x)
+    widths = [(r.padded_slots, r.rows) for r in model.ats_trace]
+    reads.replay()
+    # cuDNN's grid sampler (what grid_sample picks on a GPU) has no fake kernel: the native one stands in for it
+    with torch.backends.cudnn.flags(enabled=False):
+        out = fake_cuda_run(model, x, autocast)
+    assert not reads.answers and out.device.type == "cuda"
+    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert [(r.padded_slots, r.rows) for r in model.ats_trace] == widths
+    assert all(m.device.type == "cuda" for m in token_masks(model).values())
+    if mode == "trim" and autocast:
+        training = _ats(peaked).train()
+        with torch.backends.cudnn.flags(enabled=False):
+            assert fake_cuda_run(training, x, autocast=True).device.type == "cuda"

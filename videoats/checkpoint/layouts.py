@@ -197,6 +197,27 @@ def from_hf_cvt(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
     return {_cvt_from_hf(k): v for k, v in sd.items()}
 
 
+# PS-ViT: our keys are the official ones, except that the official model also lists its shared position layer
+# (`pos_layer`) under every sampling iteration, `ps_layers.{i}.position_layer.*`: the same tensor again
+_PSVIT_SHARED = re.compile(r"ps_layers\.\d+\.position_layer\.(weight|bias)$")
+
+
+def from_official_psvit(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], List[str]]:
+    """Official PS-ViT keys -> ours, and the per-iteration copies of the shared position layer it drops."""
+    dropped = [k for k in state_dict if _PSVIT_SHARED.match(k)]
+    return {k: v for k, v in state_dict.items() if k not in dropped}, dropped
+
+
+def to_official_psvit(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Our PS-ViT keys -> the official model's (the shared position layer listed under every iteration too)."""
+    out = dict(state_dict)
+    iterations = sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("ps_layers.")})
+    for i in iterations:
+        for p in ("weight", "bias"):
+            out[f"ps_layers.{i}.position_layer.{p}"] = state_dict[f"pos_layer.{p}"]
+    return out
+
+
 def detect_layout(sd: Dict[str, Tensor]) -> str:
     """Name the layout of a (prefix-stripped) state dict from its keys alone."""
     keys = set(sd)
@@ -225,6 +246,8 @@ def to_our_keys(sd: Dict[str, Tensor], layout: str) -> Tuple[Dict[str, Tensor], 
         return from_hf_timesformer(sd), []
     if layout == "hf_cvt":
         return from_hf_cvt(sd), []
+    if layout == "psvit_official":
+        return from_official_psvit(sd)
     if layout == "xvit_official":
         return from_official_xvit(sd)
     return sd, []

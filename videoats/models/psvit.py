@@ -63,22 +63,23 @@ class Bottleneck(nn.Module):
 
 class SamplingLayer(nn.Module):
     """One progressive sampling iteration: read the map at the points (moved by the last offsets), add the
-    position embedding of where they are and the last iteration's tokens, one transformer layer, next offsets."""
+    position embedding of where they are and the last iteration's tokens, one transformer layer, next offsets.
+    The position embedding (`position`, the model's `pos_layer`) is shared by every iteration: handed in, not
+    owned (the official state dict lists it under every iteration too, `checkpoint.layouts` drops those)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, position: nn.Linear, feat_size: int,
-                 predict_offset: bool, drop_path: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, feat_size: int, predict_offset: bool,
+                 drop_path: float):
         super().__init__()
         self.feat_size = float(feat_size)
         self.transformer_layer = PlainBlock(dim, num_heads, mlp_ratio, qkv_bias=False, eps=1e-5, drop_path=drop_path)
-        self.position_layer = position  # shared by every iteration (the official `pos_layer`)
         self.offset_layer = nn.Linear(dim, 2) if predict_offset else None
 
-    def forward(self, features: Tensor, points: Tensor, offset: Tensor, previous):
+    def forward(self, features: Tensor, points: Tensor, offset: Tensor, previous, position: nn.Linear):
         """The official arithmetic: the map is read at point + gamma * offset (gamma = 1 for PS-ViT-B; the
         offset learns through the read), the position and the next points use the offset detached."""
         tokens = sample_points(features, points + offset)
         points = points + offset.detach()
-        tokens = tokens + self.position_layer(points / self.feat_size)
+        tokens = tokens + position(points / self.feat_size)
         if previous is not None:
             tokens = tokens + previous
         tokens = self.transformer_layer(tokens)
@@ -103,8 +104,8 @@ class PSViT(nn.Module):
         self.pos_layer = nn.Linear(2, embed_dim)
         rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.ps_layers = nn.ModuleList(
-            SamplingLayer(embed_dim, num_heads, mlp_ratio, self.pos_layer, self.feat_size, i < num_iters - 1,
-                          rates[i]) for i in range(num_iters))
+            SamplingLayer(embed_dim, num_heads, mlp_ratio, self.feat_size, i < num_iters - 1, rates[i])
+            for i in range(num_iters))
         self.trans_layers = nn.ModuleList(
             PlainBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=False, eps=1e-5, drop_path=r)
             for r in rates[num_iters:])
@@ -147,7 +148,7 @@ class PSViT(nn.Module):
         points = self.point_coord.expand(images.shape[0], -1, -1)
         offset, tokens = torch.zeros_like(points), None
         for layer in self.ps_layers:
-            tokens, offset, points = call_block(layer, features, points, offset, tokens,
+            tokens, offset, points = call_block(layer, features, points, offset, tokens, self.pos_layer,
                                                 checkpointing=self.grad_checkpointing)
             offset = offset if offset is not None else torch.zeros_like(points)
         return tokens
@@ -196,7 +197,7 @@ def _fixed(model: PSViT, h: int, w: int) -> Tuple[int, int, int]:
     for layer in model.ps_layers:
         t = layer.transformer_layer
         total += plain_cost(attn_block_cost(t.norm1, t.attn, t.norm2, t.mlp), n)
-        total += (4 * dim + lin(layer.position_layer) + lin(layer.offset_layer)) * n
+        total += (4 * dim + lin(model.pos_layer) + lin(layer.offset_layer)) * n
     return total, n, 0
 
 
