@@ -245,3 +245,45 @@ def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
     if mode == "trim" and autocast:
         training = _ats(peaked).train()
         assert fake_cuda_run(training, x, autocast=True).device.type == "cuda"
+
+
+def test_absent_keys_are_left_out_as_a_cropped_grid_computes(peaked, monkeypatch):
+    """ATS keeps exactly the top-left 2 x 2 tokens of the 6 x 6 grid at block 1. Block 2 then sees a zero-filled
+    grid whose present keys are the four stride-2 windows over rows/columns -1..3; the other five keys (a
+    BatchNorm bias alone) must not be attended. Re-stated by hand: the block on a 4 x 4 crop holding the kept
+    tokens (normed) and zeros, where those four windows are all the keys there are. A block that let the empty
+    windows' keys in, or put the tokens back at the wrong locations, fails."""
+    kept_locations = [0, 1, 6, 7]
+
+    def keep_corner(scores, n_samples, present=None, width=None):
+        r = scores.shape[0]
+        return torch.tensor(kept_locations).expand(r, 4), torch.ones(r, 4, dtype=torch.bool)
+
+    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_corner)
+    model = apply_ats(copy.deepcopy(peaked), dict(blocks=[1], tokens=1.0))
+    block, seen = model.stage2.blocks[2], {}
+    run_block = block.forward_cls
+
+    def recorded(xs, *args):
+        seen["x"], seen["out"] = xs, run_block(xs, *args)[0]
+        return run_block(xs, *args)
+
+    block.forward_cls = recorded
+    with torch.no_grad():
+        model(images(1))
+        xs, out = seen["x"], seen["out"]  # (1, 1 + 4, C): the CLS, then the kept tokens in location order
+        a = block.attn
+        y = block.norm1(xs)
+        crop = torch.zeros(1, 64, 4, 4)
+        for slot, loc in enumerate(kept_locations):
+            crop[0, :, loc // 6, loc % 6] = y[0, 1 + slot]
+        q = a.conv_proj_q(crop)[:, [0, 1, 4, 5]]  # the kept locations on the 4 x 4 crop
+        k, v = a.conv_proj_k(crop), a.conv_proj_v(crop)  # (1, 4, C): the four windows
+        q = a.heads(a.proj_q(torch.cat([y[:, :1], q], dim=1)))
+        k = a.heads(a.proj_k(torch.cat([y[:, :1], k], dim=1)))
+        v = a.heads(a.proj_v(torch.cat([y[:, :1], v], dim=1)))
+        attn = ((q @ k.transpose(-2, -1)) * a.scale).softmax(dim=-1)
+        z = xs + a.proj((attn @ v).transpose(1, 2).reshape(1, 5, 64))
+        expected = z + block.mlp(block.norm2(z))
+    assert out.shape == (1, 5, 64)
+    assert (out - expected).abs().max() < 1e-4
