@@ -27,6 +27,7 @@ from .data.decoding import DecodeFailure
 from .errors import VideoATSError
 from .inference.predict import predict_frames, predict_video, stream_windows
 from .inference.predictor import Predictor, load_predictor
+from .inference.shipped import config_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -39,7 +40,8 @@ class Recognizer:
             model shipped in the package). A videoats checkpoint also gives the model, its config and label
             names; other weights need `model`.
         model: a registered model name (see `videoats models`), when the checkpoint does not name one.
-        config: a YAML config file (else the checkpoint's stored config, else the model's own clip size).
+        config: a YAML config file or a packaged config's name (`"synthetic/benchmark"`); by default the
+            checkpoint's stored config, else the model's own clip size.
         device: `"cpu"`, `"cuda"` or `"auto"` (the GPU when there is one).
         ats: `"on"` / `"off"` (or True / False) to force Adaptive Token Sampling; None keeps the
             checkpoint's setting (the shipped model runs ATS at the budget its README figures use).
@@ -62,7 +64,7 @@ class Recognizer:
         if isinstance(ats, bool):
             ats = "on" if ats else "off"
         self.predictor: Predictor = load_predictor(
-            config=os.fspath(config) if config else None, model_name=model,
+            config=config_path(os.fspath(config)) if config else None, model_name=model,
             checkpoint=os.fspath(checkpoint) if checkpoint else None, ats=ats, opts=opts,
             labels_file=os.fspath(labels) if labels else None, views=views)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from typing import List
 
+from ..ats.core import SELECTIONS
+from ..inference.shipped import config_path
 from ..runtime import PRECISIONS
 
 
@@ -17,7 +19,9 @@ def add_common(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
     """`--config FILE` plus `KEY VALUE` overrides anywhere on the line, as PySlowFast tools take them."""
-    parser.add_argument("--config", "--cfg", dest="config", required=required, help="YAML config file")
+    parser.add_argument("--config", "--cfg", dest="config", required=required, type=config_path,
+                        help="YAML config file, or a config shipped with the package by name "
+                             "(e.g. synthetic/benchmark; `videoats models --configs` lists them)")
     accept_overrides(parser)
 
 
@@ -29,8 +33,8 @@ def accept_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference_args(parser: argparse.ArgumentParser) -> None:
-    """`--compile`, `--precision` and `--device`, the command-line faces of TEST.COMPILE, TEST.PRECISION and
-    DEVICE."""
+    """`--compile`, `--precision`, `--device`, `--ats-selection` and `--ats-seed`, the command-line faces of
+    TEST.COMPILE, TEST.PRECISION, DEVICE, ATS.SELECTION and ATS.SEED."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where the model runs (DEVICE; default auto: the GPU when there is one)")
     parser.add_argument("--compile", action="store_true",
@@ -38,10 +42,22 @@ def add_inference_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast for the forward passes (TEST.PRECISION; default auto: bf16 on CUDA, fp32 on "
                              "the CPU); dense and ATS models get the same")
+    add_selection_args(parser)
+
+
+def add_selection_args(parser) -> None:
+    """`--ats-selection` and `--ats-seed`: which rule picks the tokens at the ATS blocks."""
+    parser.add_argument("--ats-selection", choices=SELECTIONS,
+                        help="how the ATS blocks pick tokens (ATS.SELECTION): inverse_transform (ATS, default), "
+                             "top_k (the budget's highest-scoring tokens) or random (the budget's count, at random)")
+    parser.add_argument("--ats-seed", type=int, metavar="N", help="which tokens --ats-selection random draws "
+                                                                   "(ATS.SEED, default 0)")
 
 
 def inference_overrides(args) -> List[str]:
     """The config overrides `add_inference_args`' flags stand for."""
     opts = ["TEST.COMPILE", "True"] if args.compile else []
     opts += ["DEVICE", args.device] if getattr(args, "device", None) else []
+    opts += ["ATS.SELECTION", args.ats_selection] if args.ats_selection else []
+    opts += ["ATS.SEED", str(args.ats_seed)] if args.ats_seed is not None else []
     return opts + (["TEST.PRECISION", args.precision] if args.precision else [])

@@ -17,11 +17,13 @@ from ._args import accept_overrides, add_common, add_inference_args, inference_o
 from ..errors import VideoATSError
 from ..inference.predict import describe_run, infer_videos
 from ..inference.predictor import load_predictor
+from ..inference.shipped import config_path
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The model flags `infer` and `visualize` share."""
-    p.add_argument("--config", "--cfg", dest="config", metavar="CFG", help="YAML config file")
+    p.add_argument("--config", "--cfg", dest="config", metavar="CFG", type=config_path,
+                   help="YAML config file, or a packaged config by name (e.g. synthetic/benchmark)")
     p.add_argument("--model", metavar="NAME", help="a registered model (see `videoats models`); overrides "
                                                     "MODEL.NAME; without --config the clip size follows it")
     p.add_argument("--checkpoint", metavar="PATH", help="weights (any layout `load_checkpoint` knows), zoo:NAME, or "

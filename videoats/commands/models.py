@@ -17,6 +17,8 @@ def register(sub) -> None:
                     "with whether they are in the cache already, and the model shipped in the package "
                     "(--checkpoint demo)."))
     p.add_argument("pattern", nargs="?", default=None, help="a glob, e.g. 'timesformer*'")
+    p.add_argument("--configs", action="store_true", help="also list the configs shipped with the package "
+                                                          "(--config NAME)")
     p.set_defaults(func=run, human=human)
 
 
@@ -45,8 +47,11 @@ def zoo_table() -> list:
 def run(args) -> dict:
     models = [describe(n) for n in list_models(args.pattern)]
     wanted = {m["name"] for m in models}
-    return dict(models=models, zoo=[z for z in zoo_table() if z["model"] in wanted], cache=zoo.home(),
-                shipped=[m for m in shipped.listing() if m["model"] in wanted])
+    result = dict(models=models, zoo=[z for z in zoo_table() if z["model"] in wanted], cache=zoo.home(),
+                  shipped=[m for m in shipped.listing() if m["model"] in wanted])
+    if args.configs:
+        result["configs"] = shipped.config_names()
+    return result
 
 
 def human(result: dict) -> str:
@@ -67,4 +72,6 @@ def human(result: dict) -> str:
                       "videoats.Recognizer(NAME)"]
         for m in result["shipped"]:
             lines.append(f"  {m['name']:<30} {m['model']:<22} {m['classes']} classes: {m['what']}")
+    if result.get("configs"):
+        lines += ["", "configs shipped with the package (--config NAME):"] + [f"  {n}" for n in result["configs"]]
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""The model shipped inside the package, by name: `--checkpoint demo` (or `zoo:demo`), listed by
-`videoats models`, run at the ATS setting its provenance states.
+"""What ships inside the package, by name: the model (`--checkpoint demo` or `zoo:demo`, listed by
+`videoats models`, run at the ATS setting its provenance states) and the configs (`--config
+synthetic/benchmark`: `videoats/configs/<name>.yaml`, package data).
 
 Why a name: a pip-only user has no checkout path to type, and the file lives wherever pip put the package.
 Why the provenance's ATS setting: the shipped model was fine-tuned with ATS at one budget and is run (in the
@@ -21,6 +22,7 @@ DEMO_DIR = files("videoats") / "assets" / "demo"
 CHECKPOINT = DEMO_DIR / "timesformer_tiny_synthetic.safetensors"
 PROVENANCE = DEMO_DIR / "provenance.json"
 NAMES = ("demo",)  # what --checkpoint accepts for the shipped file (also as zoo:demo)
+CONFIG_DIR = files("videoats") / "configs"  # the repository's configs/, installed with the package
 ATS_KEYS = ("ATS.BLOCKS", "ATS.TOKENS", "ATS.VARIANT")
 
 
@@ -61,3 +63,29 @@ def listing() -> List[dict]:
     return [dict(name="demo", model=p["model"], path=str(CHECKPOINT), classes=p["synthetic"]["num_classes"],
                  what=f"{p['what'].split(';')[0]}; run with ATS {ats.get('variant', '')} at budget "
                       f"{', '.join(str(t) for t in ats.get('tokens', []))}")]
+
+
+def config_path(name: str) -> str:
+    """`name` itself when it is a file, else the packaged config it names (`synthetic/benchmark`, with or
+    without `.yaml`); an unknown name comes back unchanged, for the config loader to report as missing.
+
+    Why: a pip-only user has no checkout and so no configs/ folder to point at; the names are the paths
+    under the repository's configs/, so a checkout's `--config configs/synthetic/benchmark.yaml` and an
+    installed package's `--config synthetic/benchmark` are the same file."""
+    if os.path.isfile(name):
+        return name
+    bare = name[:-len(".yaml")] if name.endswith(".yaml") else name
+    bare = bare[len("configs/"):] if bare.startswith("configs/") else bare
+    candidate = CONFIG_DIR / f"{bare}.yaml"
+    return str(candidate) if candidate.is_file() else name
+
+
+def config_names() -> List[str]:
+    """The packaged configs' names, sorted (`synthetic/benchmark`, ...)."""
+    root = str(CONFIG_DIR)
+    names = []
+    for folder, _, found in os.walk(root, followlinks=True):
+        for file_name in found:
+            if file_name.endswith(".yaml"):
+                names.append(os.path.relpath(os.path.join(folder, file_name), root)[:-len(".yaml")])
+    return sorted(n.replace(os.sep, "/") for n in names)
