@@ -208,8 +208,7 @@ def test_static_mode_compiles_as_one_graph_and_the_compiled_sampler_keeps_the_ea
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("mode", ["static", "trim"])
-@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode,autocast", [("static", False), ("trim", True)], ids=["static-fp32", "trim-bf16"])
 def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
     """On a fake CUDA device (tests/test_fake_cuda.py): every tensor the grid code makes follows the input, bf16
     autocast runs through, and the fake pass takes the CPU pass's layout; the masked training pass too."""
