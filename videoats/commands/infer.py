@@ -16,7 +16,9 @@ from tqdm import tqdm
 from ._args import accept_overrides, add_common, add_inference_args, inference_overrides
 from ..errors import VideoATSError
 from ..inference.predict import describe_run, infer_videos
+from ..data.decoding import DecodeFailure
 from ..inference.predictor import load_predictor
+from ..inference.streams import is_stream, predict_stream
 from ..inference.shipped import config_path
 
 
@@ -42,7 +44,8 @@ def register(subparsers) -> None:
                     "when no video could be processed.",
         epilog="example: videoats infer clip.mp4 --checkpoint model.safetensors --ats on --topk 3")
     p.add_argument("inputs", nargs="+", metavar="VIDEO",
-                   help="video files or folders")
+                   help="video files or folders; a URL (rtsp://, http(s)://, ...), a camera (/dev/video0) or - "
+                        "(standard input) is read as a stream and answered window by window as it comes")
     add_model_args(p)
     p.add_argument("--ats", choices=("on", "off"), help="force Adaptive Token Sampling on or off "
                                                         "(default: the config's ATS.ENABLE)")
@@ -69,7 +72,7 @@ def run(args) -> dict:
     videos, opts = list(args.inputs), list(args.opts) + inference_overrides(args)
     if not videos:
         raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")
-    if args.stride is not None and not args.per_clip:
+    if args.stride is not None and not args.per_clip and not any(is_stream(v) for v in videos):
         raise VideoATSError("--stride is for --per-clip; add --per-clip or drop --stride")
     predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint,
                                ats=args.ats, opts=opts, labels_file=args.labels, views=args.views)
@@ -87,14 +90,42 @@ def run(args) -> dict:
         tqdm.write("\n".join(video_lines(answer, shown[0])), file=sys.stdout)
         sys.stdout.flush()
 
-    result = infer_videos(predictor, videos, topk=args.topk, per_clip=args.per_clip, stride=args.stride,
+    live = [v for v in videos if is_stream(v)]
+    files = [v for v in videos if not is_stream(v)]
+    result = infer_videos(predictor, files, topk=args.topk, per_clip=args.per_clip, stride=args.stride,
                           on_result=show if stream else None, progress=not args.no_progress)
+    for source in live:  # window by window, each printed as it completes
+        def window_line(window: dict, source=source) -> None:
+            if not shown:
+                shown.append(describe_run(predictor, True))
+                tqdm.write("\n".join(header_lines(shown[0]) + ["", f"{source}  (stream)"]), file=sys.stdout)
+            elif window["index"] == 0:
+                tqdm.write(f"\n{source}  (stream)", file=sys.stdout)
+            tqdm.write(_window_line(window), file=sys.stdout)
+            sys.stdout.flush()
+
+        try:
+            answer = predict_stream(predictor, source, topk=args.topk, stride=args.stride,
+                                    on_window=window_line if stream else None,
+                                    timeout=float(predictor.cfg.DATA.DECODE_TIMEOUT))
+        except DecodeFailure as e:
+            result["errors"].append({"path": source, "reason": e.reason, "detail": e.detail})
+            continue
+        result["results"].append(answer)
+        if stream:
+            tqdm.write(f"  stream, {_count(answer['clips'], 'window')}: {_topk_line(answer['topk'][:3])} "
+                       "(mean probabilities)", file=sys.stdout)
+    result["inputs"] += len(live)
     if not result["results"]:
         bad = len(result["errors"])
         result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
                            f"{'each listed with its reason' if stream else 'see errors'})" if bad else
                            f"no videos found in {', '.join(videos)}")
     return result
+
+
+def _window_line(c: dict) -> str:
+    return f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}"
 
 
 def _topk_line(items) -> str:
@@ -157,7 +188,7 @@ def video_lines(r: dict, run: dict) -> list:
     if r.get("short"):
         lines.append(f"  note: {r['short']}")
     for c in r.get("per_clip", []):
-        lines.append(f"  [{c['start_s']:7.2f} - {c['end_s']:7.2f} s] {_topk_line(c['topk'][:3])}")
+        lines.append(_window_line(c))
     return lines
 
 

@@ -44,7 +44,8 @@ import numpy as np
 
 logger = logging.getLogger("videoats.data")
 
-REASONS = ("missing", "unreadable", "not_a_video", "corrupt", "zero_frames", "timeout")  # not_a_video: files.py
+# not_a_video: files.py; not_supported: a stream or device this FFmpeg cannot read (inference/streams.py)
+REASONS = ("missing", "unreadable", "not_a_video", "corrupt", "zero_frames", "timeout", "not_supported")
 BACKENDS = ("decord", "pyav")
 VERBOSE_ENV = "VIDEOATS_VERBOSE"  # set by the CLI for --verbose
 

@@ -189,13 +189,14 @@ def answer(predictor: Predictor, plan, out: ViewOutputs, head: dict, topk: int, 
 
 
 def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: Optional[float] = None,
-                   topk: int = 5) -> Iterator[dict]:
+                   topk: int = 5, probabilities_out: Optional[list] = None) -> Iterator[dict]:
     """Answers for a sliding window over a stream of frames, each yielded as soon as its last frame arrives.
 
     `frames`: any iterable of uint8 (H, W, 3) RGB frames at a constant `fps` (a camera, a decoder loop).
     Windows are the clips `infer --per-clip` takes (one clip long, every `stride` seconds; default one
     clip length), with the same frame positions; only the small resized frames of the windows still open
-    are kept. A stream shorter than one clip gives one answer with its last frame repeated (`short`)."""
+    are kept. A stream shorter than one clip gives one answer with its last frame repeated (`short`).
+    `probabilities_out`: a list that receives each window's full probability vector (for a stream's mean)."""
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
     span = clip_span(s.num_frames, s.sampling_rate, fps, s.target_fps)
@@ -212,6 +213,8 @@ def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: O
         out = run_views(predictor, crop_views(clip, s, crops))
         method = str(predictor.cfg.TEST.AGGREGATION)
         agg, probs = scores_and_probs(out.logits, method)
+        if probabilities_out is not None:
+            probabilities_out.append(probs)
         first, last = int(rows.min()), int(rows.max())
         result = {"index": window, "start_s": round(first / fps, 4), "end_s": round((last + 1) / fps, 4),
                   "frame_indices": rows.tolist(), "topk": top_k(agg, predictor.label_names, topk, probs),

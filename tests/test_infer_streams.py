@@ -1,0 +1,78 @@
+"""`infer` on streams: standard input, a URL (served here over HTTP), answered window by window with the same
+windows and answers as the file would get; an unsupported protocol is "not supported", not "missing"."""
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from videoats.cli import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, vt):
+    """70 frames at 30 fps: the demo model's windows (32 frames) start at frames 0 and 32."""
+    folder = tmp_path_factory.mktemp("streams")
+    return vt.index_video(folder / "v.mp4", 70, height=48, width=64)
+
+
+def file_windows(video, capsys):
+    assert main(["infer", video, "--checkpoint", "demo", "--per-clip", "--stride", str(32 / 30), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["results"][0]["per_clip"]
+
+
+def same_windows(stream_windows, file_clips):
+    assert len(stream_windows) == 2  # complete windows only: 64..95 never completes
+    for w, c in zip(stream_windows, file_clips):
+        assert w["frame_indices"] == c["frame_indices"]
+        assert [t["label"] for t in w["topk"]] == [t["label"] for t in c["topk"]]
+        assert [t["score"] for t in w["topk"]] == pytest.approx([t["score"] for t in c["topk"]], abs=1e-5)
+
+
+def test_standard_input_is_answered_window_by_window(video, capsys):
+    with open(video, "rb") as f:
+        done = subprocess.run([sys.executable, "-m", "videoats.cli", "infer", "-", "--checkpoint", "demo", "--json"],
+                              stdin=f, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-1000:]
+    answer = json.loads(done.stdout)["results"][0]
+    assert answer["path"] == "-" and answer["stream"] is True and answer["clips"] == 2
+    same_windows(answer["per_clip"], file_windows(video, capsys))
+    # the stream's top-1 is the label with the highest mean probability over its windows
+    top = answer["topk"][0]
+    means = {}
+    for w in answer["per_clip"]:
+        for t in w["topk"]:
+            means.setdefault(t["label"], []).append(t["score"])
+    assert top["score"] >= max(sum(v) / 2 for v in means.values()) - 1e-6
+
+
+def test_a_url_is_read_as_a_stream(video, capsys):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=os.path.dirname(video))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{os.path.basename(video)}"
+        code = main(["infer", url, "--checkpoint", "demo", "--no-progress"])
+        text = capsys.readouterr().out
+        assert code == 0 and f"{url}  (stream)" in text and "stream, 2 windows:" in text
+        assert main(["infer", url, "--checkpoint", "demo", "--json"]) == 0
+        answer = json.loads(capsys.readouterr().out)["results"][0]
+    finally:
+        server.shutdown()
+    same_windows(answer["per_clip"], file_windows(video, capsys))
+
+
+def test_an_unsupported_protocol_says_so(capsys):
+    code = main(["infer", "s3://bucket/clip.mp4", "--checkpoint", "demo", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and out["errors"][0]["reason"] == "not_supported" and "Protocol not found" in \
+        out["errors"][0]["detail"]
