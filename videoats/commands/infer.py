@@ -173,7 +173,8 @@ def coverage_line(r: dict) -> str:
 def video_lines(r: dict, run: dict) -> list:
     """One video's answer (a blank line first, to separate it from the one before)."""
     rate = ", variable frame rate" if r.get("variable_frame_rate") else ""
-    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s{rate}, {_count(r['views'], 'view')})"]
+    views = _count(r["views"], "view")
+    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s{rate}, {views})"]
     for i, t in enumerate(r["topk"], 1):
         lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
     g = r["gflops"]

@@ -54,7 +54,8 @@ try:  # decord has no wheels for some platforms; PyAV then does all the work
 except Exception:  # pragma: no cover - depends on the platform
     _decord = None
 
-DECORD_CHUNK_BYTES = 64 << 20  # a decord get_batch call at most, in frame bytes (1080p: 10 frames; 4K: 2); it peaks at about 3x
+# a decord get_batch call at most, in frame bytes (1080p: 10 frames; 4K: 2); the call peaks at about 3x that
+DECORD_CHUNK_BYTES = 64 << 20
 # Container formats whose header states the duration independently of the packets (so that a cut file shows)
 _DURATION_IN_HEADER = ("matroska", "webm", "mov", "mp4")
 
@@ -180,13 +181,19 @@ def decord_available() -> bool:
     return _decord is not None
 
 
-def _probe_size(path: str) -> Tuple[int, int]:
-    """Stored (height, width) from the container header, without decoding a frame."""
+def _probe_size(path: str) -> Optional[Tuple[int, int]]:
+    """Stored (height, width) from the container header, without decoding a frame; None when PyAV cannot
+    tell (no video stream, a file it cannot open: the decoder then says why)."""
     import av
 
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        return int(stream.codec_context.height), int(stream.codec_context.width)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            return int(stream.codec_context.height), int(stream.codec_context.width)
+    except decoder_errors():
+        return None
 
 
 def _scaled_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
@@ -259,7 +266,7 @@ def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int
     conversion's speed instead of the chunk size.
     """
     height, width = -1, -1
-    stored = _probe_size(path)
+    stored = _probe_size(path) or (1080, 1920)  # unknown: chunks sized for 1080p
     if short_side > 0:
         sh, sw = _scaled_size(*stored, short_side)
         if (sh, sw) != stored:

@@ -27,8 +27,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .. import runner
-from ..data.clips import (cover_plan, covered_seconds, crop_views, make_views, protocol_frame, protocol_plan,  # noqa: F401 (make_views: flops imports it from here)
-                          read_clip_frames, sliding_plan)
+from ..data.clips import make_views  # noqa: F401  (flops imports it from here)
+from ..data.clips import (cover_plan, covered_seconds, crop_views, protocol_frame, protocol_plan, read_clip_frames,
+                          sliding_plan)
 from ..data.decoding import DecodeFailure
 from ..data.files import expand_inputs
 from ..data.sampling import clip_span, frame_indices
