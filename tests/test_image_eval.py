@@ -13,7 +13,7 @@ import videoats
 from videoats.checkpoint import save_checkpoint
 from videoats.cli import main as cli_main
 from videoats.data.images import apply_test_transform, scan_images
-from videoats.models.registry import ImageTransform, family_of_name
+from videoats.models.registry import family_of_name
 
 SAMPLES = os.path.join(__import__("matplotlib").get_data_path(), "sample_data")
 PHOTOS = {"person": ["grace_hopper.jpg"], "object": ["Minduka_Present_Blue_Pack.png", "logo2.png"]}
@@ -98,3 +98,21 @@ def test_eval_on_photographs_end_to_end(folder, tmp_path):
     adaptive = doc["gflops"]["adaptive"]
     dense = videoats.flops.analytic_gflops(model)
     assert adaptive["per_view"]["min"] <= adaptive["per_view"]["mean"] <= adaptive["per_view"]["max"] < dense
+
+
+def test_folders_named_otherwise_than_the_checkpoints_classes_match_by_index(folder, tmp_path):
+    """ImageNet's folders are WordNet ids while published checkpoints name classes ("tench, Tinca tinca"): the
+    sorted folders are the class indices (ImageFolder's convention), said in the results file; folders that
+    do use the checkpoint's names in another order are still refused."""
+    model = videoats.create_model("cvt_tiny_96", num_classes=2).eval()
+    args = ["--config", "configs/imagenet/cvt_21_384.yaml", "--json", "MODEL.NAME", "cvt_tiny_96",
+            "MODEL.NUM_CLASSES", "2", "DATA.PATH_TO_DATA_DIR", str(folder), "DATA.TEST_CROP_SIZE", "96",
+            "DATA.NUM_WORKERS", "0"]
+    save_checkpoint(tmp_path / "named.safetensors", model, label_names=["tabby cat", "tench"])
+    rc = cli_main(["eval", *args, "--checkpoint", str(tmp_path / "named.safetensors"), "--output", str(tmp_path / "a")])
+    assert rc == 0
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert doc["label_order"]["source"] == "index" and "'object'" in doc["label_order"]["note"]
+    save_checkpoint(tmp_path / "swapped.safetensors", model, label_names=["person", "object"])
+    assert cli_main(["eval", *args, "--checkpoint", str(tmp_path / "swapped.safetensors"),
+                     "--output", str(tmp_path / "b")]) != 0

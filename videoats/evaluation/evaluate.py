@@ -235,9 +235,21 @@ def evaluate(cfg, checkpoint: Optional[str] = None, output_dir: Optional[str] = 
     ckpt_labels = _meta(report, "label_names") if report is not None else None
     zoo_name = zoo.entry_for(checkpoint) if checkpoint and not ckpt_labels else None
     zoo_labels = zoo.label_names(zoo_name) if zoo_name else None
+    named = ckpt_labels or zoo_labels
+    # an image folder's classes are its sorted folders (ImageFolder's convention, which the published ImageNet
+    # evaluations follow); folders that name no class of the checkpoint (ImageNet's WordNet ids against
+    # "tench, Tinca tinca") are matched by that index, not refused
+    folders, classes = {_norm_label(n) for n in dataset.label_names}, {_norm_label(n) for n in named or ()}
+    by_index = bool(images and named) and not folders & classes
     _check_labels(dataset.label_names, int(getattr(net, "num_classes", len(dataset.label_names))),
-                  ckpt_labels or zoo_labels)
-    label_order = _label_order(cfg, checkpoint, bool(ckpt_labels), zoo_name if zoo_labels else None)
+                  None if by_index else named)
+    if by_index:
+        label_order = {"source": "index", "note": f"the image folder's {len(dataset.label_names)} classes in sorted "
+                                                  "order are the checkpoint's class indices (its names, e.g. "
+                                                  f"{named[0]!r}, are not the folders', e.g. "
+                                                  f"{dataset.label_names[0]!r})"}
+    else:
+        label_order = _label_order(cfg, checkpoint, bool(ckpt_labels), zoo_name if zoo_labels else None)
     if not images and getattr(net, "num_frames", cfg.DATA.NUM_FRAMES) != cfg.DATA.NUM_FRAMES:
         name = getattr(net, "model_name", type(net).__name__)
         warnings.append(f"model {name} expects {net.num_frames} frames but DATA.NUM_FRAMES is "

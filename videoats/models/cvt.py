@@ -11,14 +11,16 @@ whole grid. Queries are read back at the slots. A key (stride 2, 3 x 3 window) i
 holds a present token, and absent keys are masked out of attention: a dropped token is never a key of its
 own, and an empty window's key (BatchNorm's bias alone) never one either. ATS scores a token (the CLS
 attention to its key times its value's norm) with the key and value of the stride-2 window centred on it, or
-the mean of the two or four windows it lies between (bilinear at its location; those windows all hold it, so
-they are present keys): neighbours score differently, so the sample does not hinge on how a sort orders
-ties, and a pruned grid samples as the masked one. What this computes and the GFLOPs count (`flops_spec`) agree: the depth-wise convolutions and key
-/ value projections over the whole grid (fixed per block), token-wise layers on the present tokens.
+the mean of the two or four windows it lies between (bilinear at its location; those windows all hold it,
+so they are present keys). Only the last row / column of an even grid shares its windows with the one
+before; those ties rank by location (`TIE_BREAK`), so a pruned grid samples as the masked one.
+What is computed, and counted by `flops_spec`: the depth-wise convolutions (and BatchNorm) over the whole
+grid and the key / value projections over every window (fixed per block), the token-wise layers (norms,
+query projection, output projection, MLP) on the present tokens, attention of every present query against
+every window (absent ones masked, still computed), and the CLS scoring row over the slots.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 

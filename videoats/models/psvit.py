@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..ats.core import Layout, SamplingRun
 from ..errors import VideoATSError
-from .cost import BlockCost, CostSpec, attn_block_cost, lin, ln, plain_cost
+from .cost import CostSpec, attn_block_cost, lin, ln, plain_cost
 from .layers import PlainBlock, call_block, grid_block
 from .registry import Family, ImageTransform, register_family, register_model
 
