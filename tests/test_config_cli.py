@@ -25,7 +25,7 @@ def test_base_inheritance_and_overrides(tmp_path):
     assert cfg.TEST.BATCH_SIZE == 4 and cfg.DATA.TARGET_FPS == 25
     assert ats_from_cfg(cfg) == dict(blocks=[4, 5], tokens=[0.5, 0.7], variant="tube", drop_tokens=True,
                                      min_tokens=8, mode="trim", sampler="eager",
-                                     selection="inverse_transform")
+                                     selection="inverse_transform", seed=0)
     assert ats_from_cfg(load_config(None, [])) is None
 
 
@@ -94,3 +94,23 @@ def test_overrides_are_found_anywhere_on_the_line(tmp_path):
     assert opts == ["TEST.BATCH_SIZE", "4", "SEED", "-1", "ATS.ENABLE"]  # the last has no value: the loader says so
     with pytest.raises(VideoATSError, match="no value"):
         load_config(None, opts)
+
+
+def test_the_selection_flags_reach_the_config_and_the_count(capsys):
+    """`--ats-selection`/`--ats-seed` are ATS.SELECTION/ATS.SEED for eval and infer, and the flops count runs
+    the rule: random keeps the budget's count in every sample, 9 of 16 locations at the first block
+    (0.6 x 17 tokens, CLS included), then the min_tokens floor of 8 (7 locations), then all 7 (a budget of
+    8 that no longer binds), scoring nothing."""
+    from videoats.commands._args import inference_overrides
+
+    for argv in (["eval", "--ats-selection", "random", "--ats-seed", "7"],
+                 ["infer", "clip.mp4", "--ats-selection", "random", "--ats-seed", "7"]):
+        opts = inference_overrides(build_parser().parse_args(argv))
+        assert ats_from_cfg(load_config(None, opts + ["ATS.ENABLE", "True", "ATS.BLOCKS", "[1]"]))["seed"] == 7
+        assert opts[opts.index("ATS.SELECTION") + 1] == "random"
+    assert main(["flops", "--model", "timesformer_tiny_8x32", "--ats-blocks", "1,2,3", "--ats-tokens", "0.6",
+                 "--ats-selection", "random", "--ats-seed", "5", "--input", "random", "--json"]) == 0
+    ats = json.loads(capsys.readouterr().out)["ats"]
+    assert ats["config"]["selection"] == "random" and ats["config"]["seed"] == 5
+    kept = {block: (v["min"], v["max"]) for block, v in ats["kept_tokens"].items()}
+    assert kept == {"1": (72, 72), "2": (56, 56), "3": (56, 56)}

@@ -107,3 +107,14 @@ def test_a_mask_left_on_the_cpu_is_caught(monkeypatch):
     monkeypatch.setattr(core, "arrange", arrange_on_cpu)
     with pytest.raises(RuntimeError, match="same device"):
         fake_cuda_run(model, _input(model), autocast=False)
+
+
+@pytest.mark.parametrize("name,variant", [("timesformer_tiny_8x32", "tube"), ("xvit_tiny_8x32", "joint"),
+                                          ("deit_tiny_patch8_32", "image")])
+def test_the_random_baseline_stays_on_cuda(name, variant):
+    """Its keys are made in the forward pass (a hash of each token's place): on the input's device."""
+    model = _model(name, variant, "static")
+    model.ats.selection = "random"
+    out = fake_cuda_run(model, _input(model), autocast=True)
+    assert out.device.type == "cuda"
+    assert all(m.device.type == "cuda" for m in token_masks(model).values())

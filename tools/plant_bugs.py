@@ -82,6 +82,11 @@ PLANTS = [
             "n = host_draws(budget, rows.shape[1], ref, min_tokens)"),
            ("videoats/ats/stage.py", "n = num_samples(budget, present.sum(dim=1) + 1, ref, min_tokens)",
             "n = num_samples(budget, present.sum(dim=1), ref, min_tokens)"))),
+    Plant("random_keys_by_slot", "the random baseline keys slots instead of tokens (so a pruned layout draws "
+                                 "other tokens than the masked one)",
+          (("videoats/ats/core.py", "random_keys(cfg.seed, block, self.location, self.slots0,",
+            "random_keys(cfg.seed, block, torch.arange(self.location.shape[2]).expand_as(self.location), "
+            "self.slots0,"),)),
     Plant("static_width_short", "the static layout's width is one slot under the most a row can keep",
           (("videoats/ats/sampler.py", "return slots if k >= slots + 1 else min(slots, max(k - 1, 2))",
             "return slots if k >= slots + 1 else min(slots, max(k - 2, 2))"),)),

@@ -86,7 +86,8 @@ _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batc
 _C.ATS.MIN_TOKENS = 8  # no stage keeps fewer tokens than this (CLS included), whatever the budget
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
 _C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's tensor work as torch.compile'd functions)
-_C.ATS.SELECTION = "inverse_transform"  # inverse_transform (ATS) | top_k (the fixed-count baseline)
+_C.ATS.SELECTION = "inverse_transform"  # inverse_transform (ATS) | top_k (the fixed-count baseline) | random
+_C.ATS.SEED = 0  # which tokens ATS.SELECTION random draws (the same tokens in every layout and on every device)
 
 _C.DATA = CfgNode()
 _C.DATA.PATH_TO_DATA_DIR = ""  # folder holding the annotation files (and the videos, unless DATA.PATH_PREFIX)
@@ -226,6 +227,7 @@ _RANGES = {
     "MODEL.DROPOUT_RATE": (0.0, 0.999, "in [0, 1) or null (the registered value)"),
     "ATS.TOKENS": (1e-9, _INF, "positive: a ratio in (0, 1] or a token count"),
     "ATS.MIN_TOKENS": (1, _INF, "at least 1"),
+    "ATS.SEED": (0, 2 ** 32 - 1, "an integer in [0, 2^32)"),
     "ATS.BLOCKS": (0, _INF, "block indices from 0"),
     "DATA.NUM_FRAMES": (1, _INF, "at least 1"),
     "DATA.SAMPLING_RATE": (1, _INF, "at least 1"),
@@ -300,6 +302,7 @@ def ats_from_cfg(cfg: CfgNode) -> Optional[dict]:
         mode=str(cfg.ATS.MODE),
         sampler=str(cfg.ATS.SAMPLER),
         selection=str(cfg.ATS.SELECTION),
+        seed=int(cfg.ATS.SEED),
     )
 
 

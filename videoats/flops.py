@@ -241,12 +241,13 @@ def _patch_size(model) -> Tuple[int, int]:
 
 def _count(spec: CostSpec, batch: int, frames: int, locations: int,
            stages: Dict[int, Tuple[Tensor, int, int, Optional[int]]], padded: bool,
-           size: Optional[Tuple[int, int]] = None) -> Tensor:
+           size: Optional[Tuple[int, int]] = None, scored: bool = True) -> Tensor:
     """FLOPs per sample (B,), float64, on the device of the stage masks (CPU without stages). stages:
     block -> (mask (B, T, L0) of tokens kept after it, slots per frame after it, locations temporal
     attention runs over after it, patch-token rows per sample token-wise layers computed after it, padding
     included, or None: the present tokens). Blocks without a stage keep what came in. `size`: the input's
-    (height, width), which a spec with `at_size` prices its fixed work by."""
+    (height, width), which a spec with `at_size` prices its fixed work by. `scored`: the ATS blocks compute
+    the CLS scoring row (every selection but `random`, which needs no scores)."""
     b, t, l0 = batch, frames, locations
     device = next(iter(stages.values()))[0].device if stages else None
     f64 = dict(dtype=torch.float64, device=device)
@@ -291,11 +292,11 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int,
         total += blk.pre * (t + rows_in) + blk.proj * (t + computed)
         if padded:
             total += blk.pair * t * (1 + width_out) * (1 + width if keys is None else keys)
-            if stage is not None:
+            if stage is not None and scored:
                 total += blk.score * t * (1 + width)
         else:
             total += blk.pair * ((1 + k) * ((1 + n) if keys is None else keys)).sum(dim=1)
-            if stage is not None:
+            if stage is not None and scored:
                 total += blk.score * (1 + n).sum(dim=1)
         # MLP: TimeSformer has one CLS, the per-frame models one per frame
         total += blk.mlp * (computed + (1 if spec.family == "divided" else t))
@@ -352,7 +353,7 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
               for r in trace}
     spec = _spec(model, ats_path=True)
     size = input_thw(model, None if shape is None else shape[1:])[1:]
-    return _count(spec, b, t, l0, stages, padded, size) / 1e9
+    return _count(spec, b, t, l0, stages, padded, size, scored=model.ats.selection != "random") / 1e9
 
 
 def sample_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:

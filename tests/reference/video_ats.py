@@ -38,7 +38,8 @@ class Settings:
     tokens: Union[float, Sequence[float]]  # one budget, or one per block in `blocks` order
     variant: str  # tube | frame | joint
     min_tokens: int = 8
-    selection: str = "inverse_transform"  # or top_k
+    selection: str = "inverse_transform"  # or top_k, random
+    seed: int = 0
 
     def budget(self, block: int) -> float:
         if isinstance(self.tokens, (list, tuple)):
@@ -132,7 +133,35 @@ def top_k(scores: torch.Tensor, draws: int) -> Set[int]:
     return {i for i in ranked[:draws] if float(scores[i]) > 0}
 
 
-def sample(scores: Dict[Token, torch.Tensor], settings: Settings, block: int, frames: int,
+MASK32 = 2 ** 32 - 1
+
+
+def mix32(x: int) -> int:
+    """[D sampler.random_keys] The 32-bit integer hash: twice x = ((x >> 16) ^ x) * 0x45D9F3B mod 2^32,
+    then x ^ (x >> 16)."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & MASK32
+    return (x >> 16) ^ x
+
+
+def random_key(seed: int, block: int, sample_index: int, frame: int, location: int, locations: int) -> int:
+    """[D sampler.random_keys] A token's key for `selection="random"`: the hash of seed (mixed with the
+    block times 0x9E3779B1), the sample's index in the batch, the frame (0 for `tube`: a location's key
+    is the same in every frame) and the location, chained, above 24 bits holding the token's index in
+    the clip's grid (frame x L0 + location)."""
+    h = mix32((seed & MASK32) ^ ((block * 0x9E3779B1) & MASK32))
+    for part in (sample_index, frame, location):
+        h = mix32(h ^ part)
+    return (h << 24) | (frame * locations + location)
+
+
+def top_keys(keys: List[int], draws: int) -> Set[int]:
+    """[R] The random baseline (`selection="random"`): the `draws` candidates with the largest keys, a
+    uniformly random subset of the budget's size (keys are distinct)."""
+    return set(sorted(range(len(keys)), key=lambda i: -keys[i])[:draws])
+
+
+def sample(scores: Dict[Token, Union[torch.Tensor, int]], settings: Settings, block: int, frames: int,
            locations: int) -> Set[Token]:
     """[D core.py] Which tokens a sample keeps at an ATS block, from the scores of its present tokens.
     - tube: one draw over the locations present; a location's score is the sum over frames of its
@@ -141,17 +170,20 @@ def sample(scores: Dict[Token, torch.Tensor], settings: Settings, block: int, fr
     - frame: one draw per frame over its own present tokens; reference L0 + 1.
     - joint: one draw over every present token of the clip; the budget counts tokens over the clip;
       reference T x L0 + 1.
-    L0 is the number of locations of the input (the first ATS stage's grid)."""
-    pick = top_k if settings.selection == "top_k" else inverse_transform
+    L0 is the number of locations of the input (the first ATS stage's grid). With `selection="random"`
+    the values are the tokens' `random_key`s instead of scores (a tube's location: its key)."""
+    random = settings.selection == "random"
+    pick = {"top_k": top_k, "random": top_keys}.get(settings.selection, inverse_transform)
 
-    def draw(candidates: List, row: List[torch.Tensor], reference: int) -> Set:
+    def draw(candidates: List, row: List, reference: int) -> Set:
         n = draw_count(settings.budget(block), len(candidates) + 1, reference, settings.min_tokens)
-        return {candidates[i] for i in pick(torch.stack(row), n)}
+        return {candidates[i] for i in pick(row if random else torch.stack(row), n)}
 
     if settings.variant == "tube":
         total = {t: sum(s for (f, _), s in scores.items() if f == t) for t in range(frames)}
         here = sorted({loc for _, loc in scores})
-        row = [sum(scores[t, loc] / total[t] for t in range(frames) if (t, loc) in scores) for loc in here]
+        row = [max(v for (_, where), v in scores.items() if where == loc) if random else
+               sum(scores[t, loc] / total[t] for t in range(frames) if (t, loc) in scores) for loc in here]
         kept = draw(here, row, locations + 1)
         return {tok for tok in scores if tok[1] in kept}
     if settings.variant == "joint":
@@ -186,19 +218,25 @@ def attend_kept(attn, q, k, v, here: List[int], kept_here: List[int], macs: Macs
     return macs.linear(attn.proj, attention(q[rows], k, v, attn.num_heads, macs))
 
 
-def sampled_frames(frames_qkv, settings, block, frames, locations, heads, macs) -> Set[Token]:
-    """[D] Score every frame from its own CLS row, then sample over the clip as the variant says."""
+def sampled_frames(frames_qkv, settings, block, frames, locations, heads, macs, sample_index) -> Set[Token]:
+    """[D] Score every frame from its own CLS row (the random baseline scores nothing: it takes the
+    tokens' keys), then sample over the clip as the variant says."""
     scores = {}
     for t, (q, k, v, here) in frames_qkv.items():
-        for loc, s in zip(here, significance(q[0], k, v, heads, macs)):
-            scores[t, loc] = s
+        if settings.selection == "random":
+            frame = 0 if settings.variant == "tube" else t
+            for loc in here:
+                scores[t, loc] = random_key(settings.seed, block, sample_index, frame, loc, locations)
+        else:
+            for loc, s in zip(here, significance(q[0], k, v, heads, macs)):
+                scores[t, loc] = s
     return sample(scores, settings, block, frames, locations)
 
 
 # ----------------------------------------------------------------------------------------- TimeSformer
 
 
-def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, trace):
+def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
     for i, blk in enumerate(model.blocks):
         heads = blk.attn.num_heads
         # [T] temporal attention at every location over its frames, the CLS left out; [R] a dropped token
@@ -215,7 +253,7 @@ def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, t
         qkv = {t: frame_attention(blk.attn, blk.norm1, cls, tokens, t, macs) for t in range(frames)}
         kept = set(tokens)
         if i in settings.blocks:
-            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs)
+            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs, sample_index)
             trace[i] = set(kept)
         cls_outs, new = [], {}
         for t, (q, k, v, here) in qkv.items():
@@ -254,7 +292,7 @@ def shifted(keys: Dict[Token, torch.Tensor], t: int, loc, fold: int, segments: i
     return out
 
 
-def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace):
+def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
     fold, segments = model.fold, model.num_segments
     for i, blk in enumerate(model.blocks):
         heads = blk.attn.num_heads
@@ -270,7 +308,7 @@ def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace):
                       torch.stack([shifted(vs, t, loc, fold, segments) for loc in where]), here)
         kept = set(tokens)
         if i in settings.blocks:  # [D] scored on the shifted keys and values the CLS attends to
-            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs)
+            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs, sample_index)
             trace[i] = set(kept)
         new_cls, new = [], {}
         for t, (q, k, v, here) in qkv.items():
@@ -324,9 +362,9 @@ def reference_forward(model, video: torch.Tensor, settings: Settings, xvit: Opti
         macs.total += patch_macs * frames * locations  # the patch embedding of every frame
         tokens = {(t, loc): grid[s, t, loc] for t in range(frames) for loc in range(locations)}
         if xvit:
-            out = _xvit_sample(model, list(cls_all[s]), tokens, settings, frames, locations, macs, trace)
+            out = _xvit_sample(model, list(cls_all[s]), tokens, settings, frames, locations, macs, trace, s)
         else:
-            out = _timesformer_sample(model, cls_all[s, 0], tokens, settings, frames, locations, macs, trace)
+            out = _timesformer_sample(model, cls_all[s, 0], tokens, settings, frames, locations, macs, trace, s)
         logits.append(out)
         kept.append(trace)
         gflops.append(macs.total / 1e9)

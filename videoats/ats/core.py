@@ -34,15 +34,15 @@ import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
-from .sampler import max_kept
+from .sampler import max_kept, random_keys
 from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, present_rows, score_and_select,
                     temporal_mask)
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
 SAMPLERS = ("eager", "compiled")
-SELECTIONS = ("inverse_transform", "top_k")
-OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection")
+SELECTIONS = ("inverse_transform", "top_k", "random")
+OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection", "seed")
 
 
 @dataclass
@@ -54,8 +54,10 @@ class ATSConfig:
     min_tokens: int = 8
     mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
     sampler: str = "eager"  # eager | compiled: each stage's tensor work as torch.compile'd functions
-    # inverse_transform (ATS) | top_k: the fixed-count baseline, the budget's highest-scoring tokens every time
+    # inverse_transform (ATS) | top_k: the fixed-count baseline, the budget's highest-scoring tokens every time |
+    # random: the budget's count of tokens drawn uniformly at random (`seed`; the same in every layout)
     selection: str = "inverse_transform"
+    seed: int = 0
 
     @classmethod
     def from_any(cls, ats) -> "ATSConfig":
@@ -109,23 +111,26 @@ class ATSConfig:
                                     f"{most} (the tokens of one {variant} sample, CLS included)")
         if isinstance(tokens, (list, tuple)):  # the i-th budget belongs to the i-th block as given
             tokens = [t for _, t in sorted(zip(blocks, tokens))]
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
+            raise VideoATSError(f"ATS seed {self.seed!r} must be an integer in [0, 2^32)")
         return ATSConfig(sorted(blocks), tokens, variant, bool(self.drop_tokens), int(self.min_tokens), self.mode,
-                         self.sampler, self.selection)
+                         self.sampler, self.selection, self.seed)
 
     def to_dict(self) -> dict:
         """Plain types, as results files record the setting."""
         tokens = list(self.tokens) if isinstance(self.tokens, (list, tuple)) else self.tokens
         return {"variant": self.variant, "blocks": list(self.blocks), "tokens": tokens,
                 "drop_tokens": bool(self.drop_tokens), "min_tokens": int(self.min_tokens), "mode": self.mode,
-                "sampler": self.sampler, "selection": self.selection}
+                "sampler": self.sampler, "selection": self.selection, "seed": int(self.seed)}
 
     def label(self) -> str:
-        """`ATS variant blocks a-b tokens t` (`top-k ...` for the fixed-count baseline): how plots and tables
-        name a setting."""
+        """`ATS variant blocks a-b tokens t` (`top-k ...`, `random ...` for the baselines): how plots and
+        tables name a setting."""
         b = list(self.blocks)
         blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
         tokens = self.tokens if not isinstance(self.tokens, (list, tuple)) else "/".join(map(str, self.tokens))
-        return f"{'top-k' if self.selection == 'top_k' else 'ATS'} {self.variant} b{blocks} k{tokens}"
+        method = {"top_k": "top-k", "random": "random"}.get(self.selection, "ATS")
+        return f"{method} {self.variant} b{blocks} k{tokens}"
 
 
 def group_size(variant: str, num_frames: int, num_patches: int) -> int:
@@ -278,8 +283,10 @@ class SamplingRun:
         grid = (self.batch, self.frames, l)
         fn = maybe_compiled(score_and_select, cfg.sampler, float_args=True)
         with torch.no_grad():
+            keys = None if cfg.selection != "random" else \
+                random_keys(cfg.seed, block, self.location, self.slots0, frames_share=cfg.variant == "tube")
             return fn(q_cls, k, v, key_valid, valid, grid, scale, cfg.variant, cfg.budget(block), self.slots0,
-                      cfg.min_tokens, cfg.selection)
+                      cfg.min_tokens, cfg.selection, keys)
 
     def layout(self, block: int, keep: Tensor) -> Tuple[Optional[SlotGather], Layout]:
         """Where kept tokens go next: (the gathers that make the new grid, or None to keep the grid; the new

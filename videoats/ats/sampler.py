@@ -1,5 +1,5 @@
-"""The numerical heart of ATS: significance scores and inverse transform sampling (and, as the baseline it
-is measured against, a fixed-count top-k pick with the same contract).
+"""The numerical heart of ATS: significance scores and inverse transform sampling (and, as the baselines it
+is measured against, a fixed-count top-k pick and a uniformly random pick with the same contract).
 
 They work on rows of candidates and know nothing about images, frames or backbones; the
 variants in `core.py` decide what a row is (an image, a frame, a clip, or one score per tube).
@@ -191,4 +191,52 @@ def top_k_sample(scores: Tensor, n_samples, present: Optional[Tensor] = None,
     w = min(m, int(counts.max()) if width is None else int(width))
     top, index = torch.sort(s, dim=1, descending=True, stable=True)
     keep = (torch.arange(w, device=s.device)[None] < counts[:, None]) & (top[:, :w] > 0)
+    return index[:, :w], keep
+
+
+_MASK32 = 0xFFFFFFFF
+_INDEX_BITS = 24  # a key's low bits: the token's index in the clip's grid (at most 16.7 M tokens)
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding values below 2^32;
+    every product stays below 2^59, so nothing overflows."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & _MASK32
+    return (x >> 16) ^ x
+
+
+def random_keys(seed: int, block: int, location: Tensor, slots0: int, frames_share: bool = False) -> Tensor:
+    """`selection="random"`'s sort keys: int64 (B, T, L) for a grid whose slots hold the original locations
+    `location` (of `slots0` per frame): the 32-bit hash of (seed, block, sample, frame, location) above the
+    token's index in the clip's grid (frame x slots0 + location, so no two candidates of a row tie). A key belongs to the token, not to its
+    slot: the same tokens are drawn whatever the layout (masked or pruned, any padding), on every device,
+    with no generator state in the forward pass. `frames_share`: one key per location, the same in every
+    frame (a tube's). The sample index makes samples of a batch draw independently."""
+    b, t, _ = location.shape
+    device = location.device
+    sample = torch.arange(b, device=device).view(b, 1, 1)
+    frame = torch.zeros(1, t, 1, dtype=torch.long, device=device) if frames_share else \
+        torch.arange(t, device=device).view(1, t, 1)
+    h = _mix32(torch.full((1, 1, 1), (seed & _MASK32) ^ (block * 0x9E3779B1 & _MASK32), dtype=torch.long,
+                          device=device))
+    h = _mix32(h ^ sample)
+    h = _mix32(h ^ frame)
+    h = _mix32(h ^ location)
+    return (h << _INDEX_BITS) | (frame * slots0 + location)
+
+
+def random_sample(keys: Tensor, n_samples, present: Optional[Tensor] = None,
+                  width: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """`inverse_transform_sample`'s contract for `selection="random"`: the `n_samples` present candidates of
+    every row with the largest `random_keys` (int64, unique within a row), a uniformly random subset of the
+    budget's size; absent candidates never."""
+    r, m = keys.shape
+    if present is not None:
+        keys = keys.masked_fill(~present.bool(), -1)
+    counts = n_samples.to(keys.device).expand(r) if isinstance(n_samples, Tensor) else \
+        torch.full((r,), int(n_samples), device=keys.device)
+    w = min(m, int(counts.max()) if width is None else int(width))
+    top, index = torch.sort(keys, dim=1, descending=True)
+    keep = (torch.arange(w, device=keys.device)[None] < counts[:, None]) & (top[:, :w] >= 0)
     return index[:, :w], keep

@@ -15,21 +15,27 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-from .sampler import cls_significance, host_draws, inverse_transform_sample, never_binds, num_samples, top_k_sample
+from .sampler import (cls_significance, host_draws, inverse_transform_sample, never_binds, num_samples, random_sample,
+                      top_k_sample)
 
 
 def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
                 min_tokens: int, selection: str = "inverse_transform") -> Tensor:
-    """Sample one stage: significance scores (B, T, L) (0 for absent tokens) -> keep (B, T, L) bool. One
-    inverse transform sample per row (or with `selection="top_k"` the fixed-count baseline), where the
-    variant decides what a row is (module docstring of core.py)."""
+    """Sample one stage: significance scores (B, T, L) (0 for absent tokens), or with `selection="random"`
+    the tokens' `random_keys`, -> keep (B, T, L) bool. One inverse transform sample per row (or one of the
+    baselines: `top_k`, a fixed count of the highest scores; `random`, a uniformly random subset of that
+    count), where the variant decides what a row is (module docstring of core.py)."""
     b, t, l = scores.shape
     present = valid  # None: every token of the grid is there
+    random = selection == "random"
     if valid is not None:
-        scores = scores * valid
+        scores = scores.masked_fill(~valid, -1) if random else scores * valid
     if variant == "tube":
-        per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
-        rows, ref = per_frame.sum(dim=1), slots0 + 1
+        if random:  # a location's key is the same in every frame where it is present (absent: -1)
+            rows, ref = scores.amax(dim=1), slots0 + 1
+        else:
+            per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
+            rows, ref = per_frame.sum(dim=1), slots0 + 1
         present = None if valid is None else valid.any(dim=1)
     elif variant == "joint":
         rows, ref = scores.reshape(b, t * l), t * slots0 + 1
@@ -45,7 +51,7 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
         n = ref - 1
     else:
         n = num_samples(budget, present.sum(dim=1) + 1, ref, min_tokens)
-    sample = top_k_sample if selection == "top_k" else inverse_transform_sample
+    sample = {"top_k": top_k_sample, "random": random_sample}.get(selection, inverse_transform_sample)
     index, keep = sample(rows, n, present, width=max(ref - 1, 2))
     # collapsed duplicates point at a real token: add, never overwrite, so they cannot unset it
     chosen = torch.zeros(rows.shape, dtype=torch.int32, device=rows.device)
@@ -60,8 +66,12 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
 
 def score_and_select(q_cls: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor], valid: Optional[Tensor],
                      grid: Tuple[int, int, int], scale: float, variant: str, budget: float, slots0: int,
-                     min_tokens: int, selection: str = "inverse_transform") -> Tensor:
-    """Score and sample one stage: `SamplingRun.sample` as a pure function."""
+                     min_tokens: int, selection: str = "inverse_transform", keys: Optional[Tensor] = None
+                     ) -> Tensor:
+    """Score and sample one stage: `SamplingRun.sample` as a pure function. With `keys` (the random
+    baseline's `random_keys`) nothing is scored."""
+    if keys is not None:
+        return select_keep(keys, valid, variant, budget, slots0, min_tokens, selection)
     scores = cls_significance(q_cls, k, v, scale, key_valid).reshape(grid)
     return select_keep(scores, valid, variant, budget, slots0, min_tokens, selection)
 

@@ -28,7 +28,7 @@ from ..models import family_of_name
 from ..models.build import view_config_from_model
 from ..runner import account
 from ..summary import number_text, stats
-from ._args import add_common
+from ._args import add_common, add_selection_args
 
 
 
@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     g.add_argument("--ats-mode", choices=MODES,
                    help="pruned layout: trim (pad to the batch's largest count; default) or static (widths from "
                         "the budget, no device read): the padded GFLOPs differ, the per-sample ones do not")
+    add_selection_args(g)
     g.add_argument("--checkpoint", help="weights to load first (kept tokens depend on the weights)")
     g.add_argument("--input", nargs="+", default=["synthetic"], metavar="SOURCE",
                    help="'synthetic' (rendered motion clips, default), 'random' (normal noise), or video files")
@@ -84,11 +85,14 @@ def _floats(text: str, what: str) -> List[float]:
 
 def _ats_config(args) -> Optional[dict]:
     if not args.ats_blocks:
-        if args.ats_tokens or args.ats_variant or args.ats_masked or args.ats_mode:
-            raise VideoATSError("--ats-tokens/--ats-variant/--ats-masked/--ats-mode need --ats-blocks")
+        if args.ats_tokens or args.ats_variant or args.ats_masked or args.ats_mode or args.ats_selection \
+                or args.ats_seed is not None:
+            raise VideoATSError("--ats-tokens/--ats-variant/--ats-masked/--ats-mode/--ats-selection/--ats-seed "
+                                "need --ats-blocks")
         return None
     ats = dict(blocks=_ints(args.ats_blocks, "--ats-blocks"), drop_tokens=not args.ats_masked, tokens=1.0,
-               mode=args.ats_mode or "trim")
+               mode=args.ats_mode or "trim", selection=args.ats_selection or "inverse_transform",
+               seed=0 if args.ats_seed is None else args.ats_seed)
     if args.ats_tokens:
         tokens = _floats(args.ats_tokens, "--ats-tokens")
         ats["tokens"] = tokens[0] if len(tokens) == 1 else tokens
@@ -234,6 +238,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     cfg = model.ats
     setting = cfg.to_dict()
     out = dict(config=dict(blocks=setting["blocks"], tokens=setting["tokens"], variant=setting["variant"],
+                           selection=setting["selection"], seed=setting["seed"],
                            layout=f"pruned ({cfg.mode})" if cfg.drop_tokens else "masked"),
                input=label, weights=args.checkpoint or "random initialisation (no --checkpoint): kept tokens "
                                                         "reflect untrained attention",
@@ -266,8 +271,11 @@ def format_flops(r: dict) -> str:
     if ats:
         c = ats["config"]
         ps, pt = ats["per_sample_per_view"], ats["per_sample_total"]
-        lines += ["", f"  ATS blocks {c['blocks']}, tokens {c['tokens']}, variant {c['variant']}, {c['layout']} "
-                      f"layout; {ats['samples']} samples", f"  input: {ats['input']}", f"  weights: {ats['weights']}"]
+        picked = {"top_k": ", top-k selection", "random": f", random selection (seed {c['seed']})"}.get(
+            c["selection"], "")
+        lines += ["", f"  ATS blocks {c['blocks']}, tokens {c['tokens']}, variant {c['variant']}{picked}, "
+                      f"{c['layout']} layout; {ats['samples']} samples", f"  input: {ats['input']}",
+                  f"  weights: {ats['weights']}"]
         lines.append(f"  total = {ats['total_is']}")
         for key in ("mean", "min", "max"):
             lines.append(f"  {'ATS per sample, ' + key:<34} {_g(ps[key]):>12} {_g(pt[key]):>14}")
