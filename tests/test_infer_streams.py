@@ -1,5 +1,6 @@
 """`infer` on streams: standard input, a URL (served here over HTTP), answered window by window with the same
-windows and answers as the file would get; an unsupported protocol is "not supported", not "missing"."""
+windows and answers as the file would get; an unsupported protocol is "not supported", not "missing". And
+the CSV the answers can be written as."""
 from __future__ import annotations
 
 import functools
@@ -76,3 +77,25 @@ def test_an_unsupported_protocol_says_so(capsys):
     out = json.loads(capsys.readouterr().out)
     assert code == 2 and out["errors"][0]["reason"] == "not_supported" and "Protocol not found" in \
         out["errors"][0]["detail"]
+
+
+def test_csv_rows_are_the_json_answers(video, bad_videos, tmp_path, capsys):
+    import csv
+
+    table = tmp_path / "answers.csv"
+    code = main(["infer", video, bad_videos["truncated_faststart"], "--checkpoint", "demo", "--per-clip", "--csv",
+                 str(table), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["csv"] == str(table)
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    answer = out["results"][0]
+    assert [r["window"] for r in rows] == ["all"] + [str(c["index"]) for c in answer["per_clip"]] + [""]
+    assert rows[0]["label"] == answer["topk"][0]["label"] and float(rows[0]["score"]) == answer["topk"][0]["score"]
+    assert float(rows[0]["end_s"]) == answer["duration_s"]
+    for r, c in zip(rows[1:], answer["per_clip"]):
+        assert (float(r["start_s"]), float(r["end_s"])) == (c["start_s"], c["end_s"])
+        assert [r["label"], r["label_2"], r["label_3"]] == [t["label"] for t in c["topk"][:3]]
+    assert rows[-1]["path"] == bad_videos["truncated_faststart"] and rows[-1]["reason"] == "corrupt"
+    assert main(["infer", video, "--checkpoint", "demo", "--csv", str(tmp_path)]) == 2  # a folder: one line
+    assert "is a folder" in capsys.readouterr().err

@@ -9,6 +9,8 @@ one line each with its reason.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 
 from tqdm import tqdm
@@ -19,6 +21,8 @@ from ..inference.predict import describe_run, infer_videos
 from ..data.decoding import DecodeFailure
 from ..inference.predictor import load_predictor
 from ..inference.streams import is_stream, predict_stream
+from ..atomic import atomic_write_text
+from ..paths import declare_outputs
 from ..inference.shipped import config_path
 
 
@@ -47,10 +51,15 @@ def register(subparsers) -> None:
                    help="video files or folders; a URL (rtsp://, http(s)://, ...), a camera (/dev/video0) or - "
                         "(standard input) is read as a stream and answered window by window as it comes")
     add_model_args(p)
-    p.add_argument("--ats", choices=("on", "off"), help="force Adaptive Token Sampling on or off "
-                                                        "(default: the config's ATS.ENABLE)")
-    p.add_argument("--views", metavar="CxS", help="temporal clips x spatial crops (default: the config's "
-                                                  "TEST.NUM_ENSEMBLE_VIEWS x TEST.NUM_SPATIAL_CROPS)")
+    p.add_argument("--ats", choices=("on", "off"), help="force Adaptive Token Sampling on or off (default: the "
+                                                        "checkpoint's or config's ATS.ENABLE; the shipped model "
+                                                        "runs ATS at the budget its figures use)")
+    p.add_argument("--views", metavar="CxS", help="temporal clips x spatial crops, the clips placed as eval places "
+                                                  "them (default: clips covering the video, at most 10, x the "
+                                                  "config's TEST.NUM_SPATIAL_CROPS)")
+    p.add_argument("--csv", metavar="FILE", help="also write the answers as CSV: a row per video (window 'all') "
+                                                 "and, with --per-clip or a stream, a row per window; bad files "
+                                                 "with their reason")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="labels shown per video (default: 5)")
     p.add_argument("--per-clip", action="store_true",
                    help="slide over the video and predict every clip, with its time span")
@@ -60,6 +69,7 @@ def register(subparsers) -> None:
     add_inference_args(p)
     add_common(p)
     accept_overrides(p)
+    declare_outputs(p, csv="file")
     p.set_defaults(func=run, human=fmt)
 
 
@@ -116,12 +126,40 @@ def run(args) -> dict:
             tqdm.write(f"  stream, {_count(answer['clips'], 'window')}: {_topk_line(answer['topk'][:3])} "
                        "(mean probabilities)", file=sys.stdout)
     result["inputs"] += len(live)
+    if args.csv:
+        result["csv"] = write_csv(result, args.csv)
     if not result["results"]:
         bad = len(result["errors"])
         result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
                            f"{'each listed with its reason' if stream else 'see errors'})" if bad else
                            f"no videos found in {', '.join(videos)}")
     return result
+
+
+CSV_COLUMNS = ("path", "window", "start_s", "end_s", "label", "score", "label_2", "score_2", "label_3", "score_3",
+               "reason", "detail")
+
+
+def write_csv(result: dict, path: str) -> str:
+    """The answers as CSV rows (see --csv): spreadsheet-friendly, the same numbers as --json."""
+    buffer = io.StringIO()
+    out = csv.DictWriter(buffer, CSV_COLUMNS, lineterminator="\n")
+    out.writeheader()
+
+    def row(source, window, start, end, topk):
+        cells = {"path": source, "window": window, "start_s": start, "end_s": end}
+        for k, t in enumerate(topk[:3]):
+            suffix = "" if k == 0 else f"_{k + 1}"
+            cells.update({f"label{suffix}": t["label"], f"score{suffix}": t["score"]})
+        out.writerow(cells)
+
+    for r in result["results"]:
+        row(r["path"], "all", 0.0, r["duration_s"], r["topk"])
+        for c in r.get("per_clip", []):
+            row(r["path"], c["index"], c["start_s"], c["end_s"], c["topk"])
+    for e in result["errors"]:
+        out.writerow({"path": e["path"], "reason": e["reason"], "detail": e.get("detail", "")})
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _window_line(c: dict) -> str:
