@@ -99,3 +99,27 @@ def test_csv_rows_are_the_json_answers(video, bad_videos, tmp_path, capsys):
     assert rows[-1]["path"] == bad_videos["truncated_faststart"] and rows[-1]["reason"] == "corrupt"
     assert main(["infer", video, "--checkpoint", "demo", "--csv", str(tmp_path)]) == 2  # a folder: one line
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_out_video_labels_every_frame_with_its_window(video, tmp_path, capsys):
+    import av
+    import numpy as np
+
+    out = tmp_path / "labelled.mp4"
+    code = main(["infer", video, "--checkpoint", "demo", "--per-clip", "--out-video", str(out), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["out_video"]["path"] == str(out)
+    starts = [c["start_s"] for c in result["results"][0]["per_clip"]]
+    with av.open(video) as src:
+        times = [float(f.time) for f in src.decode(video=0)]
+    expected = [sum(1 for t in times if k == max(i for i, s in enumerate(starts) if s <= t - times[0] + 1e-6))
+                for k in range(len(starts))]
+    assert result["out_video"]["frames_per_window"] == expected and sum(expected) == 70
+    with av.open(str(out)) as written:
+        frames = [f.to_ndarray(format="rgb24").astype(float) for f in written.decode(video=0)]
+    assert len(frames) == 70 and frames[0].shape == (48, 64, 3)
+    band = lambda f: f[:12]  # noqa: E731  the label band (48 // 14 = 3 rows, at least 12)
+    first, same, other = band(frames[1]), band(frames[2]), band(frames[expected[0] + 1])
+    assert np.abs(first - same).mean() < 8 < np.abs(first - other).mean()  # each window's own text
+    assert main(["infer", video, video, "--checkpoint", "demo", "--per-clip", "--out-video", str(out)]) == 2
+    assert main(["infer", video, "--checkpoint", "demo", "--per-clip", "--out-video", str(tmp_path / "x.gif")]) == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import sys
 
 from tqdm import tqdm
@@ -20,6 +21,7 @@ from ..errors import VideoATSError
 from ..inference.predict import describe_run, infer_videos
 from ..data.decoding import DecodeFailure
 from ..inference.predictor import load_predictor
+from ..inference.annotate import check_video_output, write_annotated_video
 from ..inference.streams import is_stream, predict_stream
 from ..atomic import atomic_write_text
 from ..paths import declare_outputs
@@ -65,11 +67,14 @@ def register(subparsers) -> None:
                    help="slide over the video and predict every clip, with its time span")
     p.add_argument("--stride", type=float, metavar="SECONDS",
                    help="with --per-clip: seconds between clip starts (default: one clip length)")
+    p.add_argument("--out-video", metavar="FILE", help="with --per-clip and one video: write it again with each "
+                                                       "frame labelled by its window's top label and probability "
+                                                       "(.mp4, .mkv or .mov)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_args(p)
     add_common(p)
     accept_overrides(p)
-    declare_outputs(p, csv="file")
+    declare_outputs(p, csv="file", out_video="file")
     p.set_defaults(func=run, human=fmt)
 
 
@@ -84,6 +89,10 @@ def run(args) -> dict:
         raise VideoATSError("no video given (name video files or folders before the KEY VALUE overrides)")
     if args.stride is not None and not args.per_clip and not any(is_stream(v) for v in videos):
         raise VideoATSError("--stride is for --per-clip; add --per-clip or drop --stride")
+    if args.out_video:
+        if not args.per_clip or len(videos) != 1 or is_stream(videos[0]) or os.path.isdir(videos[0]):
+            raise VideoATSError("--out-video labels the windows of one video file: give one video and --per-clip")
+        check_video_output(args.out_video)
     predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint,
                                ats=args.ats, opts=opts, labels_file=args.labels, views=args.views)
     if args.per_clip and args.views and int(predictor.cfg.TEST.NUM_ENSEMBLE_VIEWS) != 1:
@@ -128,6 +137,10 @@ def run(args) -> dict:
     result["inputs"] += len(live)
     if args.csv:
         result["csv"] = write_csv(result, args.csv)
+    if args.out_video and result["results"]:
+        result["out_video"] = write_annotated_video(videos[0], result["results"][0], args.out_video)
+        if stream:
+            tqdm.write(f"wrote {args.out_video} ({result['out_video']['frames']} frames)", file=sys.stdout)
     if not result["results"]:
         bad = len(result["errors"])
         result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
