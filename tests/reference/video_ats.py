@@ -115,7 +115,7 @@ def inverse_transform(scores: torch.Tensor, draws: int) -> Set[int]:
     de-duplication marks a pick equal to the next sorted pick, and the last pick when it equals 1 (its
     padding value): that one is dropped too. Returns the kept candidates' positions in `scores`."""
     s = scores.float() / scores.float().sum()
-    sorted_s, order = torch.sort(s)
+    sorted_s, order = torch.sort(s)  # as the official code (torch.sort: equal scores in its order)
     cdf = torch.cumsum(sorted_s, dim=0)
     ncdf = (cdf - cdf.min()) / (cdf.max() - cdf.min())
     start = ncdf[ncdf != 0].min()

@@ -9,7 +9,6 @@ import os
 
 from ._args import add_common
 from .data_cmds import format_check_videos
-from ..data.prepare import prepare_kinetics
 from ..paths import declare_outputs
 
 
@@ -40,6 +39,10 @@ def register(subparsers) -> None:
 
 
 def run_prepare_kinetics(args) -> dict:
+    # the one import left for the command to make: preparing encodes with PyAV, which the CLI does not load
+    # for the other commands (a GPU host that only runs models may have no video library)
+    from ..data.prepare import prepare_kinetics
+
     return prepare_kinetics(args.csv, args.downloads, args.out, short_side=args.short_side, crf=args.crf,
                             split=args.split, workers=args.workers, progress=not args.json)
 
