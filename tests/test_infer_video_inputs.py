@@ -287,3 +287,17 @@ def test_a_raw_h264_stream_is_decoded(tmp_path, capsys):
     code = main(["infer", path, "--checkpoint", "demo", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["errors"] == [] and out["results"][0]["num_frames"] == 40
+
+
+def test_a_long_video_reports_its_progress_clip_by_clip(vt, tmp_path, monkeypatch):
+    from videoats.data import clips as clip_module
+    from videoats.inference.predict import predict_video
+    from videoats.inference.predictor import load_predictor
+
+    monkeypatch.setattr(clip_module, "MAX_FRAMES_PER_READ", 24)  # 3 clips of 8 frames a read
+    path = vt.index_video(tmp_path / "v.mp4", 80)
+    predictor = load_predictor(model_name="timesformer_tiny_8x32", opts=["DATA.SAMPLING_RATE", "1"])
+    seen = []
+    r = predict_video(predictor, path, per_clip=True, on_progress=lambda done, total: seen.append((done, total)))
+    assert len(r["per_clip"]) == 10  # 80 frames, clips of 8
+    assert seen == [(3, 10), (6, 10), (9, 10), (10, 10)]

@@ -41,6 +41,7 @@ from ..summary import stats, top_k
 from .predictor import Predictor
 
 DEFAULT_MAX_CLIPS = 10  # whole-video answers without --views: clips to cover the video, at most this many
+MIN_CLIPS_FOR_BAR = 32  # a video with more clips than two reads' worth shows a bar over its clips too
 
 
 def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> ViewOutputs:
@@ -95,19 +96,25 @@ def _clip_planner(predictor: Predictor, per_clip: bool, stride: Optional[float])
 
 
 def predict_video(predictor: Predictor, path: str, topk: int = 5, per_clip: bool = False,
-                  stride: Optional[float] = None) -> dict:
+                  stride: Optional[float] = None,
+                  on_progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Top-k over the test views of one video (or, `per_clip`, of every sliding clip too).
 
     Raises DecodeFailure for a video that cannot be used; everything else about the video is in the dict,
     `coverage` included: the seconds each clip spans (the presentation times of the frames it used).
+    `on_progress(clips done, clips in all)` is called as each piece of a long video is done.
     """
     started = time.perf_counter()
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
     chunks = read_clip_frames(path, s, _clip_planner(predictor, per_clip, stride), transform=protocol_frame(s))
     _, plan = next(chunks)
-    out = runner.concat([run_views(predictor, crop_views(frames, s, crops)) for _, frames in chunks])
-    return answer(predictor, plan, out, {"path": path}, topk, per_clip, started)
+    outs = []
+    for first, frames in chunks:
+        outs.append(run_views(predictor, crop_views(frames, s, crops)))
+        if on_progress is not None:
+            on_progress(first + len(frames), len(plan.starts))
+    return answer(predictor, plan, runner.concat(outs), {"path": path}, topk, per_clip, started)
 
 
 def predict_frames(predictor: Predictor, frames, fps: float, topk: int = 5, per_clip: bool = False,
@@ -273,13 +280,26 @@ def infer_videos(predictor: Predictor, inputs: Sequence[str], topk: int = 5, per
     bar = None
     if progress and sys.stderr.isatty():
         bar = tqdm(total=len(paths), desc="infer", unit="video", file=sys.stderr, dynamic_ncols=True, leave=False)
+    windows = {}
+
+    def window_progress(done: int, total: int) -> None:  # a second bar for a long video's clips
+        if bar is None or total < 2 * MIN_CLIPS_FOR_BAR:
+            return
+        if "bar" not in windows:
+            windows["bar"] = tqdm(total=total, desc="clips", unit="clip", file=sys.stderr, dynamic_ncols=True,
+                                  leave=False, position=1)
+        windows["bar"].update(done - windows["bar"].n)
+
     try:
         for path in paths:
             try:
-                r = predict_video(predictor, path, topk=topk, per_clip=per_clip, stride=stride)
+                r = predict_video(predictor, path, topk=topk, per_clip=per_clip, stride=stride,
+                                  on_progress=window_progress)
             except DecodeFailure as e:
                 errors.append({"path": path, "reason": e.reason, "detail": e.detail})
                 r = None
+            if "bar" in windows:
+                windows.pop("bar").close()
             if bar is not None:
                 bar.update(1)
             if r is not None:
