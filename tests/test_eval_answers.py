@@ -1,6 +1,7 @@
 """`score` means one thing everywhere: a probability, with the ranked aggregate beside it. eval's
 predictions.jsonl and infer --json must give the same numbers for the same video, model and views. Also what
-eval does without being told: no --output keeps earlier results, no --config takes the checkpoint's own."""
+eval does without being told: no --output keeps earlier results, no --config takes the checkpoint's own; and a
+cut Matroska download is corrupt in eval as everywhere."""
 from __future__ import annotations
 
 import json
@@ -91,3 +92,35 @@ def test_eval_without_config_uses_the_checkpoints_own(tiny_synthetic, tmp_path, 
     torch.save(videoats.create_model(cfg.MODEL.NAME, num_classes=10).state_dict(), plain)
     assert main(["eval", "--checkpoint", plain, "DATA.PATH_TO_DATA_DIR", tiny_synthetic]) == 2
     assert "stores no config: give --config FILE" in capsys.readouterr().err
+
+
+def test_eval_counts_a_cut_matroska_download_as_corrupt(tiny_synthetic, tmp_path, capsys):
+    """A cut MKV (Matroska keeps stating its full duration) is refused by eval as by infer and check-videos."""
+    import shutil
+
+    import av
+
+    from videoats.config import load_config
+    from videoats.data import build_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synthetic, data)
+    cfg = load_config(CONFIG, ["DATA.PATH_TO_DATA_DIR", str(data), "MODEL.NUM_CLASSES", "10"])
+    victim = build_dataset(cfg, "test").videos[2].path
+    remuxed = str(tmp_path / "remuxed.mkv")
+    with av.open(victim) as src, av.open(remuxed, "w", format="matroska") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    whole = open(remuxed, "rb").read()
+    with open(victim, "wb") as f:  # the name the annotation gives it; FFmpeg goes by the content
+        f.write(whole[: len(whole) * 6 // 10])
+    code = main(["eval", "--config", CONFIG, "--json", "--no-progress", "--output", str(tmp_path / "out"),
+                 "DATA.PATH_TO_DATA_DIR", str(data), "DATA.NUM_WORKERS", "0", "MODEL.NUM_CLASSES", "10",
+                 "TEST.NUM_SPATIAL_CROPS", "1"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0
+    corrupt = result["coverage"]["corrupt"]
+    assert [c["path"] for c in corrupt] == [victim] and "container says" in json.dumps(corrupt)
