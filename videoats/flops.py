@@ -73,6 +73,11 @@ PUBLISHED = {
                                  source="TimeSformer paper, 7.14 TFLOPs at 1x3"),
     "xvit_b16_16x224": dict(per_view=850.0 / 3, views=(1, 3), total=850.0, source="ATS poster, K600 table"),
     "deit_small_patch16_224": dict(per_view=4.6, views=(1, 1), total=4.6, source="DeiT / ATS papers"),
+    "cvt_21_384": dict(per_view=24.9, views=(1, 1), total=24.9, source="CvT paper / ATS paper"),
+    "cvt_13_224": dict(per_view=4.5, views=(1, 1), total=4.5, source="CvT paper"),
+    "cvt_21_224": dict(per_view=7.1, views=(1, 1), total=7.1, source="CvT paper"),
+    "psvit_b18_224": dict(per_view=8.8, views=(1, 1), total=8.8, source="PS-ViT paper / ATS paper"),
+    "psvit_b14_224": dict(per_view=5.4, views=(1, 1), total=5.4, source="PS-ViT paper"),
 }
 
 # Ops fvcore leaves out that the convention leaves out too (elementwise, reductions, indexing, sampling).
