@@ -58,16 +58,23 @@ def ensure_test_split(data_dir: str, recipe: dict) -> str:
     return data_dir
 
 
-def run(args) -> dict:
-    record = provenance()
-    data_dir = os.path.expanduser(args.data) if args.data else check_output_dir(cache_dir("demo_synthetic"), "the "
-                                                                                "demo's data cache ($VIDEOATS_HOME)")
-    ensure_test_split(data_dir, record["synthetic"])
+def shipped_test_config(data: str = None):
+    """(the config that evaluates the shipped checkpoint on the benchmark's test split, its data folder): the
+    split generated (once, cached) in `data` or the cache folder, as `videoats demo` and the tools use it."""
+    data_dir = os.path.expanduser(data) if data else check_output_dir(cache_dir("demo_synthetic"), "the "
+                                                                      "demo's data cache ($VIDEOATS_HOME)")
+    ensure_test_split(data_dir, provenance()["synthetic"])
     cfg = config_from_yaml(inspect_checkpoint(str(CHECKPOINT))["metadata"]["config"])
     cfg.DATA.PATH_TO_DATA_DIR = data_dir
     cfg.DATA.LABELS_FILE = "labels.txt"
     cfg.TEST.SPLIT = "test"
     cfg.DATA.NUM_WORKERS = min(2, os.cpu_count() or 1)
+    return cfg, data_dir
+
+
+def run(args) -> dict:
+    record = provenance()
+    cfg, data_dir = shipped_test_config(args.data)
     output = os.path.abspath(args.output)
     # the ATS setting the provenance reports (the model may be fine-tuned at another budget than it is run at)
     ats_opts = ats_overrides()
