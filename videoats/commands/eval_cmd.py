@@ -57,9 +57,10 @@ def run(args) -> dict:
     else:
         raise VideoATSError("give --config FILE, or a --checkpoint saved by videoats (it stores its config)")
     if args.output is None and cfg.OUTPUT_DIR:
-        args.output = unused_output(cfg.OUTPUT_DIR)
-        if args.output != cfg.OUTPUT_DIR:
-            print(f"videoats eval: {cfg.OUTPUT_DIR} holds an earlier eval's results; writing to {args.output} "
+        fresh = unused_output(cfg.OUTPUT_DIR)
+        if fresh != cfg.OUTPUT_DIR:
+            args.output = fresh
+            print(f"videoats eval: {cfg.OUTPUT_DIR} holds an earlier eval's results; writing to {fresh} "
                   "(give --output DIR to choose)", file=sys.stderr)
     started = init_from_env(cfg)
     rank = 0
