@@ -44,7 +44,7 @@ def _font(size: int):
 def write_annotated_video(source: str, answer: dict, output: str) -> dict:
     """Write `source` with the per-clip answers of `answer` drawn on its frames; returns what was written."""
     import av
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     fmt = check_video_output(output)
     windows = answer["per_clip"]
