@@ -146,6 +146,50 @@ def test_a_cut_download_is_truncated_in_every_container(whole_files, tmp_path, n
             (share, e.value.detail)
 
 
+WITH_SOUND = """
+import sys
+import av, numpy as np
+path, fmt, vcodec, acodec, video_s, audio_s = sys.argv[1:]
+with av.open(path, "w", format=fmt) as container:
+    video = container.add_stream(vcodec, rate=30)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    if vcodec == "libx264":
+        video.options = {"preset": "medium"}  # B-frames: presentation order differs from decoding order
+    audio = container.add_stream(acodec, rate=48000)
+    audio.layout = "stereo"
+    for i in range(int(float(video_s) * 30)):
+        array = np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        for packet in video.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+            container.mux(packet)
+    for packet in video.encode():
+        container.mux(packet)
+    for start in range(0, int(float(audio_s) * 48000), 1024):
+        frame = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts = 48000, start
+        for packet in audio.encode(frame):
+            container.mux(packet)
+    for packet in audio.encode():
+        container.mux(packet)
+"""
+
+
+@pytest.mark.parametrize("name, fmt, vcodec, acodec", [("mp4", "mp4", "libx264", "aac"),
+                                                       ("webm", "webm", "libvpx-vp9", "libopus"),
+                                                       ("mkv", "matroska", "libx264", "aac")])
+def test_whole_files_with_a_longer_or_shorter_soundtrack_are_not_truncated(tmp_path, name, fmt, vcodec, acodec):
+    """The container's duration is the longest stream's; packet ends are taken over every stream, so a sound
+    track that outlasts the picture is not a cut, and B-frames (presentation order) are not either."""
+    for audio_s in ("2.5", "1.5"):
+        path = str(tmp_path / f"sound{audio_s}.{name}")
+        subprocess.run([sys.executable, "-c", WITH_SOUND, path, fmt, vcodec, acodec, "2", audio_s], check=True)
+        meta = read_meta(path)
+        assert meta.num_frames == 60 and not meta.truncated, (audio_s, meta.truncation)
+        data = open(path, "rb").read()
+        (tmp_path / f"cut.{name}").write_bytes(data[: len(data) * 7 // 10])
+        with pytest.raises(DecodeFailure):
+            refuse_truncated(read_meta(str(tmp_path / f"cut.{name}")))
+
+
 def test_cut_webm_is_refused_by_infer_and_check_videos(whole_files, tmp_path, capsys):
     data = open(whole_files["webm"], "rb").read()
     cut = tmp_path / "cut.webm"

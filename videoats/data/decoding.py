@@ -208,8 +208,9 @@ def scan_container(path: str) -> Optional[ContainerScan]:
     """Demux every packet of every stream (no decoding) and compare where they end with the header.
 
     None when PyAV cannot open the file or it has no video stream (the decoders then say why). Packet ends
-    are taken over all streams, so a soundtrack longer than the picture is not mistaken for a cut; a video
-    packet without a duration is counted as one frame period, so the tolerance can be half a frame period.
+    are taken over all streams, so a soundtrack longer than the picture is not mistaken for a cut; a packet
+    without a duration lasts its stream's step between packets (a frame period for the first video packets),
+    so the tolerance can be half a frame period.
     """
     import av
 
@@ -223,7 +224,8 @@ def scan_container(path: str) -> Optional[ContainerScan]:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         period = 1.0 / float(rate) if rate else 0.0
-        pts, count, end, cut, error = [], 0, None, False, ""
+        pts, count, end, earliest, cut, error = [], 0, None, None, False, ""
+        last_start, gap = {}, {}  # per stream: the latest packet start, the step between its packets
         try:
             for packet in container.demux():
                 if not packet.size:
@@ -234,8 +236,15 @@ def scan_container(path: str) -> Optional[ContainerScan]:
                 if packet.pts is None or packet.time_base is None:
                     continue
                 start = float(packet.pts * packet.time_base)
-                length = float(packet.duration * packet.time_base) if packet.duration else (period if video else 0.0)
+                index = packet.stream.index
+                if index in last_start and start > last_start[index]:
+                    gap[index] = start - last_start[index]
+                last_start[index] = max(start, last_start.get(index, start))
+                # Matroska stores no duration for most blocks: a packet lasts as long as its stream's step
+                length = (float(packet.duration * packet.time_base) if packet.duration else
+                          gap.get(index, period if video else 0.0))
                 end = start + length if end is None else max(end, start + length)
+                earliest = start if earliest is None else min(earliest, start)
                 if video:
                     pts.append(start)
         except decoder_errors() as e:
@@ -249,10 +258,10 @@ def scan_container(path: str) -> Optional[ContainerScan]:
             damage = "truncated: the file ends inside a packet"
         elif container.duration and end is not None and any(k in container.format.name for k in _DURATION_IN_HEADER):
             declared = container.duration / 1e6
-            start_time = (container.start_time or 0) / 1e6
-            if end - start_time < declared - max(0.5 * period, 1e-3):
-                damage = (f"truncated: the container says {declared:.2f} s but its data stop at "
-                          f"{end - start_time:.2f} s")
+            # from the earliest packet: an AAC track's priming samples start before 0, and muxers count them
+            span = end - min((container.start_time or 0) / 1e6, earliest)
+            if span < declared - max(0.5 * period, 1e-3):
+                damage = f"truncated: the container says {declared:.2f} s but its data stop at {span:.2f} s"
         return ContainerScan(times - first, count, int(stream.frames or 0), damage)
 
 
