@@ -258,8 +258,10 @@ def scan_container(path: str) -> Optional[ContainerScan]:
             damage = "truncated: the file ends inside a packet"
         elif container.duration and end is not None and any(k in container.format.name for k in _DURATION_IN_HEADER):
             declared = container.duration / 1e6
-            # from the earliest packet: an AAC track's priming samples start before 0, and muxers count them
-            span = end - min((container.start_time or 0) / 1e6, earliest)
+            # measured from the earliest packet (an AAC track's priming samples start before 0, and muxers
+            # count them) or from 0 (an MP4 edit list may delay the first frame), whichever is longer: a good
+            # file must never be refused for the way its header counts
+            span = max(end - min((container.start_time or 0) / 1e6, earliest), end)
             if span < declared - max(0.5 * period, 1e-3):
                 damage = f"truncated: the container says {declared:.2f} s but its data stop at {span:.2f} s"
         return ContainerScan(times - first, count, int(stream.frames or 0), damage)
