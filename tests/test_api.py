@@ -97,3 +97,13 @@ def test_bad_inputs(recognizer, video, decoded, tmp_path):
         recognizer.predict(decoded.astype(np.float32), fps=30)
     with pytest.raises(VideoATSError, match=r"\(T, H, W, 3\)"):
         recognizer.predict(decoded[0], fps=30)
+
+
+def test_a_source_streams_as_its_frames_do(recognizer, video, decoded):
+    from_frames = list(recognizer.stream(iter(decoded), fps=30))
+    from_source = list(recognizer.stream(video))  # a path (or URL) read as it comes, its own frame rate
+    assert [w["frame_indices"] for w in from_source] == [w["frame_indices"] for w in from_frames]
+    assert [w["topk"][0]["score"] for w in from_source] == pytest.approx([w["topk"][0]["score"] for w in from_frames],
+                                                                         abs=1e-5)
+    with pytest.raises(VideoATSError, match="fps"):
+        list(recognizer.stream(iter(decoded)))

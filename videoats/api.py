@@ -14,6 +14,8 @@ names), so what a user tried on the command line holds in their program.
     answer = recognizer.predict(frames, fps=30)               # uint8 (T, H, W, 3) numpy array or tensor
     for window in recognizer.stream(camera_frames, fps=30):   # a sliding window over a stream of frames
         print(window["start_s"], window["topk"][0]["label"])
+    for window in recognizer.stream("rtsp://camera/live"):    # or a URL, /dev/video0, "-" (stdin)
+        print(window["start_s"], window["topk"][0]["label"])
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .errors import VideoATSError
 from .inference.predict import predict_frames, predict_video, stream_windows
 from .inference.predictor import Predictor, load_predictor
 from .inference.shipped import config_path
+from .inference.streams import open_stream, stream_frames
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -118,13 +121,15 @@ class Recognizer:
         raise VideoATSError(f"cannot predict on a {type(source).__name__}: give a path, a list of paths, or "
                             "uint8 frames (T, H, W, 3) with fps")
 
-    def stream(self, frames: Iterable, fps: float, *, stride: Optional[float] = None, topk: int = 5,
-               callback: Optional[Callable[[dict], None]] = None) -> Iterator[dict]:
+    def stream(self, frames: Union[Iterable, str], fps: Optional[float] = None, *, stride: Optional[float] = None,
+               topk: int = 5, callback: Optional[Callable[[dict], None]] = None) -> Iterator[dict]:
         """Answers for a sliding window over a stream of frames, each as soon as its window is complete.
 
         Args:
-            frames: any iterable of uint8 RGB frames (H, W, 3) at a constant `fps` (a camera loop, a decoder).
-            fps: their frame rate.
+            frames: any iterable of uint8 RGB frames (H, W, 3) at a constant `fps` (a camera loop, a decoder),
+                or a source PyAV reads as it comes: a URL (`rtsp://`, `http(s)://`), a camera (`/dev/video0`),
+                `-` (standard input) or a file.
+            fps: the frames' rate (a source states its own; given, it overrides it).
             stride: seconds between window starts (default one clip length: windows tile the stream).
             topk: labels per window.
             callback: called with each window's answer as it completes (as well as yielding it).
@@ -133,10 +138,21 @@ class Recognizer:
             dicts with `index`, `start_s`, `end_s`, `frame_indices` and `topk`. Only the resized frames of
             the windows still open are kept, so a stream of any length runs in bounded memory.
         """
-        for window in stream_windows(self.predictor, frames, float(fps), stride=stride, topk=topk):
-            if callback is not None:
-                callback(window)
-            yield window
+        container = None
+        if isinstance(frames, (str, os.PathLike)):
+            container = open_stream(os.fspath(frames), float(self.predictor.cfg.DATA.DECODE_TIMEOUT))
+            frames, stated = stream_frames(container)
+            fps = fps or stated
+        if not fps or fps <= 0:
+            raise VideoATSError("frames need their frame rate: stream(frames, fps=30)")
+        try:
+            for window in stream_windows(self.predictor, frames, float(fps), stride=stride, topk=topk):
+                if callback is not None:
+                    callback(window)
+                yield window
+        finally:
+            if container is not None:
+                container.close()
 
     def _one_of_many(self, path: str, topk: int, per_clip: bool, stride: Optional[float]) -> dict:
         try:
