@@ -151,3 +151,17 @@ def _one_torch_thread():
     torch.set_num_threads(int(os.environ.get("VIDEOATS_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def capture_only(monkeypatch):
+    """`sampler="compiled"` with dynamo's "eager" backend: the same graph capture (fullgraph, dynamic shapes)
+    without code generation, so the compiled sampler's graphs are checked in seconds; inductor itself is
+    checked once, in test_compiled_sampler."""
+    import torch
+    from videoats.ats import stage
+
+    monkeypatch.setattr(stage, "COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

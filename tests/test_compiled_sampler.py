@@ -14,7 +14,7 @@ from torch._dynamo.utils import counters
 
 import videoats
 from videoats import apply_ats
-from videoats.ats import stage, token_masks
+from videoats.ats import token_masks
 from videoats.config import ats_from_cfg, get_cfg
 from videoats.errors import VideoATSError
 from videoats.profiling import count_ops, profile_ops
@@ -35,14 +35,6 @@ def _agree(eager, compiled, x):
         assert torch.equal(token_masks(compiled)[block], token_masks(eager)[block]), block
     assert (got - expected).abs().max() < 1e-5
     return token_masks(eager)
-
-
-@pytest.fixture
-def capture_only(monkeypatch):
-    monkeypatch.setattr(stage, "COMPILE_BACKEND", "eager")
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 # every variant, both layouts, both backbones' layers (ragged and aligned)

@@ -14,6 +14,7 @@ from videoats.flops import analytic_gflops, fvcore_count, padded_gflops, sample_
 from videoats.models.cvt import QuickGELU, key_corners
 
 from test_ats import peaky
+from test_fake_cuda import fake_cuda_run, replayed_on_fake_cuda
 
 TINY = "cvt_tiny_96"
 
@@ -200,9 +201,7 @@ def test_static_mode_compiles_as_one_graph(peaked):
     assert torch.equal(compiled, eager)
 
 
-def test_compiled_sampler_keeps_the_eager_tokens(peaked, monkeypatch):
-    monkeypatch.setattr(ats_stage, "COMPILE_BACKEND", "eager")
-    torch._dynamo.reset()
+def test_compiled_sampler_keeps_the_eager_tokens(peaked, capture_only):
     x = images()
     eager, compiled = _ats(peaked), _ats(peaked, sampler="compiled")
     with torch.no_grad():
@@ -226,24 +225,9 @@ def test_training_masks_and_gradients_reach_the_sampled_blocks(peaked):
 def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
     """On a fake CUDA device (tests/test_fake_cuda.py): every tensor the grid code makes follows the input, bf16
     autocast runs through, and the fake pass takes the CPU pass's layout; the masked training pass too."""
-    from test_fake_cuda import HostReads, fake_cuda_run
-
-    model = _ats(peaked, mode=mode)
-    x = images()
-    reads = HostReads(monkeypatch)
-    reads.record()
-    with torch.no_grad():
-        model(x)
-    widths = [(r.padded_slots, r.rows) for r in model.ats_trace]
-    reads.replay()
-    out = fake_cuda_run(model, x, autocast)
-    assert not reads.answers and out.device.type == "cuda"
-    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
-    assert [(r.padded_slots, r.rows) for r in model.ats_trace] == widths
-    assert all(m.device.type == "cuda" for m in token_masks(model).values())
+    replayed_on_fake_cuda(_ats(peaked, mode=mode), images(), autocast, monkeypatch)
     if mode == "trim" and autocast:
-        training = _ats(peaked).train()
-        assert fake_cuda_run(training, x, autocast=True).device.type == "cuda"
+        assert fake_cuda_run(_ats(peaked).train(), images(), autocast=True).device.type == "cuda"
 
 
 def test_absent_keys_are_left_out_as_a_cropped_grid_computes(peaked, monkeypatch):

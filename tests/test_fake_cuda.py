@@ -66,12 +66,10 @@ def _widths(model):
     return [(r.block, r.padded_slots, r.aligned_slots, r.rows) for r in model.ats_trace]
 
 
-@pytest.mark.parametrize("name,variant", CASES)
-@pytest.mark.parametrize("mode", ["static", "trim"])
-@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
-def test_pruned_forward_stays_on_cuda(name, variant, mode, autocast, monkeypatch):
-    model = _model(name, variant, mode)
-    x = _input(model)
+def replayed_on_fake_cuda(model, x, autocast: bool, monkeypatch):
+    """Run `model` (eval, pruned) on the CPU, then on a fake CUDA device answering its host reads with the
+    CPU pass's; checks the fake pass asked for every read, kept its output dtype and every stage mask on
+    the device, and took the CPU pass's layout stage by stage. Returns the fake output."""
     reads = HostReads(monkeypatch)
     reads.record()
     with torch.no_grad():
@@ -80,11 +78,20 @@ def test_pruned_forward_stays_on_cuda(name, variant, mode, autocast, monkeypatch
     reads.replay()
     out = fake_cuda_run(model, x, autocast)
     assert not reads.answers  # the fake pass asked for every read the real one made
-    assert out.device.type == "cuda" and out.shape == (x.shape[0], model.num_classes)
-    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
-    masks = token_masks(model)
-    assert sorted(masks) == BLOCKS and all(m.device.type == "cuda" for m in masks.values())
+    assert out.device.type == "cuda" and out.dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert all(m.device.type == "cuda" for m in token_masks(model).values())
     assert _widths(model) == widths  # the layout the CPU computed, stage by stage
+    return out
+
+
+@pytest.mark.parametrize("name,variant", CASES)
+@pytest.mark.parametrize("mode", ["static", "trim"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_pruned_forward_stays_on_cuda(name, variant, mode, autocast, monkeypatch):
+    model = _model(name, variant, mode)
+    x = _input(model)
+    out = replayed_on_fake_cuda(model, x, autocast, monkeypatch)
+    assert out.shape == (x.shape[0], model.num_classes) and sorted(token_masks(model)) == BLOCKS
 
 
 @pytest.mark.parametrize("name,variant", [("timesformer_tiny_8x32", "joint"), ("xvit_tiny_8x32", "frame"),

@@ -16,6 +16,7 @@ from videoats.flops import analytic_gflops, fvcore_count, padded_gflops, sample_
 from videoats.models.psvit import sample_points
 
 from test_ats import peaky
+from test_fake_cuda import fake_cuda_run, replayed_on_fake_cuda
 
 TINY = "psvit_tiny_64"
 
@@ -190,14 +191,12 @@ def test_gflops_per_sample_padded_and_traced_agree(peaked):
     assert bool((sample_gflops(static, xb) < analytic_gflops(peaked)).all())
 
 
-def test_static_mode_compiles_as_one_graph_and_the_compiled_sampler_keeps_the_eager_tokens(peaked, monkeypatch):
-    torch._dynamo.reset()
+def test_static_mode_compiles_as_one_graph_and_the_compiled_sampler_keeps_the_eager_tokens(peaked, capture_only):
     model = _ats(peaked, mode="static")
     x = images(2)
     with torch.no_grad():
         eager = model(x)
         assert torch.equal(torch.compile(model, fullgraph=True, backend="eager")(x), eager)
-    monkeypatch.setattr(ats_stage, "COMPILE_BACKEND", "eager")
     torch._dynamo.reset()
     compiled = _ats(peaked, sampler="compiled")
     reference = _ats(peaked)
@@ -205,31 +204,14 @@ def test_static_mode_compiles_as_one_graph_and_the_compiled_sampler_keeps_the_ea
         assert (compiled(x) - reference(x)).abs().max() < 1e-5
     for block in (1, 2, 3):
         assert torch.equal(token_masks(compiled)[block], token_masks(reference)[block])
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("mode,autocast", [("static", False), ("trim", True)], ids=["static-fp32", "trim-bf16"])
 def test_forward_stays_on_cuda(peaked, mode, autocast, monkeypatch):
     """On a fake CUDA device (tests/test_fake_cuda.py): every tensor the grid code makes follows the input, bf16
     autocast runs through, and the fake pass takes the CPU pass's layout; the masked training pass too."""
-    from test_fake_cuda import HostReads, fake_cuda_run
-
-    model = _ats(peaked, mode=mode)
-    x = images()
-    reads = HostReads(monkeypatch)
-    reads.record()
-    with torch.no_grad():
-        model(x)
-    widths = [(r.padded_slots, r.rows) for r in model.ats_trace]
-    reads.replay()
     # cuDNN's grid sampler (what grid_sample picks on a GPU) has no fake kernel: the native one stands in for it
     with torch.backends.cudnn.flags(enabled=False):
-        out = fake_cuda_run(model, x, autocast)
-    assert not reads.answers and out.device.type == "cuda"
-    assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
-    assert [(r.padded_slots, r.rows) for r in model.ats_trace] == widths
-    assert all(m.device.type == "cuda" for m in token_masks(model).values())
-    if mode == "trim" and autocast:
-        training = _ats(peaked).train()
-        with torch.backends.cudnn.flags(enabled=False):
-            assert fake_cuda_run(training, x, autocast=True).device.type == "cuda"
+        replayed_on_fake_cuda(_ats(peaked, mode=mode), images(), autocast, monkeypatch)
+        if mode == "trim" and autocast:
+            assert fake_cuda_run(_ats(peaked).train(), images(), autocast=True).device.type == "cuda"

@@ -13,7 +13,7 @@ import torch
 
 import videoats
 from videoats import apply_ats
-from videoats.ats import stage, token_masks
+from videoats.ats import token_masks
 from videoats.flops import sample_gflops
 
 from reference.video_ats import Settings, draw_count, reference_forward
@@ -102,15 +102,6 @@ def _check(model, expected, training=False):
 def test_every_mode_keeps_the_reference_tokens_and_logits(name, variant, setting, mode):
     options, training = MODES[mode]
     _check(_model(name, variant, setting, **options), _reference(name, variant, setting), training)
-
-
-@pytest.fixture
-def capture_only(monkeypatch):
-    """dynamo's graph capture without code generation: the compiled sampler's graphs, checked quickly."""
-    monkeypatch.setattr(stage, "COMPILE_BACKEND", "eager")
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 @pytest.mark.slow

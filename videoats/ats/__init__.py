@@ -6,5 +6,6 @@ tells what the last forward pass kept.
 """
 from __future__ import annotations
 
-from .core import ATSConfig, SamplingRun, kept_tokens, token_masks, VARIANTS  # noqa: F401
-from .sampler import cls_significance, inverse_transform_sample, top_k_sample  # noqa: F401
+from .core import ATSConfig, kept_tokens, token_masks
+
+__all__ = ["ATSConfig", "kept_tokens", "token_masks"]
