@@ -19,6 +19,7 @@ import torch
 import videoats
 from videoats.ats import kept_tokens
 from videoats.cli import main as cli_main
+from videoats.commands.train_cmd import fmt as train_fmt
 from videoats.config import load_config
 from videoats.errors import VideoATSError
 from videoats.flops import analytic_gflops, sample_gflops
@@ -217,6 +218,13 @@ def test_kill_9_mid_epoch_then_resume_gives_the_same_weights(tiny_synthetic, tmp
     steps = [r["step"] for r in read_log(out) if r["event"] == "train"]
     assert steps == list(range(1, 21))  # the steps after the checkpoint are logged once, not twice
     assert resumed["best"]["top1"] == ref["best"]["top1"]
+    assert resumed["steps_this_run"] == 20 - 14 and ref["steps_this_run"] == 20
+    assert "6 of them in this run" in train_fmt(resumed)
+    # resuming the finished run trains nothing and says so (the final test runs again)
+    again = run_train(tiny_synthetic, out, **extra)
+    assert again["steps_this_run"] == 0 and weights(out)["state_dict"].keys() == b["state_dict"].keys()
+    assert train_fmt(again).startswith("nothing left to train:")
+    assert [r["step"] for r in read_log(out) if r["event"] == "train"] == steps
 
 
 # ---------------------------------------------------------------------------------------------- torchrun

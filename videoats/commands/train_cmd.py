@@ -56,9 +56,15 @@ def run(args) -> dict:
 
 
 def fmt(result: dict) -> str:
-    lines = [f"trained {result['model']} for {result['epochs']} epochs ({result['steps']} steps, "
-             f"{result['world_size']} process(es), global batch {result['global_batch']}) "
-             f"in {result['seconds']:.0f}s -> {result['output_dir']}"]
+    this_run = result.get("steps_this_run", result["steps"])
+    if this_run == 0:  # resumed a finished run: nothing was trained
+        lines = [f"nothing left to train: {result['output_dir']} holds all {result['epochs']} epochs "
+                 f"({result['steps']} steps) of {result['model']}"]
+    else:
+        resumed = f", {this_run} of them in this run" if this_run != result["steps"] else ""
+        lines = [f"trained {result['model']} for {result['epochs']} epochs ({result['steps']} steps{resumed}, "
+                 f"{result['world_size']} process(es), global batch {result['global_batch']}) "
+                 f"in {result['seconds']:.0f}s -> {result['output_dir']}"]
     best = result.get("best") or {}
     if best.get("top1") is not None:
         lines.append(f"best val top-1 (clip-level) {best['top1']:.2f}% at epoch {best['epoch']}: {best['checkpoint']}")

@@ -349,6 +349,7 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
         log.record("checkpoint", ts["global_step"], epoch=state.epoch, step_in_epoch=state.step_in_epoch, where=where)
 
     last_val = None
+    steps_done_before = state.epoch * steps_per_epoch + state.step_in_epoch  # by the run this one resumes
     try:
         while state.epoch < epochs:
             row = train_epoch(run, state, cfg, epochs, progress, rank, save_last)
@@ -370,7 +371,8 @@ def train(cfg, resume: bool = False, progress: bool = True, echo: Optional[Calla
                   "steps": epochs * steps_per_epoch, "world_size": world, "global_batch": batch * world * accum,
                   "last_checkpoint": paths["last"], "best": {**state.best, "checkpoint": paths["best"]
                                                              if os.path.exists(paths["best"]) else None},
-                  "val": last_val, "metrics_log": paths["metrics"], "resumed": saved is not None}
+                  "val": last_val, "metrics_log": paths["metrics"], "resumed": saved is not None,
+                  "steps_this_run": epochs * steps_per_epoch - steps_done_before}
         if cfg.TRAIN.FINAL_TEST:
             result["test"], error = _final_test(cfg, result, paths, epochs * steps_per_epoch, log, say, progress)
             if error:
