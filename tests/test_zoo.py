@@ -127,6 +127,20 @@ def test_download_not_there_and_offline_without_cache_are_one_line_errors(server
     assert "\n" not in str(err.value)
 
 
+def test_offline_an_entry_of_several_files_names_every_file_it_lacks(server, home):
+    """A Hugging Face entry (weights and config.json) offline: one error naming both files and where each
+    goes, not one file per attempt."""
+    serve(server, "hf", "config.json", b"{}", folder=True, extra=[("pytorch_model.bin", SMALL)])
+    server.shutdown()
+    server.server_close()
+    with pytest.raises(VideoATSError) as err:
+        zoo.fetch("hf", progress=False)
+    text = str(err.value)
+    assert "\n" not in text and "all 2 files it lacks" in text
+    for f in ("config.json", "pytorch_model.bin"):
+        assert f"{home / 'hf' / f} from {server.url}/hf/{f}" in text
+
+
 def test_a_broken_download_resumes_from_the_part_file(server, home):
     serve(server, "broken", "broken.bin", SMALL)
     server.break_once.add("/broken/broken.bin")

@@ -225,13 +225,17 @@ def fetch(name: str, progress: bool = True) -> str:
     except OSError as err:
         raise VideoATSError(f"cannot create the zoo cache folder {where}: {err.strerror}; set {HOME_ENV} to a "
                             "writable folder")
+    lacking = [(os.path.join(where, f), url) for f, url in e.files if not os.path.isfile(os.path.join(where, f))]
     try:
         with _locked(where):
             for file_name, url in e.files:
                 path = os.path.join(where, file_name)
                 stated = dict(e.sha256).get(file_name)
                 if not os.path.isfile(path):
-                    _download(name, url, path + ".part", progress)
+                    try:
+                        _download(name, url, path + ".part", progress)
+                    except VideoATSError as err:
+                        raise _offline_hint(err, path, lacking) from None
                     _check(name, path + ".part", path, url, fresh=True, stated=stated)
                     publish(path + ".part", path)
                 else:
@@ -319,6 +323,16 @@ def _fail(name: str, url: str, part: str, reason: str) -> VideoATSError:
                              f"run again to resume it (kept in {part})")
     return VideoATSError(f"cannot download zoo weights {name} from {url} ({reason}); check the connection, or "
                          f"put the file at {part[:-len('.part')]} to use it offline")
+
+
+def _offline_hint(err: VideoATSError, path: str, lacking) -> VideoATSError:
+    """A download that got nothing, for an entry of several files the cache lacks: name every one of them,
+    so that an offline user fetches them all at once rather than one error at a time."""
+    if len(lacking) < 2 or os.path.exists(path + ".part"):
+        return err
+    wanted = "; ".join(f"{where} from {url}" for where, url in lacking)
+    return VideoATSError(f"{str(err).split('; check the connection')[0]}; check the connection, or to use it "
+                         f"offline put all {len(lacking)} files it lacks in place: {wanted}")
 
 
 def _open(url: str, have: int):
