@@ -34,18 +34,32 @@ CONTAINERS = {
 }
 
 
-def encode(vt, path, first, count, height=48, width=64):
-    """`count` frames at FPS painting indices first, first+1, ...; frame k shown at k/FPS s."""
-    fmt, codec, pix_fmt, options = CONTAINERS[os.path.splitext(path)[1]]
-    with av.open(str(path), mode="w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=FPS)
-        stream.width, stream.height, stream.pix_fmt, stream.options = width, height, pix_fmt, options
-        for i in range(count):
-            frame = av.VideoFrame.from_ndarray(vt.index_frame(first + i, height, width), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
+ENCODE = """
+import json, sys
+import av
+sys.path.insert(0, sys.argv[2])
+from conftest import index_frame
+path, fmt, codec, pix_fmt, options, first, count, height, width, fps = json.loads(sys.argv[1])
+with av.open(path, mode="w", format=fmt) as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt, stream.options = width, height, pix_fmt, options
+    for i in range(count):
+        frame = av.VideoFrame.from_ndarray(index_frame(first + i, height, width), format="rgb24")
+        for packet in stream.encode(frame):
             container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+"""
+
+
+def encode(path, first, count, height=48, width=64):
+    """`count` frames at FPS painting indices first, first+1, ...; frame k shown at k/FPS s. Encoded in a
+    fresh interpreter: once decord is loaded in a process (as the suite's other tests load it), PyAV's VP9
+    encoder refuses to open there."""
+    fmt, codec, pix_fmt, options = CONTAINERS[os.path.splitext(path)[1]]
+    args = [str(path), fmt, codec, pix_fmt, options, first, count, height, width, FPS]
+    subprocess.run([sys.executable, "-c", ENCODE, json.dumps(args), os.path.dirname(os.path.abspath(__file__))],
+                   check=True)
     return str(path)
 
 
@@ -85,11 +99,11 @@ ROWS = [
 def downloads(tmp_path_factory, vt, bad_videos):
     raw = tmp_path_factory.mktemp("raw")
     (raw / "part2").mkdir()
-    encode(vt, raw / "aaaaaaaaaaa.mp4", 0, 60)
-    encode(vt, raw / "bbbbbbbbbbb_000001_000003.webm", 100, 20)
-    encode(vt, raw / "part2" / "bbbbbbbbbbb.mp4", 200, 60)  # the whole video too: the cut one must win
-    encode(vt, raw / "part2" / "A title [ccccccccccc].mkv", 0, 30, height=64, width=48)
-    encode(vt, raw / "ddddddddddd.avi", 0, 60)
+    encode(raw / "aaaaaaaaaaa.mp4", 0, 60)
+    encode(raw / "bbbbbbbbbbb_000001_000003.webm", 100, 20)
+    encode(raw / "part2" / "bbbbbbbbbbb.mp4", 200, 60)  # the whole video too: the cut one must win
+    encode(raw / "part2" / "A title [ccccccccccc].mkv", 0, 30, height=64, width=48)
+    encode(raw / "ddddddddddd.avi", 0, 60)
     (raw / "fffffffffff.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
     shutil.copy(bad_videos["truncated"], raw / "ggggggggggg.mp4")
     return str(raw)
@@ -167,7 +181,7 @@ def test_prepares_trims_resizes_and_reports(tmp_path, downloads, vt, capsys):
 def test_resume_after_a_kill_keeps_done_clips_and_drops_the_partial(tmp_path, vt, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()
-    encode(vt, raw / "aaaaaaaaaaa.mp4", 0, 30)
+    encode(raw / "aaaaaaaaaaa.mp4", 0, 30)
     os.mkfifo(raw / "bbbbbbbbbbb.mp4")  # opening it blocks: the run is stuck inside clip 2, its temp file open
     csv_path = write_csv(tmp_path / "val.csv", ["abseiling,aaaaaaaaaaa,0,1,val", "abseiling,bbbbbbbbbbb,1,2,val"])
     out = tmp_path / "out"
@@ -190,7 +204,7 @@ def test_resume_after_a_kill_keeps_done_clips_and_drops_the_partial(tmp_path, vt
     before = os.stat(done)
 
     os.remove(raw / "bbbbbbbbbbb.mp4")
-    encode(vt, raw / "bbbbbbbbbbb.mp4", 0, 30)
+    encode(raw / "bbbbbbbbbbb.mp4", 0, 30)
     code, result, err = run(capsys, "prepare-kinetics", csv_path, str(raw), str(out), "--workers", "1",
                             "--short-side", "32", "--json")
     assert code == 0, err
@@ -205,7 +219,7 @@ def test_a_subset_then_all_adds_rows_and_skips_done_clips(tmp_path, vt, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()
     for yid in ("aaaaaaaaaaa", "bbbbbbbbbbb"):
-        encode(vt, raw / f"{yid}.mkv", 0, 20)
+        encode(raw / f"{yid}.mkv", 0, 20)
     rows = ["abseiling,aaaaaaaaaaa,0,1,train", "archery,bbbbbbbbbbb,0,1,train"]
     out = tmp_path / "out"
     args = [str(raw), str(out), "--workers", "1", "--json"]
@@ -226,7 +240,7 @@ def test_a_subset_then_all_adds_rows_and_skips_done_clips(tmp_path, vt, capsys):
 def test_unlabelled_test_list_goes_to_the_split_folder(tmp_path, vt, capsys):
     raw = tmp_path / "raw"
     raw.mkdir()
-    encode(vt, raw / "aaaaaaaaaaa.mp4", 0, 20)
+    encode(raw / "aaaaaaaaaaa.mp4", 0, 20)
     csv_path = write_csv(tmp_path / "test.csv", ["aaaaaaaaaaa,0,1"], header="youtube_id,time_start,time_end")
     code, result, err = run(capsys, "prepare-kinetics", csv_path, str(raw), str(tmp_path / "out"), "--json")
     assert code == 0, err
