@@ -117,7 +117,8 @@ def _apply(root: str, plant: Plant) -> Optional[str]:
 def _run_tests(root: str, tests: List[str], select: Optional[str] = None) -> Tuple[bool, str]:
     """(passed, the first failing test id or the last line of pytest's output)."""
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests] + (["-k", select] if select else [])
+    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
+    cmd += ["-k", select] if select else []
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     out = proc.stdout + proc.stderr
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", out, flags=re.M)

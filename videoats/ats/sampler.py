@@ -209,10 +209,11 @@ def _mix32(x: Tensor) -> Tensor:
 def random_keys(seed: int, block: int, location: Tensor, slots0: int, frames_share: bool = False) -> Tensor:
     """`selection="random"`'s sort keys: int64 (B, T, L) for a grid whose slots hold the original locations
     `location` (of `slots0` per frame): the 32-bit hash of (seed, block, sample, frame, location) above the
-    token's index in the clip's grid (frame x slots0 + location, so no two candidates of a row tie). A key belongs to the token, not to its
-    slot: the same tokens are drawn whatever the layout (masked or pruned, any padding), on every device,
-    with no generator state in the forward pass. `frames_share`: one key per location, the same in every
-    frame (a tube's). The sample index makes samples of a batch draw independently."""
+    token's index in the clip's grid (frame x slots0 + location, so no two candidates of a row tie). A key
+    belongs to the token, not to its slot: the same tokens are drawn whatever the layout (masked or pruned,
+    any padding), on every device, with no generator state in the forward pass. `frames_share`: one key per
+    location, the same in every frame (a tube's). The sample index makes samples of a batch draw
+    independently."""
     b, t, _ = location.shape
     device = location.device
     sample = torch.arange(b, device=device).view(b, 1, 1)

@@ -27,11 +27,11 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
     count), where the variant decides what a row is (module docstring of core.py)."""
     b, t, l = scores.shape
     present = valid  # None: every token of the grid is there
-    random = selection == "random"
+    by_keys = selection == "random"  # `scores` are the tokens' random keys
     if valid is not None:
-        scores = scores.masked_fill(~valid, -1) if random else scores * valid
+        scores = scores.masked_fill(~valid, -1) if by_keys else scores * valid
     if variant == "tube":
-        if random:  # a location's key is the same in every frame where it is present (absent: -1)
+        if by_keys:  # a location's key is the same in every frame where it is present (absent: -1)
             rows, ref = scores.amax(dim=1), slots0 + 1
         else:
             per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
