@@ -103,3 +103,23 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
                           shell=True, capture_output=True, text=True, executable="/bin/bash")
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr[-800:]
     assert done.stdout.strip() == "141"
+
+
+def test_infer_outputs_never_replace_an_input(tmp_path, vt, capsys):
+    """--out-video or --csv naming the input video (by any name), or a video in an input folder, is refused
+    before any work, and the video is left as it was; a CSV of a new name in the folder is fine."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    video = vt.index_video(folder / "clip.mp4", 20)
+    os.symlink(video, tmp_path / "alias.mp4")
+    before = open(video, "rb").read()
+    for argv in (["--out-video", video], ["--csv", video], ["--out-video", str(tmp_path / "alias.mp4")]):
+        assert main(["infer", video, "--model", "timesformer_tiny_8x32", "--per-clip"] + argv) == 2
+        err = one_error_line(capsys, "infer")
+        assert "is one of the inputs" in err and argv[0] in err
+    assert main(["infer", str(folder), "--model", "timesformer_tiny_8x32", "--csv", video]) == 2
+    assert "a video in the input folder" in one_error_line(capsys, "infer")
+    assert open(video, "rb").read() == before
+    answers = folder / "answers.csv"
+    assert main(["infer", str(folder), "--model", "timesformer_tiny_8x32", "--csv", str(answers)]) == 0
+    assert answers.read_text().startswith("path,window")

@@ -90,6 +90,19 @@ def check_output_file(path: str, what: str = "output file") -> str:
     return full
 
 
+def check_not_an_input(path: str, inputs, what: str, reads=lambda name: True) -> None:
+    """An output never replaces what the command reads: refuse `path` when it is one of `inputs` (the same file
+    by any name) or an existing file inside an input folder that the command reads (`reads(name)`)."""
+    full = os.path.realpath(os.path.expanduser(os.fspath(path)))
+    for given in inputs:
+        source = os.path.realpath(os.path.expanduser(os.fspath(given)))
+        same = full == source or (os.path.exists(full) and os.path.exists(source) and os.path.samefile(full, source))
+        inside = os.path.isdir(source) and os.path.isfile(full) and full.startswith(source + os.sep) and reads(full)
+        if same or inside:
+            raise VideoATSError(f"{what} {path}: is {'one of the inputs' if same else 'a video in the input folder'} "
+                                f"{given}; name another file for the output")
+
+
 def check_output(path: str, kind: str, what: str) -> str:
     if kind not in KINDS:
         raise ValueError(f"output kind {kind!r}: use one of {KINDS}")

@@ -20,11 +20,12 @@ from ._args import accept_overrides, add_common, add_inference_args, inference_o
 from ..errors import VideoATSError
 from ..inference.predict import describe_run, infer_videos
 from ..data.decoding import DecodeFailure
+from ..data.files import VIDEO_EXTENSIONS
 from ..inference.predictor import load_predictor
 from ..inference.annotate import check_video_output, write_annotated_video
 from ..inference.streams import is_stream, predict_stream
 from ..atomic import atomic_write_text
-from ..paths import declare_outputs
+from ..paths import check_not_an_input, declare_outputs
 from ..inference.shipped import config_path
 
 
@@ -93,6 +94,10 @@ def run(args) -> dict:
         if not args.per_clip or len(videos) != 1 or is_stream(videos[0]) or os.path.isdir(videos[0]):
             raise VideoATSError("--out-video labels the windows of one video file: give one video and --per-clip")
         check_video_output(args.out_video)
+    for flag, output in (("--csv", args.csv), ("--out-video", args.out_video)):
+        if output:
+            check_not_an_input(output, [v for v in videos if not is_stream(v)], flag,
+                               reads=lambda name: name.lower().endswith(VIDEO_EXTENSIONS))
     predictor = load_predictor(config=args.config, model_name=args.model, checkpoint=args.checkpoint,
                                ats=args.ats, opts=opts, labels_file=args.labels, views=args.views)
     if args.per_clip and args.views and int(predictor.cfg.TEST.NUM_ENSEMBLE_VIEWS) != 1:
