@@ -97,6 +97,18 @@ def test_bad_inputs(recognizer, video, decoded, tmp_path):
         recognizer.predict(decoded.astype(np.float32), fps=30)
     with pytest.raises(VideoATSError, match=r"\(T, H, W, 3\)"):
         recognizer.predict(decoded[0], fps=30)
+    with pytest.raises(VideoATSError, match="np.stack"):  # a list is of paths, not of frames
+        recognizer.predict(list(decoded), fps=30)
+    for fps in (float("nan"), float("inf"), 0):
+        with pytest.raises(VideoATSError, match="positive number"):
+            recognizer.predict(decoded, fps=fps)
+        with pytest.raises(VideoATSError, match="positive"):
+            list(recognizer.stream(iter(decoded), fps=fps))
+    for stride in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(VideoATSError, match="positive"):
+            recognizer.predict(video, per_clip=True, stride=stride)
+        with pytest.raises(VideoATSError, match="positive"):
+            list(recognizer.stream(iter(decoded), fps=30, stride=stride))
 
 
 def test_a_source_streams_as_its_frames_do(recognizer, video, decoded):

@@ -123,3 +123,10 @@ def test_infer_outputs_never_replace_an_input(tmp_path, vt, capsys):
     answers = folder / "answers.csv"
     assert main(["infer", str(folder), "--model", "timesformer_tiny_8x32", "--csv", str(answers)]) == 0
     assert answers.read_text().startswith("path,window")
+
+
+def test_a_one_frame_video_is_one_frame(tmp_path, vt, capsys):
+    video = vt.index_video(tmp_path / "one.mp4", 1)
+    assert main(["infer", video, "--model", "timesformer_tiny_8x32", "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "(1 frame," in out.out and "has 1 frame but" in out.out + out.err

@@ -19,6 +19,7 @@ names), so what a user tried on the command line holds in their program.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -113,10 +114,14 @@ class Recognizer:
         if isinstance(source, (str, os.PathLike)):
             return predict_video(self.predictor, os.fspath(source), topk=topk, per_clip=per_clip, stride=stride)
         if isinstance(source, (list, tuple)):
+            if source and not all(isinstance(p, (str, os.PathLike)) for p in source):
+                raise VideoATSError("a list is of paths; give frames as one uint8 array or tensor (T, H, W, 3), "
+                                    "e.g. predict(np.stack(frames), fps=30)")
             return [self._one_of_many(os.fspath(p), topk, per_clip, stride) for p in source]
         if isinstance(source, (np.ndarray, Tensor)):
-            if not fps or fps <= 0:
-                raise VideoATSError("frames need their frame rate: predict(frames, fps=30)")
+            if fps is None or not math.isfinite(fps) or fps <= 0:
+                raise VideoATSError(f"frames need their frame rate, a positive number: predict(frames, fps=30), "
+                                    f"not fps={fps}")
             return predict_frames(self.predictor, source, float(fps), topk=topk, per_clip=per_clip, stride=stride)
         raise VideoATSError(f"cannot predict on a {type(source).__name__}: give a path, a list of paths, or "
                             "uint8 frames (T, H, W, 3) with fps")
@@ -143,8 +148,9 @@ class Recognizer:
             container = open_stream(os.fspath(frames), float(self.predictor.cfg.DATA.DECODE_TIMEOUT))
             frames, stated = stream_frames(container)
             fps = fps or stated
-        if not fps or fps <= 0:
-            raise VideoATSError("frames need their frame rate: stream(frames, fps=30)")
+        if not fps or not math.isfinite(fps) or fps <= 0:
+            raise VideoATSError(f"frames need their frame rate, a positive number: stream(frames, fps=30), not "
+                                f"fps={fps}")
         try:
             for window in stream_windows(self.predictor, frames, float(fps), stride=stride, topk=topk):
                 if callback is not None:

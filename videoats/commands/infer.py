@@ -145,7 +145,7 @@ def run(args) -> dict:
     if args.out_video and result["results"]:
         result["out_video"] = write_annotated_video(videos[0], result["results"][0], args.out_video)
         if stream:
-            tqdm.write(f"wrote {args.out_video} ({result['out_video']['frames']} frames)", file=sys.stdout)
+            tqdm.write(f"wrote {args.out_video} ({_count(result['out_video']['frames'], 'frame')})", file=sys.stdout)
     if not result["results"]:
         bad = len(result["errors"])
         result["error"] = (f"no video could be processed ({bad} bad file{'s' if bad != 1 else ''}, "
@@ -230,7 +230,7 @@ def video_lines(r: dict, run: dict) -> list:
     """One video's answer (a blank line first, to separate it from the one before)."""
     rate = ", variable frame rate" if r.get("variable_frame_rate") else ""
     views = _count(r["views"], "view")
-    lines = ["", f"{r['path']}  ({r['num_frames']} frames, {r['duration_s']:.2f} s{rate}, {views})"]
+    lines = ["", f"{r['path']}  ({_count(r['num_frames'], 'frame')}, {r['duration_s']:.2f} s{rate}, {views})"]
     for i, t in enumerate(r["topk"], 1):
         lines.append(f"  {i}. {t['label']:<32} {t['score']:.4f}")
     g = r["gflops"]

@@ -116,9 +116,9 @@ def sliding_plan(settings, num_frames: int, fps: float, stride_s: Optional[float
     ending at the last frame when the stride leaves the end uncovered."""
     s = settings
     span = clip_span(s.num_frames, s.sampling_rate, fps, s.target_fps)
-    step = span if not stride_s else float(stride_s) * effective_fps(fps, s.target_fps)
-    if step <= 0:
+    if stride_s is not None and not (math.isfinite(stride_s) and stride_s > 0):
         raise VideoATSError(f"--stride {stride_s}: give a positive number of seconds")
+    step = span if not stride_s else float(stride_s) * effective_fps(fps, s.target_fps)
     last = num_frames - span
     starts = [0.0]
     if last > 0:

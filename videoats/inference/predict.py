@@ -172,7 +172,8 @@ def answer(predictor: Predictor, plan, out: ViewOutputs, head: dict, topk: int, 
         "patch_tokens": tokens,
     }
     if plan.num_frames < plan.span:
-        result["short"] = (f"the video has {plan.num_frames} frames but a clip spans {math.ceil(plan.span)}: "
+        has = f"{plan.num_frames} frame" + ("" if plan.num_frames == 1 else "s")
+        result["short"] = (f"the video has {has} but a clip spans {math.ceil(plan.span)}: "
                            "its last frame is repeated to fill the clip, so the answer is less reliable")
     if per_clip:
         clips = []
@@ -208,9 +209,10 @@ def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: O
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
     span = clip_span(s.num_frames, s.sampling_rate, fps, s.target_fps)
-    step = span if not stride else float(stride) * float(fps)
-    if step <= 0 or not fps or fps <= 0:
+    if not (fps and math.isfinite(fps) and fps > 0) or (stride is not None and not (math.isfinite(stride)
+                                                                                  and stride > 0)):
         raise VideoATSError(f"fps {fps} and stride {stride}: give a positive frame rate and stride")
+    step = span if not stride else float(stride) * float(fps)
     transform = protocol_frame(s)
     kept: Dict[int, np.ndarray] = {}
     count, window = 0, 0
