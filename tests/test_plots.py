@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 
 from videoats.cli import main
 from videoats.evaluation.plots import point_labels
-from videoats.inference.visualize import TEXT, _font, render_token_grid
+from videoats.inference.visualize import TEXT, label_font, render_token_grid
 
 TINY = "timesformer_tiny_8x32"
 
@@ -91,7 +91,7 @@ def test_one_stage_grid_shows_the_whole_title(tmp_path):
     without = render_token_grid(frames, masks, 8, str(tmp_path / "n.png"))
     # the title alone on a wide canvas, drawn as the grid draws it: all of its pixels must be in the grid
     alone = Image.new("RGB", (4000, 200), "white")
-    ImageDraw.Draw(alone).text((6, 6), title, fill=TEXT, font=_font())
+    ImageDraw.Draw(alone).text((6, 6), title, fill=TEXT, font=label_font())
     title_ink = _ink(alone)
     assert title_ink > 0 and np.nonzero(np.asarray(alone.convert("L")) < 250)[1].max() < 1000  # all of it there
     shown = _ink(Image.open(with_title["path"])) - _ink(Image.open(without["path"]))

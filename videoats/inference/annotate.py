@@ -14,6 +14,7 @@ from typing import List
 
 from ..atomic import atomic_write
 from ..errors import VideoATSError
+from .visualize import label_font
 
 FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 
@@ -29,16 +30,6 @@ def check_video_output(path: str) -> str:
 def window_of(times: List[float], starts: List[float]) -> List[int]:
     """For each frame time, the index of the latest window started by then (the first window before it)."""
     return [max(0, bisect.bisect_right(starts, t + 1e-6) - 1) for t in times]
-
-
-def _font(size: int):
-    """Pillow's own font at `size` px (Pillow 10.1+), else its small bitmap font."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=max(8, size))
-    except TypeError:  # older Pillow: no sizes
-        return ImageFont.load_default()
 
 
 def write_annotated_video(source: str, answer: dict, output: str) -> dict:
@@ -73,7 +64,7 @@ def write_annotated_video(source: str, answer: dict, output: str) -> dict:
                 draw = ImageDraw.Draw(image)
                 band = max(12, image.height // 14)
                 if font is None:
-                    font = _font(int(band * 0.7))
+                    font = label_font(max(8, int(band * 0.7)))
                 draw.rectangle([0, 0, image.width, band], fill=(0, 0, 0))
                 draw.text((band // 4, band * 0.12), texts[k], fill=(255, 255, 255), font=font)
                 image = image.crop((0, 0, encoder.width, encoder.height))

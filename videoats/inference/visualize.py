@@ -24,7 +24,9 @@ GRID = (255, 255, 255)
 MIN_PANEL, MAX_PANEL = 160, 320  # panel side in pixels: small crops are enlarged, large ones reduced
 
 
-def _font(size: int = 13):
+def label_font(size: int = 13):
+    """Pillow's own font at `size` px (Pillow 10.1+), else its small bitmap font (for the pictures and the
+    labelled videos)."""
     from PIL import ImageFont
 
     try:
@@ -205,7 +207,7 @@ def render_token_grid(frames_uint8, masks: Dict[int, object], patch_size: int, p
     labels = [str(x) for x in frame_labels] if frame_labels is not None else [f"frame {t}" for t in rows]
     if len(labels) != len(rows):
         raise VideoATSError(f"{len(labels)} frame labels for {len(rows)} rows")
-    layout = _Layout(frames.shape[1:3], _columns(masks), len(rows), labels, title, _font())
+    layout = _Layout(frames.shape[1:3], _columns(masks), len(rows), labels, title, label_font())
     image = _compose(frames, masks, patch_size, rows, labels, layout, grid, dim)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -223,7 +225,7 @@ def render_token_gif(frames_uint8, masks: Dict[int, object], patch_size: int, pa
     rows = list(range(frames.shape[0])) if rows is None else [int(r) for r in rows]
     labels = [str(x) for x in frame_labels] if frame_labels is not None else [f"frame {t}" for t in rows]
     labels = [f"{lab}\n{i + 1}/{len(rows)}" for i, lab in enumerate(labels)]
-    layout = _Layout(frames.shape[1:3], _columns(masks), 1, labels, title, _font())
+    layout = _Layout(frames.shape[1:3], _columns(masks), 1, labels, title, label_font())
     images = [_compose(frames, masks, patch_size, [t], [lab], layout, grid, dim) for t, lab in zip(rows, labels)]
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
