@@ -15,6 +15,8 @@ from videoats.cli import main as cli_main
 from videoats.data.images import apply_test_transform, scan_images
 from videoats.models.registry import family_of_name
 
+from test_ats import peaky
+
 SAMPLES = os.path.join(__import__("matplotlib").get_data_path(), "sample_data")
 PHOTOS = {"person": ["grace_hopper.jpg"], "object": ["Minduka_Present_Blue_Pack.png", "logo2.png"]}
 
@@ -60,6 +62,20 @@ def test_flat_folder_with_a_labels_list_reads_as_the_class_folders(folder, tmp_p
     items, flat_names = scan_images(str(flat / "val"), str(flat / "val.txt"))
     assert flat_names == names == ["object", "person"]
     assert [(os.path.basename(p), l) for p, l in items] == [(os.path.basename(p), l) for p, l in nested]
+    # and through `eval` with a shipped ImageNet config (its labels list is the val split's annotation)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "cvt.safetensors"
+    save_checkpoint(ckpt, peaky(videoats.create_model("cvt_tiny_96", num_classes=2).eval()))
+    answers = []
+    for root in (folder, flat):
+        out = tmp_path / f"out_{root.name}"
+        assert cli_main(["eval", "--config", "configs/imagenet/cvt_21_384.yaml", "--checkpoint", str(ckpt),
+                         "--output", str(out), "--json", "MODEL.NAME", "cvt_tiny_96", "MODEL.NUM_CLASSES", "2",
+                         "DATA.PATH_TO_DATA_DIR", str(root), "DATA.TEST_CROP_SIZE", "96",
+                         "DATA.NUM_WORKERS", "0"]) == 0
+        rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+        answers.append(sorted((os.path.basename(r["path"]), r["label"], r["top5"][0]["index"]) for r in rows))
+    assert answers[0] == answers[1] and len(answers[0]) == 3
 
 
 def test_eval_on_photographs_end_to_end(folder, tmp_path):
@@ -116,3 +132,20 @@ def test_folders_named_otherwise_than_the_checkpoints_classes_match_by_index(fol
     save_checkpoint(tmp_path / "swapped.safetensors", model, label_names=["person", "object"])
     assert cli_main(["eval", *args, "--checkpoint", str(tmp_path / "swapped.safetensors"),
                      "--output", str(tmp_path / "b")]) != 0
+
+
+def test_images_in_subfolders_count_and_a_decompression_bomb_is_an_unreadable_image(tmp_path):
+    """Class folders are walked as ImageFolder walks them; an image PIL refuses to decode (too many pixels) is
+    reported for that image, not raised for the whole evaluation."""
+    from videoats.data.images import ImageFolderDataset, ImageTransform
+
+    os.makedirs(tmp_path / "val" / "a" / "nested")
+    os.makedirs(tmp_path / "val" / "b")
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "val" / "a" / "nested" / "deep.png")
+    Image.new("1", (13500, 13500)).save(tmp_path / "val" / "b" / "bomb.png")  # small file, 182 M pixels
+    items, names = scan_images(str(tmp_path / "val"), "")
+    assert [(os.path.relpath(p, tmp_path), label) for p, label in items] == [
+        (os.path.join("val", "a", "nested", "deep.png"), 0), (os.path.join("val", "b", "bomb.png"), 1)]
+    data = ImageFolderDataset(items, names, ImageTransform(32, 0.875, "bicubic"), (0.5,) * 3, (0.5,) * 3)
+    assert data[0]["video"].shape[-2:] == (32, 32) and not data[0].get("failed")
+    assert data[1]["failed"]["reason"] == "unreadable image"

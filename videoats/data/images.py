@@ -61,6 +61,16 @@ def _class_names(labels_file: str) -> Optional[List[str]]:
         return [line.strip() for line in f if line.strip()]
 
 
+def _images_under(root: str) -> List[str]:
+    """The images anywhere below a class folder, subfolders included (as torchvision's ImageFolder finds
+    them), in a stable order."""
+    found = []
+    for where, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.join(where, f) for f in sorted(files) if _is_image(f)]
+    return found
+
+
 def scan_images(folder: str, annotation: str, labels_file: str = "") -> Tuple[List[Tuple[str, int]], List[str]]:
     """(image path, class index) pairs in a stable order, and the class names (module docstring's layouts)."""
     if not os.path.isdir(folder):
@@ -72,8 +82,7 @@ def scan_images(folder: str, annotation: str, labels_file: str = "") -> Tuple[Li
         missing = [c for c in classes if c not in names]
         if missing:
             raise VideoATSError(f"class folder(s) {missing[:3]} of {folder} are not in DATA.LABELS_FILE")
-        items = [(os.path.join(folder, c, f), names.index(c)) for c in classes
-                 for f in sorted(os.listdir(os.path.join(folder, c))) if _is_image(f)]
+        items = [(path, names.index(c)) for c in classes for path in _images_under(os.path.join(folder, c))]
     else:  # flat, with a labels list
         if not os.path.isfile(annotation):
             raise VideoATSError(f"{folder} has no class folders and no labels list {annotation}: give "
@@ -136,7 +145,7 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as image:
                 return {**item, "video": apply_test_transform(image, self.transform, self.mean, self.std)}
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             s = self.transform.size
             return {**item, "video": torch.empty(0, 3, s, s), "failed": {
                 "video_index": index, "clip_index": 0, "path": path, "reason": "unreadable image",
@@ -154,9 +163,8 @@ def collate_images(items: Sequence[dict]) -> dict:
 
 def build_image_dataset(cfg, split: str, transform: ImageTransform, mean, std) -> ImageFolderDataset:
     """The image folder `DATA.PATH_TO_DATA_DIR/<split>` (labels list for a flat folder: the split's annotation
-    file, e.g. DATA.TEST_ANNOTATION) with `transform`."""
+    file, DATA.<SPLIT>_ANNOTATION, as for videos: DATA.VAL_ANNOTATION for TEST.SPLIT val) with `transform`."""
     root = cfg.DATA.PATH_TO_DATA_DIR
-    annotation = {"train": cfg.DATA.TRAIN_ANNOTATION, "val": cfg.DATA.VAL_ANNOTATION}.get(
-        split, cfg.DATA.TEST_ANNOTATION)
+    annotation = cfg.DATA[f"{split.upper()}_ANNOTATION"]
     items, names = scan_images(os.path.join(root, split), os.path.join(root, annotation), cfg.DATA.LABELS_FILE)
     return ImageFolderDataset(items, names, transform, mean, std)
