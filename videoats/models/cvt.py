@@ -189,9 +189,10 @@ class Block(nn.Module):
             corners = key_corners(h, w, a.conv_proj_k.conv.stride[0], xs.device)[:, at]
             # the last row / column of an even grid shares its windows with the one before: ties, which the
             # sampler's sort may order either way, so a masked and a pruned grid could keep different tokens.
-            # Values grow by at most TIE_BREAK with the location: tied scores then rank by location
-            grow = 1 + TIE_BREAK * torch.cat([at.new_zeros(b, 1), at], dim=1).to(v.dtype) / (h * w)
-            values = scoring_rows(v, corners) * grow[:, None, :, None]
+            # Values grow by at most TIE_BREAK with the location: tied scores then rank by location. In fp32
+            # (the value norm is taken in fp32 anyway): a bf16 or fp16 factor would round to 1
+            grow = 1 + TIE_BREAK * torch.cat([at.new_zeros(b, 1), at], dim=1).float() / (h * w)
+            values = scoring_rows(v, corners).float() * grow[:, None, :, None]
             keep = run.sample(index, q[:, :, :1], scoring_rows(k, corners), values, a.scale, layout.frame_keys,
                               layout.valid)
             gather, layout = run.layout(index, keep)
