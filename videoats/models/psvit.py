@@ -143,7 +143,7 @@ class PSViT(nn.Module):
         """The stem and the progressive sampling: (B, 3, H, W) -> tokens (B, P, D)."""
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[-2:] != (self.img_size, self.img_size):
             raise VideoATSError(f"PS-ViT expects images (B, 3, {self.img_size}, {self.img_size}) (its sampling grid "
-                                f"is fixed to that size), got {tuple(images.shape)}")
+                                f"is fixed to that size), got {tuple(int(n) for n in images.shape)}")
         features = self.stem(images)
         points = self.point_coord.expand(images.shape[0], -1, -1)
         offset, tokens = torch.zeros_like(points), None
