@@ -212,8 +212,9 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     elif source == "synthetic":
         batches = (("synthetic", _synthetic_batch(shape, args.batch_size, args.seed + b, settings))
                    for b in range(args.batches))
-        label = (f"synthetic motion clips (videoats.data.synthetic scenes), {args.batches} x {args.batch_size} "
-                 "samples: counts are for this input, not for Kinetics")
+        what = "motion clips" if len(shape) == 4 else "images (the first frame of motion clips)"
+        label = (f"synthetic {what} (videoats.data.synthetic scenes), {args.batches} x {args.batch_size} "
+                 f"samples: counts are for this input, not for {'Kinetics' if len(shape) == 4 else 'ImageNet'}")
     files = source not in ("random", "synthetic")
     if files:
         batches = _file_batches(args.input, shape, settings)
