@@ -70,12 +70,14 @@ def test_a_stream_answers_each_window_as_soon_as_it_is_complete(recognizer, vide
         windows.append((w, len(consumed)))
     assert seen == [w for w, _ in windows]
     # a clip spans 8 x 4 = 32 frames: windows start at 0 and 32 and end at frames 31 and 63; the third
-    # (64..95) never completes in 70 frames
+    # (64..95) never completes in 70 frames, so when the stream ends one more ends at its last frame (38..69)
     assert [w["frame_indices"] for w, _ in windows] == [[0, 4, 8, 13, 17, 22, 26, 31],
-                                                        [32, 36, 40, 45, 49, 54, 58, 63]]
-    assert [n for _, n in windows] == [32, 64]  # yielded right after the window's last frame, not at the end
+                                                        [32, 36, 40, 45, 49, 54, 58, 63],
+                                                        [38, 42, 46, 51, 55, 60, 64, 69]]
+    assert [n for _, n in windows] == [32, 64, 70]  # each right after its last frame, not at the end
     assert windows[1][0]["start_s"] == pytest.approx(32 / 30, abs=1e-4)
     per_clip = recognizer.predict(video, topk=3, per_clip=True, stride=32 / 30)["per_clip"]
+    assert len(per_clip) == len(windows)
     for (w, _), c in zip(windows, per_clip):  # the same window of the file gives the same answer
         assert w["frame_indices"] == c["frame_indices"]
         assert [t["score"] for t in w["topk"]] == pytest.approx([t["score"] for t in c["topk"]], abs=1e-5)

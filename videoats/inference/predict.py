@@ -203,8 +203,9 @@ def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: O
 
     `frames`: any iterable of uint8 (H, W, 3) RGB frames at a constant `fps` (a camera, a decoder loop).
     Windows are the clips `infer --per-clip` takes (one clip long, every `stride` seconds; default one
-    clip length), with the same frame positions; only the small resized frames of the windows still open
-    are kept. A stream shorter than one clip gives one answer with its last frame repeated (`short`).
+    clip length), with the same frame positions, and when the stream ends between two of them one more
+    window ending at its last frame; only the small resized frames of the windows still open are kept. A
+    stream shorter than one clip gives one answer with its last frame repeated (`short`).
     `probabilities_out`: a list that receives each window's full probability vector (for a stream's mean)."""
     s = predictor.settings()
     crops = int(predictor.cfg.TEST.NUM_SPATIAL_CROPS)
@@ -239,10 +240,14 @@ def stream_windows(predictor: Predictor, frames: Iterable, fps: float, stride: O
         while window * step + span - 1 < count:  # the frame at the window's last position has arrived
             yield emit(window * step, count)
             window += 1
-            for i in [i for i in kept if i < int(window * step)]:  # frames no later window uses
-                del kept[i]
-    if window == 0 and count:
-        yield emit(0.0, count)
+        # frames neither the next window nor a last window ending at the newest frame can use
+        oldest = min(int(window * step), count - math.ceil(span) - 1)
+        for i in [i for i in kept if i < oldest]:
+            del kept[i]
+    if count and (window == 0 or (window - 1) * step < count - span - 1e-6):
+        # the end of the stream: one more window ending at its last frame (as `infer --per-clip` ends a
+        # video), or for a stream shorter than a clip the one it has
+        yield emit(0.0 if window == 0 else count - span, count)
 
 
 def describe_run(predictor: Predictor, per_clip: bool = False) -> dict:
