@@ -385,14 +385,24 @@ def _read_pyav(path: str, pick: IndexPicker, short_side: int, num_threads: int,
         container.close()
 
 
+def quarter_turns(frame) -> int:
+    """How many quarter turns a PyAV frame's display matrix asks for (decord applies it, PyAV does not)."""
+    return int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+
+
 def _to_rgb(frame, height: int, width: int) -> np.ndarray:
     """RGB in display orientation, as decord gives it (decord applies the display matrix, PyAV does not)."""
     if (frame.height, frame.width) != (height, width):
         array = frame.to_ndarray(format="rgb24", height=height, width=width)
     else:
         array = frame.to_ndarray(format="rgb24")
-    quarter_turns = int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
-    return np.ascontiguousarray(np.rot90(array, quarter_turns)) if quarter_turns else array
+    turns = quarter_turns(frame)
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns else array
+
+
+def display_rgb(frame) -> np.ndarray:
+    """A PyAV frame as uint8 RGB (H, W, 3) at its size, upright (its display matrix applied)."""
+    return _to_rgb(frame, frame.height, frame.width)
 
 
 def _first_line(e: BaseException) -> str:

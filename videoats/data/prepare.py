@@ -33,13 +33,12 @@ from fractions import Fraction
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import av
-import numpy as np
 from tqdm import tqdm
 
 from ..atomic import atomic_write, atomic_write_text
 from ..errors import VideoATSError
 from ..paths import check_output_dir
-from .decoding import DecodeFailure, check_readable, native_stderr_silenced
+from .decoding import DecodeFailure, check_readable, display_rgb, native_stderr_silenced, quarter_turns
 from .files import VIDEO_EXTENSIONS, classify_failure
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
@@ -269,20 +268,14 @@ def _span_frames(container, stream, begin: Fraction, end: Fraction) -> Iterator[
     raise DecodeFailure("corrupt", "cannot seek in it")
 
 
-def _quarter_turns(frame) -> int:
-    return int(round((getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
-
-
 def _upright_size(frame) -> Tuple[int, int]:
-    return (frame.width, frame.height) if _quarter_turns(frame) % 2 else (frame.height, frame.width)
+    return (frame.width, frame.height) if quarter_turns(frame) % 2 else (frame.height, frame.width)
 
 
 def _to_output(frame, size: Tuple[int, int]):
     """The frame upright (display matrix applied, as the loaders decode it) in the output size, yuv420p."""
-    quarter_turns = _quarter_turns(frame)
-    if quarter_turns:
-        upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), quarter_turns))
-        frame = av.VideoFrame.from_ndarray(upright, format="rgb24")
+    if quarter_turns(frame):
+        frame = av.VideoFrame.from_ndarray(display_rgb(frame), format="rgb24")
     return frame.reformat(width=size[1], height=size[0], format="yuv420p", interpolation="AREA")
 
 

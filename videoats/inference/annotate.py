@@ -3,8 +3,10 @@ in (top label, its probability, the window's span), for a person to watch what t
 
 Why re-decode instead of keeping frames: the answer for a window is known only after its last frame, and a
 video of any length must not be held in memory; the second pass decodes, draws and encodes one frame at a
-time. A frame belongs to the latest window that has started by its timestamp (windows are placed by the
-frames' own timestamps, so variable frame rates label correctly). H.264 in MP4, MKV or MOV.
+time. A frame belongs to the latest window that has started by it, counted in decoded frames (the windows
+name the frames they used; frame timestamps may be missing, in a raw stream, or uneven). Frames are drawn
+upright (the display matrix applied, as the model saw them) and keep their timestamps. H.264 in MP4, MKV or
+MOV.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import os
 from typing import List
 
 from ..atomic import atomic_write
+from ..data.decoding import display_rgb
 from ..errors import VideoATSError
 from .visualize import label_font
 
@@ -27,19 +30,20 @@ def check_video_output(path: str) -> str:
     return FORMATS[ext]
 
 
-def window_of(times: List[float], starts: List[float]) -> List[int]:
-    """For each frame time, the index of the latest window started by then (the first window before it)."""
-    return [max(0, bisect.bisect_right(starts, t + 1e-6) - 1) for t in times]
+def window_of(frames: List[int], starts: List[int]) -> List[int]:
+    """For each decoded frame index, the index of the latest window whose first frame it is at or after (the
+    first window before that)."""
+    return [max(0, bisect.bisect_right(starts, i) - 1) for i in frames]
 
 
 def write_annotated_video(source: str, answer: dict, output: str) -> dict:
     """Write `source` with the per-clip answers of `answer` drawn on its frames; returns what was written."""
     import av
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
     fmt = check_video_output(output)
     windows = answer["per_clip"]
-    starts = [w["start_s"] for w in windows]
+    starts = [w["frame_indices"][0] for w in windows]
     texts = [f"{w['start_s']:.2f}-{w['end_s']:.2f} s: {w['topk'][0]['label']} {w['topk'][0]['score']:.2f}"
              for w in windows]
     counts = [0] * len(windows)
@@ -49,17 +53,16 @@ def write_annotated_video(source: str, answer: dict, output: str) -> dict:
             stream = inp.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or 30
             encoder = font = None
-            first = None
-            for frame in inp.decode(stream):
-                image = frame.to_image()
+            for index, frame in enumerate(inp.decode(stream)):
+                image = Image.fromarray(display_rgb(frame))
                 if encoder is None:  # H.264 in yuv420p needs even sizes
                     encoder = out.add_stream("libx264", rate=rate)
                     encoder.width, encoder.height = image.width // 2 * 2, image.height // 2 * 2
                     encoder.pix_fmt = "yuv420p"
                     encoder.options = {"crf": "20", "preset": "veryfast"}
-                t = float(frame.time or 0.0)
-                first = t if first is None else first
-                k = window_of([t - first], starts)[0]
+                    if frame.pts is not None:  # the source's clock: uneven frame times stay uneven
+                        encoder.codec_context.time_base = stream.time_base
+                k = window_of([index], starts)[0]
                 counts[k] += 1
                 draw = ImageDraw.Draw(image)
                 band = max(12, image.height // 14)
@@ -68,7 +71,10 @@ def write_annotated_video(source: str, answer: dict, output: str) -> dict:
                 draw.rectangle([0, 0, image.width, band], fill=(0, 0, 0))
                 draw.text((band // 4, band * 0.12), texts[k], fill=(255, 255, 255), font=font)
                 image = image.crop((0, 0, encoder.width, encoder.height))
-                for packet in encoder.encode(av.VideoFrame.from_image(image)):
+                labelled = av.VideoFrame.from_image(image)
+                if frame.pts is not None:
+                    labelled.pts, labelled.time_base = frame.pts, stream.time_base
+                for packet in encoder.encode(labelled):
                     out.mux(packet)
             if encoder is not None:
                 for packet in encoder.encode():
