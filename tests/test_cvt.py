@@ -15,6 +15,7 @@ from videoats.models.cvt import QuickGELU, key_corners
 
 from test_ats import peaky
 from test_fake_cuda import fake_cuda_run, replayed_on_fake_cuda
+from test_static import assert_pruned_equals_masked
 
 TINY = "cvt_tiny_96"
 
@@ -132,33 +133,17 @@ def peaked():
 def test_under_bf16_autocast_the_modes_keep_the_same_tokens(peaked):
     """The tie-break of an even grid's last row and column holds at the GPU's default precision too (a bf16
     factor rounds to 1, which left the tied windows to the sort's whim: masked and pruned then differed)."""
-    x = images(size=128)
-    kept = []
-    for mode, drop in (("trim", False), ("trim", True), ("static", True)):
-        model = _ats(peaked, mode=mode, drop_tokens=drop)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            model(x)
-        kept.append(token_masks(model))
-    assert any(int(m.sum()) < m.numel() for m in kept[0].values())
-    for other in kept[1:]:
-        assert all(torch.equal(other[b], kept[0][b]) for b in kept[0])
+    masks = assert_pruned_equals_masked(lambda mode, drop: _ats(peaked, mode=mode, drop_tokens=drop),
+                                        images(size=128), (1, 2, 3), logits_tol=None, bf16=True)
+    assert any(int(m.sum()) < m.numel() for m in masks.values())
 
 
 def test_pruned_static_and_masked_keep_the_same_tokens_and_logits(peaked):
     """Kept tokens go back to a zero-filled grid and absent keys are masked: the pruned layouts (trim, static)
     compute the masked layout's function, token for token."""
-    x = images()
-    out, masks = {}, {}
-    for mode, drop in (("trim", False), ("trim", True), ("static", True)):
-        model = _ats(peaked, mode=mode, drop_tokens=drop)
-        with torch.no_grad():
-            out[mode, drop] = model(x)
-        masks[mode, drop] = token_masks(model)
-    for key in (("trim", True), ("static", True)):
-        assert (out[key] - out["trim", False]).abs().max() < 1e-4, key
-        for b in (1, 2, 3):
-            assert torch.equal(masks[key][b], masks["trim", False][b]), (key, b)
-    counts = kept_tokens(model)
+    masks = assert_pruned_equals_masked(lambda mode, drop: _ats(peaked, mode=mode, drop_tokens=drop), images(),
+                                        (1, 2, 3))
+    counts = {b: m.flatten(1).sum(dim=1) for b, m in masks.items()}
     assert int(counts[3].max()) < int(counts[1].max()) < 36
 
 

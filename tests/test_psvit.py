@@ -8,7 +8,7 @@ import torch
 
 import videoats
 from videoats import apply_ats
-from videoats.ats import kept_tokens, token_masks
+from videoats.ats import token_masks
 from videoats.ats import stage as ats_stage
 from videoats.checkpoint import detect_layout, load_checkpoint
 from videoats.checkpoint.layouts import from_official_psvit, to_official_psvit
@@ -17,6 +17,7 @@ from videoats.models.psvit import sample_points
 
 from test_ats import peaky
 from test_fake_cuda import fake_cuda_run, replayed_on_fake_cuda
+from test_static import assert_pruned_equals_masked
 
 TINY = "psvit_tiny_64"
 
@@ -145,18 +146,9 @@ def _ats(model, **kw):
 
 
 def test_pruned_static_and_masked_keep_the_same_tokens_and_logits(peaked):
-    x = images()
-    out, masks = {}, {}
-    for mode, drop in (("trim", False), ("trim", True), ("static", True)):
-        model = _ats(peaked, mode=mode, drop_tokens=drop)
-        with torch.no_grad():
-            out[mode, drop] = model(x)
-        masks[mode, drop] = token_masks(model)
-    for key in (("trim", True), ("static", True)):
-        assert (out[key] - out["trim", False]).abs().max() < 1e-4, key
-        for b in (1, 2, 3):
-            assert torch.equal(masks[key][b], masks["trim", False][b]), (key, b)
-    counts = kept_tokens(model)
+    masks = assert_pruned_equals_masked(lambda mode, drop: _ats(peaked, mode=mode, drop_tokens=drop), images(),
+                                        (1, 2, 3))
+    counts = {b: m.flatten(1).sum(dim=1) for b, m in masks.items()}
     assert int(counts[3].max()) < int(counts[1].max()) < 36
 
 
