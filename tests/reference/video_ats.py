@@ -233,12 +233,32 @@ def sampled_frames(frames_qkv, settings, block, frames, locations, heads, macs, 
     return sample(scores, settings, block, frames, locations)
 
 
+def sample_and_attend(blk, block, qkv, tokens, settings, frames, locations, macs, trace, sample_index):
+    """One block's frame attention after its q, k, v (`frame_attention`, per frame): at an ATS block the
+    sample first, then the CLS and kept rows, the residual, and the MLP on the kept tokens. Returns (each
+    frame's CLS output, the tokens after the block); the caller adds the CLS outputs its own way."""
+    kept = set(tokens)
+    if block in settings.blocks:
+        kept = sampled_frames(qkv, settings, block, frames, locations, blk.attn.num_heads, macs, sample_index)
+        trace[block] = set(kept)
+    cls_outs, new = [], {}
+    for t, (q, k, v, here) in qkv.items():
+        kept_here = [loc for loc in here if (t, loc) in kept]
+        out = attend_kept(blk.attn, q, k, v, here, kept_here, macs)
+        cls_outs.append(out[0])
+        for loc, y in zip(kept_here, out[1:]):
+            new[t, loc] = tokens[t, loc] + y  # [C] the residual: the kept tokens of the block input
+    # [C] the dropped tokens are gone; the MLP runs on the present ones
+    for tok in sorted(new):
+        new[tok] = new[tok] + mlp(blk, new[tok][None], macs)[0]
+    return cls_outs, new
+
+
 # ----------------------------------------------------------------------------------------- TimeSformer
 
 
 def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
     for i, blk in enumerate(model.blocks):
-        heads = blk.attn.num_heads
         # [T] temporal attention at every location over its frames, the CLS left out; [R] a dropped token
         # is no key: only the frames where the location is present take part
         for loc in sorted({loc for _, loc in tokens}):
@@ -251,23 +271,10 @@ def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, t
                 tokens[t, loc] = tokens[t, loc] + y
         # [T] spatial attention within every frame, each with its own copy of the CLS
         qkv = {t: frame_attention(blk.attn, blk.norm1, cls, tokens, t, macs) for t in range(frames)}
-        kept = set(tokens)
-        if i in settings.blocks:
-            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs, sample_index)
-            trace[i] = set(kept)
-        cls_outs, new = [], {}
-        for t, (q, k, v, here) in qkv.items():
-            kept_here = [loc for loc in here if (t, loc) in kept]
-            out = attend_kept(blk.attn, q, k, v, here, kept_here, macs)
-            cls_outs.append(out[0])
-            for loc, y in zip(kept_here, out[1:]):
-                new[t, loc] = tokens[t, loc] + y  # [C] the residual: the kept tokens of the block input
-        tokens = new  # [C] the dropped tokens are gone
+        cls_outs, tokens = sample_and_attend(blk, i, qkv, tokens, settings, frames, locations, macs, trace,
+                                             sample_index)
         cls = cls + torch.stack(cls_outs).mean(dim=0)  # [T] the frames' CLS outputs averaged
-        # the MLP on the present tokens and the one CLS
-        for tok in sorted(tokens):
-            tokens[tok] = tokens[tok] + mlp(blk, tokens[tok][None], macs)[0]
-        cls = cls + mlp(blk, cls[None], macs)[0]
+        cls = cls + mlp(blk, cls[None], macs)[0]  # and the one CLS through the MLP
     return macs.linear(model.head, macs.norm(model.norm, cls[None]))[0]
 
 
@@ -295,7 +302,6 @@ def shifted(keys: Dict[Token, torch.Tensor], t: int, loc, fold: int, segments: i
 def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
     fold, segments = model.fold, model.num_segments
     for i, blk in enumerate(model.blocks):
-        heads = blk.attn.num_heads
         qkv = {t: frame_attention(blk.attn, blk.norm1, cls[t], tokens, t, macs) for t in range(frames)}
         # the shift needs every frame's keys and values first, by (frame, location)
         ks, vs = {}, {}
@@ -306,20 +312,10 @@ def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, s
             where = ["cls"] + here
             qkv[t] = (q, torch.stack([shifted(ks, t, loc, fold, segments) for loc in where]),
                       torch.stack([shifted(vs, t, loc, fold, segments) for loc in where]), here)
-        kept = set(tokens)
-        if i in settings.blocks:  # [D] scored on the shifted keys and values the CLS attends to
-            kept = sampled_frames(qkv, settings, i, frames, locations, heads, macs, sample_index)
-            trace[i] = set(kept)
-        new_cls, new = [], {}
-        for t, (q, k, v, here) in qkv.items():
-            kept_here = [loc for loc in here if (t, loc) in kept]
-            out = attend_kept(blk.attn, q, k, v, here, kept_here, macs)
-            new_cls.append(cls[t] + out[0])
-            for loc, y in zip(kept_here, out[1:]):
-                new[t, loc] = tokens[t, loc] + y
-        tokens, cls = new, new_cls
-        for tok in sorted(tokens):
-            tokens[tok] = tokens[tok] + mlp(blk, tokens[tok][None], macs)[0]
+        # [D] scored on the shifted keys and values the CLS attends to
+        cls_outs, tokens = sample_and_attend(blk, i, qkv, tokens, settings, frames, locations, macs, trace,
+                                             sample_index)
+        cls = [c + out for c, out in zip(cls, cls_outs)]  # [X] each frame keeps its own CLS
         cls = [c + mlp(blk, c[None], macs)[0] for c in cls]
     # [X] per-frame features, then the temporal head: one block over a CLS and the T frames, then an MLP
     feats = macs.norm(model.norm, torch.stack(cls))
