@@ -30,6 +30,7 @@ from videoats.commands.demo import shipped_test_config
 from videoats.config import apply_overrides
 from videoats.evaluation.evaluate import evaluate
 from videoats.evaluation.plots import _pyplot
+from videoats.figures import finish_scaling_plot
 from videoats.inference.shipped import CHECKPOINT, ats_overrides
 
 METHODS = ("inverse_transform", "top_k", "random")
@@ -117,16 +118,9 @@ def _plot(doc: dict, path: str) -> str:
         x, y, lo, hi = map(np.array, zip(*sorted(pts)))
         ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=style, capsize=3, label=NAMES[method] +
                     (f" (mean, min-max over {len(doc['seeds'])} seeds)" if method == "random" else ""))
-    ax.plot([doc["dense"]["gflops_mean"]], [doc["dense"]["top1"]], "k*", markersize=12, label="dense")
-    ax.set_xlabel("GFLOPs per view (mean over the test clips)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"Selection rules at the same ATS blocks; {doc['clips']} clips, budgets {doc['budgets']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_scaling_plot(plt, fig, ax, (doc["dense"]["gflops_mean"], doc["dense"]["top1"]),
+                               f"Selection rules at the same ATS blocks; {doc['clips']} clips, budgets "
+                               f"{doc['budgets']}", path)
 
 
 def table(doc: dict) -> str:

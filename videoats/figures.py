@@ -202,10 +202,17 @@ def plot_scaling(doc: dict, path: str) -> str:
         if pts:
             ax.plot(*zip(*pts), color=color, marker=marker, linestyle=line, label=name)
     dense = doc["dense"]
-    ax.plot([dense["gflops_per_view"]], [dense["top1"]], "k*", markersize=12, label="dense")
+    return finish_scaling_plot(plt, fig, ax, (dense["gflops_per_view"], dense["top1"]),
+                               f"ATS vs a fixed top-k count by the same score; budgets {doc['budgets']}", path)
+
+
+def finish_scaling_plot(plt, fig, ax, dense: Tuple[float, float], title: str, path: str) -> str:
+    """A top-1 against GFLOPs-per-view plot's common end: the dense model's point (GFLOPs, top-1) as a star,
+    the axes' names, `title`, grid and legend; saved to `path` (returned)."""
+    ax.plot([dense[0]], [dense[1]], "k*", markersize=12, label="dense")
     ax.set_xlabel("GFLOPs per view (mean over the test clips)")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"ATS vs a fixed top-k count by the same score; budgets {doc['budgets']}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
