@@ -246,13 +246,18 @@ def _patch_size(model) -> Tuple[int, int]:
 
 def _count(spec: CostSpec, batch: int, frames: int, locations: int,
            stages: Dict[int, Tuple[Tensor, int, int, Optional[int]]], padded: bool,
-           size: Optional[Tuple[int, int]] = None, scored: bool = True) -> Tensor:
+           size: Optional[Tuple[int, int]] = None, selection: str = "inverse_transform") -> Tensor:
     """FLOPs per sample (B,), float64, on the device of the stage masks (CPU without stages). stages:
     block -> (mask (B, T, L0) of tokens kept after it, slots per frame after it, locations temporal
     attention runs over after it, patch-token rows per sample token-wise layers computed after it, padding
     included, or None: the present tokens). Blocks without a stage keep what came in. `size`: the input's
-    (height, width), which a spec with `at_size` prices its fixed work by. `scored`: the ATS blocks compute
-    the CLS scoring row (every selection but `random`, which needs no scores)."""
+    (height, width), which a spec with `at_size` prices its fixed work by. `selection`: what the stage blocks
+    do (`ATSConfig.selection`): ATS and `top_k` compute the CLS scoring row and then only the kept queries,
+    `random` only the kept queries; EViT and ToMe compute every query (the reduction follows attention), EViT
+    the CLS attention row once more, ToMe its matching (|A| x |B| pairs of head-wide keys per frame, where it
+    merges)."""
+    scored = selection not in ("random", "tome")
+    after = selection in ("evit", "tome")
     b, t, l0 = batch, frames, locations
     device = next(iter(stages.values()))[0].device if stages else None
     f64 = dict(dtype=torch.float64, device=device)
@@ -294,13 +299,17 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int,
             else:
                 total += blk.t_pair * (per_loc ** 2).sum(dim=1)
         # spatial attention within every frame, with a CLS per frame
-        total += blk.pre * (t + rows_in) + blk.proj * (t + computed)
+        queries, q_width = (n, width) if after and stage is not None else (k, width_out)
+        total += blk.pre * (t + rows_in) + blk.proj * (t + (rows_in if after and stage is not None else computed))
+        if after and stage is not None and selection == "tome":
+            merges = k.sum(dim=1) < n.sum(dim=1)  # no merge, no matching
+            total += blk.match * merges * ((n // 2) * (n - n // 2)).sum(dim=1)
         if padded:
-            total += blk.pair * t * (1 + width_out) * (1 + width if keys is None else keys)
+            total += blk.pair * t * (1 + q_width) * (1 + width if keys is None else keys)
             if stage is not None and scored:
                 total += blk.score * t * (1 + width)
         else:
-            total += blk.pair * ((1 + k) * ((1 + n) if keys is None else keys)).sum(dim=1)
+            total += blk.pair * ((1 + queries) * ((1 + n) if keys is None else keys)).sum(dim=1)
             if stage is not None and scored:
                 total += blk.score * (1 + n).sum(dim=1)
         # MLP: TimeSformer has one CLS, the per-frame models one per frame
@@ -358,7 +367,7 @@ def _from_trace(model: nn.Module, inputs, padded: bool) -> Tensor:
               for r in trace}
     spec = _spec(model, ats_path=True)
     size = input_thw(model, None if shape is None else shape[1:])[1:]
-    return _count(spec, b, t, l0, stages, padded, size, scored=model.ats.selection != "random") / 1e9
+    return _count(spec, b, t, l0, stages, padded, size, model.ats.selection) / 1e9
 
 
 def sample_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] = None) -> Tensor:

@@ -27,13 +27,14 @@ A budget ("tokens") always counts the CLS token too, as in the official code (De
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
+from .reducers import MergePlan, cls_attention, evit_plan, merge, tome_merge_count, tome_plan
 from .sampler import max_kept, random_keys
 from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, present_rows, score_and_select,
                     temporal_mask)
@@ -41,7 +42,9 @@ from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, prese
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
 SAMPLERS = ("eager", "compiled")
-SELECTIONS = ("inverse_transform", "top_k", "random")
+SELECTIONS = ("inverse_transform", "top_k", "random", "evit", "tome")
+# selections that let a block attend over every token and reduce them after attention, before the MLP
+AFTER_ATTENTION = ("evit", "tome")
 OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection", "seed")
 
 
@@ -55,7 +58,8 @@ class ATSConfig:
     mode: str = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
     sampler: str = "eager"  # eager | compiled: each stage's tensor work as torch.compile'd functions
     # inverse_transform (ATS) | top_k: the fixed-count baseline, the budget's highest-scoring tokens every time |
-    # random: the budget's count of tokens drawn uniformly at random (`seed`; the same in every layout)
+    # random: the budget's count of tokens drawn uniformly at random (`seed`; the same in every layout) |
+    # evit, tome: the reducers that act after attention (`reducers.py`)
     selection: str = "inverse_transform"
     seed: int = 0
 
@@ -101,6 +105,10 @@ class ATSConfig:
             raise VideoATSError(f"unknown ATS sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.selection not in SELECTIONS:
             raise VideoATSError(f"unknown ATS selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
+        if self.selection == "tome" and variant == "joint":
+            raise VideoATSError("selection 'tome' merges tokens within a frame (the same number in every frame, so "
+                                "the T x L grid stays); 'joint' would merge across frames: use variant 'frame' or "
+                                "'tube'")
         tokens = self.tokens
         if isinstance(tokens, (list, tuple)) and len(tokens) != len(blocks):
             raise VideoATSError(f"ATS tokens {list(tokens)}: give one value or one per block ({len(blocks)})")
@@ -129,7 +137,7 @@ class ATSConfig:
         b = list(self.blocks)
         blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
         tokens = self.tokens if not isinstance(self.tokens, (list, tuple)) else "/".join(map(str, self.tokens))
-        method = {"top_k": "top-k", "random": "random"}.get(self.selection, "ATS")
+        method = {"top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}.get(self.selection, "ATS")
         return f"{method} {self.variant} b{blocks} k{tokens}"
 
 
@@ -249,6 +257,11 @@ class SamplingRun:
         self.static = prune and config.mode == "static"
         self.aligned_width = slots  # locations of the aligned grid after the last stage (the static bound)
         self.most_kept = frames * slots  # the most patch tokens a sample can hold after the last stage (static)
+        self.after_attention = config.selection in AFTER_ATTENTION  # the block reduces after attention (`reduce`)
+        # ToMe: present tokens of a row (a frame's, or the clip's locations in `tube`), the same in every row and
+        # known on the host; and the tokens' sizes (B, T, W) once a merge has made them differ (None before)
+        self.count = int(slots)  # a traced shape (torch.jit.trace, fvcore) is a tensor: `-=` would change `slots0`
+        self.sizes: Optional[Tensor] = None
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -327,18 +340,79 @@ class SamplingRun:
 
     def _static_widths(self, block: int, slots: int) -> Tuple[int, int]:
         """(slots per frame, patch tokens per sample) after this stage in the static layout: the most any
-        sample can keep. A `joint` sample draws over all its present tokens, at most `most_kept`."""
+        sample can keep. A `joint` sample draws over all its present tokens, at most `most_kept`. EViT keeps
+        a fused token more in every frame; ToMe's count is exact (`count`)."""
         cfg, t = self.config, self.frames
+        if cfg.selection == "tome":
+            return self.count, t * self.count
+        fused = cfg.selection == "evit"
         if cfg.variant == "joint":
-            most = max_kept(cfg.budget(block), self.most_kept, cfg.min_tokens)
+            most = min(self.most_kept, max_kept(cfg.budget(block), self.most_kept, cfg.min_tokens) + t * fused)
             return min(slots, most), most
-        width = max_kept(cfg.budget(block), slots, cfg.min_tokens)
+        width = min(slots, max_kept(cfg.budget(block), slots, cfg.min_tokens) + fused)
         return width, t * width
+
+    def reduce(self, block: int, q_cls: Tensor, k: Tensor, scale: float, layout: Layout
+               ) -> Tuple["Reduction", Layout]:
+        """EViT or ToMe at `block` (`reducers.py`), once its attention has run over every token: the plan is
+        made from the CLS row of attention (EViT) or the keys averaged over heads (ToMe; X-ViT's shifted ones),
+        q_cls (B*T, H, 1, d), k (B*T, H, 1 + L, d). Returns what to do to the tokens after the attention residual
+        and the new layout (carrying ToMe's sizes as attention biases)."""
+        cfg = self.config
+        b, t, l = self.batch, self.frames, k.shape[2] - 1
+        if cfg.selection == "evit":
+            attn = cls_attention(q_cls, k, scale, layout.frame_keys).reshape(b, t, l)
+            plan = evit_plan(attn, layout.valid, cfg.variant, cfg.budget(block), self.slots0, cfg.min_tokens)
+        else:
+            r = tome_merge_count(self.count, cfg.budget(block), cfg.min_tokens)
+            with torch.no_grad():
+                metric = k[:, :, 1:].mean(dim=1).float().reshape(b, t, l, -1)
+                sizes = self.sizes if self.sizes is not None else metric.new_ones(b, t, l)
+                plan = tome_plan(metric, layout.valid, sizes, cfg.variant, self.count, r)
+            self.count -= r
+        gather, layout = self.layout(block, plan.keep)
+        if plan.sizes is not None and (self.sizes is not None or self.count < l):
+            self.sizes = gather_slots(plan.sizes[..., None], gather)[..., 0]
+            layout = size_biased(layout, self.sizes, temporal=self.divided and t > 1)
+        return Reduction(plan, gather), layout
 
 
 def gather_slots(x: Tensor, gather: Optional[SlotGather]) -> Tensor:
     """Select the slots of a grid tensor (B, T, L, D) a pruning stage kept (none: x as it is)."""
     return x if gather is None else gather.grid(x)
+
+
+class Reduction(NamedTuple):
+    """What a block that reduces after attention (EViT, ToMe) does to its tokens once the attention residual is
+    added: merge them by the plan, then keep the new grid's slots (`gather` None: the grid stays)."""
+    plan: MergePlan
+    gather: Optional[SlotGather]
+
+    def grid(self, x: Tensor) -> Tensor:
+        """(B, T, L, D) -> (B, T, W, D)."""
+        return gather_slots(merge(x, self.plan), self.gather)
+
+    def frame_rows(self, xs: Tensor) -> Tensor:
+        """Frame rows with the CLS first, (B*T, 1 + L, D) -> (B*T, 1 + W, D)."""
+        b, t, l = self.plan.keep.shape
+        patches = self.grid(xs[:, 1:].reshape(b, t, l, xs.shape[-1]))
+        return torch.cat([xs[:, :1], patches.reshape(b * t, -1, xs.shape[-1])], dim=1)
+
+
+def size_biased(layout: Layout, sizes: Tensor, temporal: bool) -> Layout:
+    """ToMe's proportional attention: the layout's attention masks become additive biases, log(size) of every
+    key (-inf where absent: a gone token has size 0), in frame attention (the CLS has size 1) and in temporal
+    attention over a location's frames (`temporal`: TimeSformer's; a location no frame holds attends to all, as
+    `temporal_mask` has it)."""
+    if layout.valid is not None:
+        sizes = sizes * layout.valid
+    b, t, w = sizes.shape
+    frame = torch.cat([sizes.new_ones(b * t, 1), sizes.reshape(b * t, w)], dim=1).log()[:, None, None, :]
+    bias = None
+    if temporal:
+        aligned = layout.aligned(sizes[..., None])[..., 0].transpose(1, 2).reshape(-1, t)
+        bias = torch.where(aligned.any(dim=-1, keepdim=True), aligned.log(), 0.0)[:, None, None, :]
+    return replace(layout, frame_mask=frame, temporal_mask=bias)
 
 
 def kept_tokens(model) -> Dict[int, Tensor]:

@@ -62,8 +62,8 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
     return draws.clamp(min=2).long()
 
 
-def _budget_count(tokens: float, present: int, min_tokens: int) -> int:
-    """`num_samples`' k for one row in plain Python (float64 and half-to-even rounding, as torch's)."""
+def budget_count(tokens: float, present: int, min_tokens: int) -> int:
+    """The budget's token count (CLS included) for a row of `present` tokens: `num_samples`' k for one row in plain Python (float64 and half-to-even rounding, as torch's)."""
     present = int(present)  # a traced shape (torch.jit.trace, fvcore) arrives as a tensor
     k = present * float(tokens) if tokens <= 1 else min(float(present), float(tokens))
     return round(max(k, float(min_tokens)))
@@ -71,7 +71,7 @@ def _budget_count(tokens: float, present: int, min_tokens: int) -> int:
 
 def host_draws(tokens: float, present: int, reference: int, min_tokens: int = 8) -> int:
     """`num_samples` for one present count known on the host (no tensor, no device read)."""
-    k = _budget_count(tokens, present, min_tokens)
+    k = budget_count(tokens, present, min_tokens)
     return max(reference - 1 if k >= present else k - 1, 2)
 
 
@@ -85,7 +85,7 @@ def max_kept(tokens: float, slots: int, min_tokens: int = 8) -> int:
     """The most candidates a row of `slots` candidates can keep under the budget, whatever its scores and
     whichever of them are present: the width of a stage in the static layout. Kept <= present and
     kept <= draws; both grow with the present count, so the bound is taken with every candidate present."""
-    k = _budget_count(tokens, slots + 1, min_tokens)  # the CLS counts
+    k = budget_count(tokens, slots + 1, min_tokens)  # the CLS counts
     return slots if k >= slots + 1 else min(slots, max(k - 1, 2))
 
 

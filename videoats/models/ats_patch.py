@@ -16,7 +16,7 @@ from typing import Dict
 
 from torch import Tensor
 
-from ..ats.core import ATSConfig, Layout, SamplingRun
+from ..ats.core import AFTER_ATTENTION, ATSConfig, Layout, SamplingRun
 from ..errors import VideoATSError
 from .layers import call_block, grid_block
 
@@ -95,6 +95,10 @@ def apply_ats(model, ats):
     if getattr(model, "attention_type", "divided_space_time") == "joint_space_time":
         raise VideoATSError("ATS supports TimeSformer with divided_space_time or space_only attention, "
                             "not joint_space_time")
-    model.ats = ATSConfig.from_any(ats).check(model.depth, model.num_frames, model.num_patches,
-                                              getattr(model, "is_video", False))
+    config = ATSConfig.from_any(ats).check(model.depth, model.num_frames, model.num_patches,
+                                           getattr(model, "is_video", False))
+    if config.selection in AFTER_ATTENTION and not getattr(model, "reduces_after_attention", True):
+        raise VideoATSError(f"selection {config.selection!r} reduces tokens after a block's attention, which "
+                            f"{type(model).__name__} does not support; use inverse_transform, top_k or random")
+    model.ats = config
     return model

@@ -38,7 +38,8 @@ class BlockCost:
     proj: int = 0  # per query row leaving attention
     mlp: int = 0  # per token through norm2 + MLP
     pair: int = 0  # per (query, key) pair: q.k + attn.v
-    score: int = 0  # per key of the ATS scoring row
+    score: int = 0  # per key of the ATS scoring row (and of EViT's CLS attention row)
+    match: int = 0  # per (source, destination) pair of ToMe's matching: the head width (keys averaged over heads)
     t_tok: int = 0  # TimeSformer temporal: per token (norm, qkv, proj, temporal_fc)
     t_pair: int = 0  # TimeSformer temporal: per (query, key) pair
 
@@ -47,7 +48,7 @@ def attn_block_cost(norm1, attn, norm2, mlp) -> BlockCost:
     """A pre-norm attention block (qkv, proj, fc1/fc2 MLP)."""
     dqk = attn.qkv.out_features // 3
     return BlockCost(pre=ln(norm1) + lin(attn.qkv), proj=lin(attn.proj),
-                     mlp=ln(norm2) + lin(mlp.fc1) + lin(mlp.fc2), pair=2 * dqk, score=dqk)
+                     mlp=ln(norm2) + lin(mlp.fc1) + lin(mlp.fc2), pair=2 * dqk, score=dqk, match=dqk // attn.num_heads)
 
 
 def plain_cost(b: BlockCost, tokens: int) -> int:

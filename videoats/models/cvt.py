@@ -227,6 +227,9 @@ class CvTSpec:
 
 class CvT(nn.Module):
     is_video = False
+    # its sampling block scores through convolutional projections of its own (`forward_cls`), which EViT and ToMe,
+    # reducing after a block's attention, do not go through
+    reduces_after_attention = False
     num_frames = 1
 
     def __init__(self, img_size: int = 224, num_classes: int = 1000, dims=(64, 192, 384), heads=(1, 3, 6),

@@ -50,7 +50,10 @@ def split_heads(qkv: Tensor, num_heads: int) -> Tuple[Tensor, Tensor, Tensor]:
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None) -> Tensor:
     """Fused attention; `mask` (G, 1, 1, N) bool, False for absent keys (`Layout.frame_mask`,
-    `Layout.temporal_mask`). Returns (G, Nq, H*d)."""
+    `Layout.temporal_mask`), or a float bias added to the logits (ToMe's log-sizes, -inf for absent keys).
+    Returns (G, Nq, H*d)."""
+    if mask is not None and mask.is_floating_point() and mask.dtype != q.dtype:
+        mask = mask.to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     g, h, n, d = out.shape
     return out.transpose(1, 2).reshape(g, n, h * d)
@@ -89,9 +92,11 @@ def frame_attention(
 
     xs: tokens (B*T, 1 + L, D) before `norm` (normalised and projected in one pass over the present ones);
     `kv_hook` may rewrite keys/values (X-ViT's frame shift).
-    Without a run, returns (out (B*T, 1 + L, D), None, layout). With one, the CLS row decides the sample
+    Without a run, returns (out (B*T, 1 + L, D), None, layout, None). With one, the CLS row decides the sample
     first, then only the kept queries are computed: returns (out for CLS + the new slots, the stage's
-    `SlotGather` (None when the grid stays), new layout).
+    `SlotGather` (None when the grid stays), new layout, None). With a run whose selection reduces after
+    attention (EViT, ToMe), every query is computed: returns (out (B*T, 1 + L, D), None, new layout, the
+    `Reduction` the block applies once the attention residual is added).
     """
     b, t, _ = grid
     qkv = tokenwise(lambda z: attn.qkv(norm(z)), xs, layout.key_rows)
@@ -99,6 +104,10 @@ def frame_attention(
     if kv_hook is not None:
         k, v = kv_hook(k, v, layout)
     gather, mask = None, layout.frame_mask  # keys are the slots before this block's sample
+    if run is not None and run.after_attention:
+        out = tokenwise(attn.proj, attend(q, k, v, mask), layout.key_rows)
+        reduction, layout = run.reduce(block, q[:, :, :1], k, attn.scale, layout)
+        return out, None, layout, reduction
     if run is not None:
         keep = run.sample(block, q[:, :, :1], k, v, attn.scale, layout.frame_keys, layout.valid)
         gather, layout = run.layout(block, keep)
@@ -106,7 +115,7 @@ def frame_attention(
             q = gather.frame_rows(q)
     out = attend(q, k, v, mask)
     out = tokenwise(attn.proj, out, layout.key_rows)
-    return out, gather, layout
+    return out, gather, layout, None
 
 
 def drop_path(x: Tensor, p: float, training: bool, batch: int) -> Tensor:
@@ -158,11 +167,13 @@ def grid_block(block: nn.Module, cls: Tensor, x: Tensor, layout: Layout,
     ls1, ls2 = _branch(block, "ls1"), _branch(block, "ls2")
     p = getattr(block, "drop_prob", 0.0) or getattr(getattr(block, "drop_path1", None), "drop_prob", 0.0)
     xs = with_cls(cls, x)
-    out, gather, layout = frame_attention(block.attn, block.norm1, xs, (b, t, l), layout, run, index_block,
-                                          kv_hook)
+    out, gather, layout, reduction = frame_attention(block.attn, block.norm1, xs, (b, t, l), layout, run,
+                                                     index_block, kv_hook)
     if gather is not None:
         xs = gather.frame_rows(xs)
     xs = xs + drop_path(ls1(out), p, block.training, b)
+    if reduction is not None:
+        xs = reduction.frame_rows(xs)
     rows = layout.key_rows
     xs = xs + drop_path(tokenwise(lambda z: ls2(block.mlp(block.norm2(z))), xs, rows), p, block.training, b)
     return xs[:, 0].reshape(b, t, d), xs[:, 1:].reshape(b, t, -1, d), layout

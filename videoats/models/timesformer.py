@@ -105,8 +105,11 @@ class DividedBlock(nn.Module):
         x = x + drop_path(rt, p, training, b)
         # spatial: every frame attends within itself, with its own copy of the CLS
         xs = with_cls(cls, x)
-        out, slots, layout = frame_attention(self.attn, self.norm1, xs, (b, t, x.shape[2]), layout, run, index)
+        out, slots, layout, reduction = frame_attention(self.attn, self.norm1, xs, (b, t, x.shape[2]), layout, run,
+                                                        index)
         x = gather_slots(x, slots) + drop_path(out[:, 1:].reshape(b, t, -1, d), p, training, b)
+        if reduction is not None:  # EViT, ToMe: reduce after the attention residual, before the MLP
+            x = reduction.grid(x)
         cls = cls + drop_path(out[:, 0].reshape(b, t, d).mean(dim=1, keepdim=True), p, training, b)
         # MLP on present tokens only
         x = x + drop_path(tokenwise(lambda z: self.mlp(self.norm2(z)), x, layout.token_rows), p, training, b)
