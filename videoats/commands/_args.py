@@ -49,7 +49,9 @@ def add_selection_args(parser) -> None:
     """`--ats-selection` and `--ats-seed`: which rule picks the tokens at the ATS blocks."""
     parser.add_argument("--ats-selection", choices=SELECTIONS,
                         help="how the ATS blocks pick tokens (ATS.SELECTION): inverse_transform (ATS, default), "
-                             "top_k (the budget's highest-scoring tokens) or random (the budget's count, at random)")
+                             "top_k (the budget's highest-scoring tokens), random (the budget's count, at random), "
+                             "evit (the most attended tokens plus one fused token per frame) or tome (bipartite "
+                             "token merging)")
     parser.add_argument("--ats-seed", type=int, metavar="N", help="which tokens --ats-selection random draws "
                                                                    "(ATS.SEED, default 0)")
 
