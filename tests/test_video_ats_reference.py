@@ -4,7 +4,8 @@ The reference shares no code with `videoats.ats`: it keeps a sample's tokens as 
 deletes dropped tokens and computes every attention over exactly the keys present, in loops. Here every
 variant of both video backbones, in every execution mode, must keep exactly its tokens at every ATS block
 and give its logits, on a batch whose samples keep different counts; and the per-sample GFLOPs must equal
-the multiply-adds the reference counted while computing.
+the multiply-adds the reference counted while computing. The post-attention reducers EViT and ToMe
+(`selection="evit"`, `"tome"`; ToMe has no `joint`) run through the same matrix.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 
 import videoats
 from videoats import apply_ats
+from videoats.errors import VideoATSError
 from videoats.ats import token_masks
 from videoats.flops import sample_gflops
 
 from reference.video_ats import Settings, draw_count, reference_forward
+from reference.video_reducers import kept_count
 from test_ats import peaky, video
 
 MODELS = ("timesformer_tiny_8x32", "xvit_tiny_8x32")
@@ -30,7 +33,10 @@ SETTINGS = {
     "min_tokens": dict(tokens=2, min_tokens=6),
     "top_k": dict(tokens=0.6, selection="top_k"),
     "random": dict(tokens=0.6, selection="random", seed=3),
+    "evit": dict(tokens=0.6, selection="evit"),
+    "tome": dict(tokens=0.75, selection="tome"),
 }
+UNSUPPORTED = {("joint", "tome")}  # (variant, setting): apply_ats refuses it (`test_joint_tome_is_refused`)
 MODES = {  # name: (ATS options, training)
     "masked_training": (dict(drop_tokens=True), True),
     "masked": (dict(drop_tokens=False), False),
@@ -78,14 +84,14 @@ def _kept_sets(model):
             for block, masks in token_masks(model).items()}
 
 
-def _check(model, expected, training=False):
+def _check(model, expected, training=False, blocks=BLOCKS):
     x = clips()
     model.train(training)
     with torch.set_grad_enabled(training):
         logits = model(x).detach()
     got = _kept_sets(model)
-    assert sorted(got) == BLOCKS
-    for block in BLOCKS:
+    assert sorted(got) == blocks
+    for block in blocks:
         for s in range(3):
             assert got[block][s] == expected.kept[s][block], (block, s)
     # fp32: the same function summed in another order, relative to the logits' size
@@ -101,6 +107,10 @@ def _check(model, expected, training=False):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_mode_keeps_the_reference_tokens_and_logits(name, variant, setting, mode):
     options, training = MODES[mode]
+    if (variant, setting) in UNSUPPORTED:
+        with pytest.raises(VideoATSError):
+            _model(name, variant, setting, **options)
+        return
     _check(_model(name, variant, setting, **options), _reference(name, variant, setting), training)
 
 
@@ -184,3 +194,50 @@ def test_random_keys_draw_every_location_as_often():
         index, keep = random_sample(random_keys(seed, 1, location, 16)[0], 9)
         hits[index[keep]] += 1
     assert ((hits / 400 - 9 / 16).abs() < 0.1).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_joint_tome_is_refused(name):
+    """[spec] ToMe's joint would merge tokens of different frames: configuring it is an error."""
+    torch.manual_seed(0)
+    with pytest.raises(VideoATSError):
+        apply_ats(videoats.create_model(name), dict(blocks=BLOCKS, tokens=0.75, variant="joint", selection="tome"))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_evit_tome_settings_reduce(name):
+    """The reducer settings bind at every block, by the reference's counts. EViT keeps n + 1 per row in
+    `frame` and `tube` (the fused token; 16 -> 9 + 1, then 10 -> 7 + 1 (min_tokens 8), then 8 -> 7 + 1), the
+    same in every sample; `joint` keeps n + the frames that fused, which differs between samples (so the
+    padded layouts are exercised). ToMe merges r = present - n in every row (16 -> 12 -> 9 -> 7 per frame):
+    its counts are equal across samples by construction; what differs is which tokens merged."""
+    assert [kept_count(0.6, p, 8) for p in (16, 10, 8)] == [9, 7, 7]
+    assert [kept_count(0.75, p, 8) for p in (16, 12, 9)] == [12, 9, 7]
+    for variant in ("frame", "tube"):
+        evit, tome = _reference(name, variant, "evit"), _reference(name, variant, "tome")
+        assert [[len(s[b]) for b in BLOCKS] for s in evit.kept] == [[FRAMES * 10, FRAMES * 8, FRAMES * 8]] * 3
+        assert [[len(s[b]) for b in BLOCKS] for s in tome.kept] == [[FRAMES * 12, FRAMES * 9, FRAMES * 7]] * 3
+        assert len({frozenset(s[1]) for s in tome.kept}) > 1  # the samples merged different tokens
+    joint = _reference(name, "joint", "evit")
+    first = kept_count(0.6, FRAMES * LOCATIONS, 8)  # 76 patches over the clip, + one fused token per frame
+    assert [len(s[1]) for s in joint.kept] == [first + FRAMES] * 3
+    counts = [sum(len(kept) for kept in s.values()) for s in joint.kept]
+    assert len(set(counts)) > 1, counts
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("variant", ["tube", "frame"])
+@pytest.mark.parametrize("name", MODELS)
+def test_tome_sizes_bias_the_blocks_after_it(name, variant, mode):
+    """[spec] Proportional attention holds in every attention once a merge has happened, in blocks that do
+    not reduce too: ToMe at block 1 alone (0.5: 16 -> 8 tokens per frame), then blocks 2 and 3 dense over
+    the merged tokens with log(size) on their keys (spatial, and TimeSformer's temporal)."""
+    options, training = MODES[mode]
+    torch.manual_seed(0)
+    model = apply_ats(peaky(videoats.create_model(name).eval()),
+                      dict(blocks=[1], tokens=0.5, variant=variant, selection="tome", **options))
+    key = (name, variant, "tome_block_1")
+    if key not in _REFERENCE:
+        _REFERENCE[key] = reference_forward(model, clips(), Settings([1], 0.5, variant, 8, "tome"))
+    assert [len(s[1]) for s in _REFERENCE[key].kept] == [FRAMES * 8] * 3
+    _check(model, _REFERENCE[key], training, blocks=[1])

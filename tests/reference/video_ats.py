@@ -11,20 +11,25 @@ Every rule is stated once, in the function that applies it, with its source:
   [C] the official ATS code (DeiT; `../shared/reference/ats_paper.md` section 1),
   [R] the README's section "What ATS does to a video",
   [D] the docstrings that define the video variants (`videoats/ats/core.py`, `videoats/models/*.py`),
-  [T] / [X] the original TimeSformer / X-ViT (`../shared/reference/model_facts.md`, `reference_models.py`).
+  [T] / [X] the original TimeSformer / X-ViT (`../shared/reference/model_facts.md`, `reference_models.py`),
+  [S] the specification of the post-attention reducers `selection="evit"` and `"tome"` (`video_reducers.py`).
 
 It also counts the multiply-adds of what it computes, in fvcore's convention (a linear layer in x out per
 token, bias free; LayerNorm 5 per element; q.k^T and attn.v one per channel and pair; the ATS scoring row
 one per channel and key; softmax, GELU, norms and adds free): a count of a sample's GFLOPs that shares
-nothing with `videoats.flops`.
+nothing with `videoats.flops`. [S] An EViT block also counts its CLS attention row once more (one per
+channel and key), a ToMe block its matching (|A| x |B| x head dim per frame).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from .video_reducers import attentiveness, evit_reduce, head_mean, tome_reduce
 
 SOFTMAX_EPS = 1e-6  # [C] softmax_with_policy's eps
 Token = Tuple[int, int]  # (frame, location)
@@ -38,7 +43,7 @@ class Settings:
     tokens: Union[float, Sequence[float]]  # one budget, or one per block in `blocks` order
     variant: str  # tube | frame | joint
     min_tokens: int = 8
-    selection: str = "inverse_transform"  # or top_k, random
+    selection: str = "inverse_transform"  # or top_k, random; evit, tome (post-attention reducers, [S])
     seed: int = 0
 
     def budget(self, block: int) -> float:
@@ -65,13 +70,15 @@ class Macs:
 # ----------------------------------------------------------------------------------------- attention
 
 
-def attention(q, k, v, heads: int, macs: Macs) -> torch.Tensor:
-    """Softmax attention of the queries q (nq, D) over exactly the keys k, v (nk, D) given, head by head."""
+def attention(q, k, v, heads: int, macs: Macs, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax attention of the queries q (nq, D) over exactly the keys k, v (nk, D) given, head by head;
+    `bias` (nk,) is added to every query's logits ([S] ToMe's log of each key's size)."""
     d = q.shape[1] // heads
     out = []
     for h in range(heads):
         c = slice(h * d, (h + 1) * d)
-        weights = torch.softmax((q[:, c] @ k[:, c].T) * d ** -0.5, dim=-1)
+        logits = (q[:, c] @ k[:, c].T) * d ** -0.5
+        weights = torch.softmax(logits if bias is None else logits + bias, dim=-1)
         out.append(weights @ v[:, c])
     macs.total += 2 * q.shape[0] * k.shape[0] * q.shape[1]
     return torch.cat(out, dim=1)
@@ -210,12 +217,18 @@ def frame_attention(attn, norm, cls, tokens: Dict[Token, torch.Tensor], t: int, 
     return q, k, v, here
 
 
-def attend_kept(attn, q, k, v, here: List[int], kept_here: List[int], macs: Macs) -> torch.Tensor:
+def log_sizes(sizes: Dict[Token, float], t: int, here: List[int]) -> torch.Tensor:
+    """[S ToMe] Proportional attention: each key's logit gets log of its size (the CLS: size 1), in every
+    attention; before any merge every size is 1 and this adds zeros."""
+    return torch.tensor([0.0] + [math.log(sizes[t, loc]) for loc in here])
+
+
+def attend_kept(attn, q, k, v, here: List[int], kept_here: List[int], macs: Macs, bias=None) -> torch.Tensor:
     """[C] After sampling, only the CLS row and the kept tokens' rows of the attention are computed, each
     over every key present before the sample (A^s is (K' + 1) x (N + 1)); then the projection. Returns
     the outputs of the CLS and of `kept_here`, in that order."""
     rows = [0] + [1 + here.index(loc) for loc in kept_here]
-    return macs.linear(attn.proj, attention(q[rows], k, v, attn.num_heads, macs))
+    return macs.linear(attn.proj, attention(q[rows], k, v, attn.num_heads, macs, bias))
 
 
 def sampled_frames(frames_qkv, settings, block, frames, locations, heads, macs, sample_index) -> Set[Token]:
@@ -233,10 +246,13 @@ def sampled_frames(frames_qkv, settings, block, frames, locations, heads, macs, 
     return sample(scores, settings, block, frames, locations)
 
 
-def sample_and_attend(blk, block, qkv, tokens, settings, frames, locations, macs, trace, sample_index):
+def sample_and_attend(blk, block, qkv, tokens, settings, frames, locations, macs, trace, sample_index, sizes):
     """One block's frame attention after its q, k, v (`frame_attention`, per frame): at an ATS block the
     sample first, then the CLS and kept rows, the residual, and the MLP on the kept tokens. Returns (each
-    frame's CLS output, the tokens after the block); the caller adds the CLS outputs its own way."""
+    frame's CLS output, the tokens after the block); the caller adds the CLS outputs its own way.
+    An EViT / ToMe block reduces after its attention instead (`attend_and_reduce`)."""
+    if block in settings.blocks and settings.selection in ("evit", "tome"):
+        return attend_and_reduce(blk, block, qkv, tokens, sizes, settings, macs, trace)
     kept = set(tokens)
     if block in settings.blocks:
         kept = sampled_frames(qkv, settings, block, frames, locations, blk.attn.num_heads, macs, sample_index)
@@ -244,7 +260,7 @@ def sample_and_attend(blk, block, qkv, tokens, settings, frames, locations, macs
     cls_outs, new = [], {}
     for t, (q, k, v, here) in qkv.items():
         kept_here = [loc for loc in here if (t, loc) in kept]
-        out = attend_kept(blk.attn, q, k, v, here, kept_here, macs)
+        out = attend_kept(blk.attn, q, k, v, here, kept_here, macs, log_sizes(sizes, t, here))
         cls_outs.append(out[0])
         for loc, y in zip(kept_here, out[1:]):
             new[t, loc] = tokens[t, loc] + y  # [C] the residual: the kept tokens of the block input
@@ -254,10 +270,44 @@ def sample_and_attend(blk, block, qkv, tokens, settings, frames, locations, macs
     return cls_outs, new
 
 
+def attend_and_reduce(blk, block, qkv, tokens, sizes, settings, macs, trace):
+    """[S "Where they act"] An EViT / ToMe block: every present query (the CLS and every present patch) of
+    each frame attends over every present key, as in a dense block, and every present token takes its
+    residual; then the reducer turns those tokens into the reduced set, and the MLP runs on it. EViT scores
+    with its CLS row computed once more; ToMe matches on the head-averaged keys (X-ViT: shifted, as given).
+    `sizes` (ToMe) is updated in place."""
+    heads = blk.attn.num_heads
+    cls_outs, y, a, metric = [], {}, {}, {}
+    for t, (q, k, v, here) in qkv.items():
+        out = attend_kept(blk.attn, q, k, v, here, here, macs, log_sizes(sizes, t, here))
+        cls_outs.append(out[0])
+        for j, loc in enumerate(here):
+            y[t, loc] = tokens[t, loc] + out[1 + j]
+        if settings.selection == "evit":
+            for loc, w in zip(here, attentiveness(q[0], k, heads)):
+                a[t, loc] = w
+            macs.total += k.shape[0] * k.shape[1]  # [S] the CLS row again: (1 + n_t) x D
+        else:
+            for j, loc in enumerate(here):
+                metric[t, loc] = head_mean(k[1 + j], heads)
+            macs.total += len(here[1::2]) * len(here[0::2]) * (k.shape[1] // heads)  # [S] |A| x |B| x d
+    budget = settings.budget(block)
+    if settings.selection == "evit":
+        new = evit_reduce(y, a, settings.variant, budget, settings.min_tokens)
+    else:
+        new, new_sizes = tome_reduce(y, sizes, metric, settings.variant, budget, settings.min_tokens)
+        sizes.clear()
+        sizes.update(new_sizes)
+    trace[block] = set(new)
+    for tok in sorted(new):  # [S] the MLP (and its residual) on the reduced set
+        new[tok] = new[tok] + mlp(blk, new[tok][None], macs)[0]
+    return cls_outs, new
+
+
 # ----------------------------------------------------------------------------------------- TimeSformer
 
 
-def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
+def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index, sizes):
     for i, blk in enumerate(model.blocks):
         # [T] temporal attention at every location over its frames, the CLS left out; [R] a dropped token
         # is no key: only the frames where the location is present take part
@@ -265,14 +315,15 @@ def _timesformer_sample(model, cls, tokens, settings, frames, locations, macs, t
             ts = [t for t in range(frames) if (t, loc) in tokens]
             x = torch.stack([tokens[t, loc] for t in ts])
             q, k, v = macs.linear(blk.temporal_attn.qkv, macs.norm(blk.temporal_norm1, x)).chunk(3, dim=1)
-            out = attention(q, k, v, blk.temporal_attn.num_heads, macs)
+            bias = torch.tensor([math.log(sizes[t, loc]) for t in ts])  # [S] ToMe's sizes, here too
+            out = attention(q, k, v, blk.temporal_attn.num_heads, macs, bias)
             out = macs.linear(blk.temporal_fc, macs.linear(blk.temporal_attn.proj, out))
             for t, y in zip(ts, out):
                 tokens[t, loc] = tokens[t, loc] + y
         # [T] spatial attention within every frame, each with its own copy of the CLS
         qkv = {t: frame_attention(blk.attn, blk.norm1, cls, tokens, t, macs) for t in range(frames)}
         cls_outs, tokens = sample_and_attend(blk, i, qkv, tokens, settings, frames, locations, macs, trace,
-                                             sample_index)
+                                             sample_index, sizes)
         cls = cls + torch.stack(cls_outs).mean(dim=0)  # [T] the frames' CLS outputs averaged
         cls = cls + mlp(blk, cls[None], macs)[0]  # and the one CLS through the MLP
     return macs.linear(model.head, macs.norm(model.norm, cls[None]))[0]
@@ -299,7 +350,7 @@ def shifted(keys: Dict[Token, torch.Tensor], t: int, loc, fold: int, segments: i
     return out
 
 
-def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index):
+def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, sample_index, sizes):
     fold, segments = model.fold, model.num_segments
     for i, blk in enumerate(model.blocks):
         qkv = {t: frame_attention(blk.attn, blk.norm1, cls[t], tokens, t, macs) for t in range(frames)}
@@ -314,7 +365,7 @@ def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, s
                       torch.stack([shifted(vs, t, loc, fold, segments) for loc in where]), here)
         # [D] scored on the shifted keys and values the CLS attends to
         cls_outs, tokens = sample_and_attend(blk, i, qkv, tokens, settings, frames, locations, macs, trace,
-                                             sample_index)
+                                             sample_index, sizes)
         cls = [c + out for c, out in zip(cls, cls_outs)]  # [X] each frame keeps its own CLS
         cls = [c + mlp(blk, c[None], macs)[0] for c in cls]
     # [X] per-frame features, then the temporal head: one block over a CLS and the T frames, then an MLP
@@ -338,7 +389,7 @@ def _xvit_sample(model, cls, tokens, settings, frames, locations, macs, trace, s
 @dataclass
 class Result:
     logits: torch.Tensor  # (B, classes)
-    kept: List[Dict[int, Set[Token]]]  # per sample: {ATS block: the (frame, location) tokens kept}
+    kept: List[Dict[int, Set[Token]]]  # per sample: {ATS block: the (frame, location) tokens present after it}
     gflops: List[float]  # per sample, what the reference computed (module docstring)
 
 
@@ -357,10 +408,10 @@ def reference_forward(model, video: torch.Tensor, settings: Settings, xvit: Opti
         macs, trace = Macs(), {}
         macs.total += patch_macs * frames * locations  # the patch embedding of every frame
         tokens = {(t, loc): grid[s, t, loc] for t in range(frames) for loc in range(locations)}
-        if xvit:
-            out = _xvit_sample(model, list(cls_all[s]), tokens, settings, frames, locations, macs, trace, s)
-        else:
-            out = _timesformer_sample(model, cls_all[s, 0], tokens, settings, frames, locations, macs, trace, s)
+        sizes = {tok: 1.0 for tok in tokens}  # [S] ToMe: every token starts with size 1
+        run = _xvit_sample if xvit else _timesformer_sample
+        cls = list(cls_all[s]) if xvit else cls_all[s, 0]
+        out = run(model, cls, tokens, settings, frames, locations, macs, trace, s, sizes)
         logits.append(out)
         kept.append(trace)
         gflops.append(macs.total / 1e9)
