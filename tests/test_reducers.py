@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import videoats
+from videoats.flops import analytic_gflops, sample_gflops
 from reference.video_reducers import attentiveness, evit_reduce, kept_count, tome_reduce
 
 # ----------------------------------------------------------------------------------------- adapters
@@ -301,7 +302,9 @@ KEEP_ALL = [("evit", "tube"), ("evit", "frame"), ("evit", "joint"), ("tome", "tu
 @pytest.mark.parametrize("name", MODELS)
 def test_evit_tome_that_keep_everything_are_the_dense_model(name, mode, selection, variant):
     """A budget that never binds (tokens=1.0) reduces nothing: every token is present after every block,
-    and the logits are the dense model's (ToMe's sizes stay 1: log 1 = 0 adds nothing)."""
+    and the logits are the dense model's (ToMe's sizes stay 1: log 1 = 0 adds nothing). So is the cost, but for
+    what the reducer still computes: EViT reads the CLS attention row at every EViT block ((1 + L) x D per frame);
+    ToMe, merging nothing, matches nothing."""
     from test_ats import peaky, video
     from videoats.ats import token_masks
 
@@ -319,3 +322,8 @@ def test_evit_tome_that_keep_everything_are_the_dense_model(name, mode, selectio
     masks = token_masks(model)
     assert sorted(masks) == [1, 2, 3] and all(bool(m.all()) for m in masks.values())
     assert (got - dense).abs().max() <= 1e-5 * max(1.0, float(dense.abs().max()))
+    frames, locations, width = 8, 16, 64  # the tiny models' grid and width
+    extra = 3 * frames * (1 + locations) * width if selection == "evit" else 0
+    expected = analytic_gflops(model) + extra / 1e9
+    assert torch.allclose(sample_gflops(model, x), torch.tensor(expected, dtype=torch.float64),
+                          rtol=1e-12, atol=0)

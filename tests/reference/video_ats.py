@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .video_reducers import attentiveness, evit_reduce, head_mean, tome_reduce
+from .video_reducers import attentiveness, evit_reduce, head_mean, kept_count, tome_reduce
 
 SOFTMAX_EPS = 1e-6  # [C] softmax_with_policy's eps
 Token = Tuple[int, int]  # (frame, location)
@@ -290,7 +290,8 @@ def attend_and_reduce(blk, block, qkv, tokens, sizes, settings, macs, trace):
         else:
             for j, loc in enumerate(here):
                 metric[t, loc] = head_mean(k[1 + j], heads)
-            macs.total += len(here[1::2]) * len(here[0::2]) * (k.shape[1] // heads)  # [S] |A| x |B| x d
+            if kept_count(settings.budget(block), len(here), settings.min_tokens) is not None:  # [S] it merges
+                macs.total += len(here[1::2]) * len(here[0::2]) * (k.shape[1] // heads)  # [S] |A| x |B| x d
     budget = settings.budget(block)
     if settings.selection == "evit":
         new = evit_reduce(y, a, settings.variant, budget, settings.min_tokens)

@@ -77,8 +77,9 @@ def evit_plan(attn: Tensor, valid: Optional[Tensor], variant: str, budget: float
     tube score, the same in every frame), which stays present. A frame that dropped nothing fuses nothing."""
     b, t, l = attn.shape
     with torch.no_grad():
-        a = attn.detach()
-        present = torch.ones_like(a, dtype=torch.bool) if valid is None else valid
+        present = torch.ones_like(attn, dtype=torch.bool) if valid is None else valid
+        # top-k never keeps a zero score; an attention that underflowed to 0 is still a token to rank (last)
+        a = torch.where(present, attn.detach().clamp_min(torch.finfo(attn.dtype).tiny), 0.0)
         kept = select_keep(a, valid, variant, budget, slots0, min_tokens, selection="top_k")
         dropped = present & ~kept
         rank = _frame_tube_scores(a)[:, None, :].expand(b, t, l) if variant == "tube" else a
