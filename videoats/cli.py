@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
 from . import __version__
-from .commands import convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd, visualize
+from .commands import compare, convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd, visualize
 from .commands import prepare_kinetics
 from .config import get_cfg
 from .errors import VideoATSError
@@ -28,7 +28,7 @@ from .paths import check_declared
 
 # in the order `videoats --help` lists them
 COMMANDS = [demo, models, convert, flops, eval_cmd, train_cmd, infer, visualize, data_cmds, prepare_kinetics, plot,
-            figures]
+            figures, compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,137 @@
+"""`videoats compare`: ATS against top-k, random, EViT and ToMe at the same blocks, budgets and GFLOPs accounting
+(see `videoats.comparison` for what is measured and how differences are paired).
+
+    videoats compare                                   # the embedded benchmark and the shipped model
+    videoats compare --finetune-epochs 1               # ... and each method after a short fine-tune, per seed
+    videoats compare --config K600.yaml --checkpoint W.pt DATA.PATH_TO_DATA_DIR /data/k600   # your own copy
+"""
+from __future__ import annotations
+
+import os
+
+from ._args import add_common, add_config_args
+from .demo import shipped_test_config
+from ..ats.core import SELECTIONS
+from ..comparison import NAMES, Finetune, Plan, compare
+from ..config import apply_overrides, load_config
+from ..data.synthetic import make_synthetic
+from ..errors import VideoATSError
+from ..inference.shipped import CHECKPOINT, ats_overrides, provenance
+from ..paths import cache_dir, check_output_dir, declare_outputs
+
+METHODS = ",".join(SELECTIONS)
+BUDGETS = "0.3,0.4,0.5,0.6,0.7"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="ATS against top-k, random, EViT and ToMe: top-1 vs GFLOPs, paired over clips and seeds",
+        description="Evaluate every token-reduction method at the same ATS blocks and budgets (the config's "
+                    "ATS.BLOCKS and ATS.VARIANT), off the shelf and, with --finetune-epochs, after a short "
+                    "fine-tune per method and seed; time each method's forward pass on this machine. Writes "
+                    "comparison.json and top1_vs_gflops.png. Without --config: the embedded benchmark and the "
+                    "shipped model.")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="weights (default: TEST.CHECKPOINT_FILE; without --config the shipped model)")
+    p.add_argument("--methods", default=METHODS, metavar="M,M,...",
+                   help="selections to compare, the first the reference (default: %(default)s)")
+    p.add_argument("--budgets", default=BUDGETS, metavar="R,R,...", help="token ratios (default: %(default)s)")
+    p.add_argument("--seeds", default="0,1,2", metavar="S,S,...",
+                   help="seeds of the random selection and of each fine-tune (default: %(default)s)")
+    p.add_argument("--finetune-epochs", type=float, default=0.0, metavar="E",
+                   help="fine-tune each method for E epochs per seed before evaluating it again (default 0: off)")
+    p.add_argument("--finetune-budget", type=float, default=0.5, metavar="R",
+                   help="the budget every method is fine-tuned at (default: %(default)s)")
+    p.add_argument("--train-per-class", type=int, default=40, metavar="N",
+                   help="without --config: training clips per class generated for the fine-tune (default: "
+                        "%(default)s)")
+    p.add_argument("--timing-views", type=int, default=16, metavar="N",
+                   help="test views in the batch each method is timed on (default: %(default)s)")
+    p.add_argument("--output", default="compare", metavar="DIR", help="folder for the files (default: ./compare)")
+    add_common(p)
+    declare_outputs(p, output="dir")
+    p.set_defaults(func=run, human=human)
+
+
+def _list(text: str, kind, flag: str) -> list:
+    try:
+        values = [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise VideoATSError(f"{flag} {text!r}: give a comma-separated list, e.g. {flag} "
+                            f"{dict(budgets=BUDGETS, seeds='0,1,2').get(flag[2:], METHODS)}")
+    return list(dict.fromkeys(values))
+
+
+def _benchmark_train_split(per_class: int) -> str:
+    """A training split of the embedded benchmark (the first `per_class` training clips of every class of the
+    recipe the shipped model was trained on), generated once into the cache."""
+    recipe = provenance()["synthetic"]
+    folder = check_output_dir(cache_dir(f"compare_train_{per_class}"), "the comparison's data cache")
+    if not os.path.isfile(os.path.join(folder, "train.csv")):
+        make_synthetic(folder, num_classes=recipe["num_classes"], videos_per_class={"train": per_class},
+                       num_frames=recipe["num_frames"], size=recipe["size"], seed=recipe["seed"],
+                       workers=min(2, os.cpu_count() or 1))
+    return folder
+
+
+def plan_from_args(args, say) -> Plan:
+    methods = _list(args.methods, str, "--methods")
+    budgets = sorted(_list(args.budgets, float, "--budgets"))
+    seeds = _list(args.seeds, int, "--seeds")
+    output = os.path.abspath(args.output)
+    if args.config:
+        cfg = load_config(args.config, args.opts)
+        checkpoint = args.checkpoint or cfg.TEST.CHECKPOINT_FILE
+        if not checkpoint:
+            raise VideoATSError("give --checkpoint (or TEST.CHECKPOINT_FILE): the weights every method runs on")
+        data, train_cfg, notes = cfg.DATA.PATH_TO_DATA_DIR, cfg, []
+    else:
+        cfg, data = shipped_test_config()
+        apply_overrides(cfg, ats_overrides() + list(args.opts))
+        checkpoint, train_cfg = str(CHECKPOINT), None
+        notes = ["the shipped weights were fine-tuned with ATS (tube, budget 0.5): off the shelf, ATS runs on "
+                 "weights trained for it and the other methods do not"]
+    finetune = None
+    if args.finetune_epochs > 0:
+        if not 0 < args.finetune_budget <= 1:
+            raise VideoATSError(f"--finetune-budget {args.finetune_budget}: give a ratio in (0, 1]")
+        if train_cfg is None:
+            say(f"generating {args.train_per_class} training clips per class for the fine-tunes (once)")
+            train_cfg = cfg.clone()
+            train_cfg.DATA.PATH_TO_DATA_DIR = _benchmark_train_split(args.train_per_class)
+            notes.append(f"fine-tuned from the shipped weights on {args.train_per_class} benchmark training clips "
+                         "per class")
+        finetune = Finetune(train_cfg, args.finetune_epochs, args.finetune_budget)
+    os.makedirs(output, exist_ok=True)
+    return Plan(cfg, checkpoint, methods, budgets, seeds, output, finetune, args.timing_views, data, notes).check()
+
+
+def run(args) -> dict:
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    return compare(plan_from_args(args, say), say)
+
+
+def human(doc: dict) -> str:
+    d, ref = doc["dense"], doc["methods"][0]
+    lines = [f"dense: top-1 {d['top1']:.2f}% at {d['gflops_mean']:.4f} GFLOPs/view; {doc['clips']} test clips",
+             f"{NAMES[ref]} against each method: clips only {NAMES[ref]} / only the other gets right (same budget, "
+             f"per seed); {NAMES[ref]} top-1 minus the other's at {NAMES[ref]}'s GFLOPs (mean [min, max] over seeds)"]
+    for row in doc["paired"]:
+        parts = []
+        for method in doc["methods"][1:]:
+            r = row.get(method)
+            if not r or not r["pairs"]:
+                continue
+            counts = " ".join(f"{p['reference_only']}/{p['other_only']}" for p in r["pairs"])
+            diff = r["difference"]
+            gap = "n/a" if diff["mean"] is None else f"{diff['mean']:+.2f} [{diff['min']:+.2f}, {diff['max']:+.2f}]"
+            parts.append(f"{NAMES[method]} {counts} {gap}")
+        lines.append(f"{row['stage']:<13} budget {row['budget']:<4} " + "; ".join(parts))
+    lines.append("seconds per view (forward pass, one batch): " + ", ".join(
+        f"{NAMES.get(t['method'], t['method'])}" + ("" if t["budget"] is None else f"@{t['budget']}") +
+        f" {t['seconds_per_view'] * 1e3:.2f} ms" for t in doc["wall_clock"]))
+    lines += [f"note: {n}" for n in doc["notes"]]
+    lines.append(f"files: {os.path.dirname(doc['plot'])}")
+    return "\n".join(lines)

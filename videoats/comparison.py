@@ -1,0 +1,287 @@
+"""ATS against the other ways to drop tokens, with one accounting: what `videoats compare` measures.
+
+Every method runs at the same blocks, variant and budgets (`ATSConfig.selection`: ATS, top-k, random, EViT,
+ToMe) through `videoats eval`'s code, so top-1 and GFLOPs are what an evaluation reports: video top-1 over the
+test split, GFLOPs per view as each sample's own count (mean, and the min-max spread over the views). Points:
+- off the shelf: the given weights as they are, one point per budget (random: one per seed);
+- fine-tuned (`finetune.epochs` > 0): the weights fine-tuned briefly with each method at one budget, once per
+  seed, then evaluated at every budget, so the spread over fine-tuning seeds is measured, not assumed;
+- the wall clock of each method's forward pass on this machine, on one batch of test views, next to its GFLOPs.
+Differences are paired, because a small test split moves in steps of one clip: at each budget, the clips ATS
+gets right and the other wrong and the reverse, and the other method's top-1 read at ATS's mean GFLOPs
+(linear along its curve, as ATS keeps fewer tokens than the budget), per seed, with their mean and range.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .ats.core import SELECTIONS
+from .checkpoint import load_weights
+from .config import apply_overrides, ats_from_cfg
+from .data import build_dataset
+from .errors import VideoATSError
+from .evaluation.evaluate import evaluate
+from .evaluation.plots import _pyplot
+from .figures import finish_scaling_plot
+from .models.ats_patch import apply_ats
+from .models.build import build_from_cfg
+from .train.loop import train
+
+NAMES = {"inverse_transform": "ATS", "top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}
+SEEDED = ("random",)  # off the shelf, only the random draw depends on a seed
+STAGES = ("off-the-shelf", "fine-tuned")
+
+
+@dataclass
+class Finetune:
+    """A short fine-tune of the weights with each method: `epochs` over `cfg`'s train split at `budget`."""
+    cfg: object
+    epochs: float
+    budget: float
+
+
+@dataclass
+class Plan:
+    """What a comparison runs: `cfg` evaluates (its ATS section gives the blocks and the variant), `checkpoint`
+    the weights; `methods` are selections, the first of them the one the others are measured against."""
+    cfg: object
+    checkpoint: str
+    methods: Sequence[str]
+    budgets: Sequence[float]
+    seeds: Sequence[int]
+    output: str
+    finetune: Optional[Finetune] = None
+    timing_views: int = 16
+    data: str = ""
+    notes: List[str] = field(default_factory=list)
+
+    def check(self) -> "Plan":
+        unknown = [m for m in self.methods if m not in SELECTIONS]
+        if unknown or not self.methods:
+            raise VideoATSError(f"--methods {','.join(self.methods)}: choose from {', '.join(SELECTIONS)}")
+        if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
+            raise VideoATSError(f"--budgets {self.budgets}: give ratios in (0, 1]")
+        if not self.seeds:
+            raise VideoATSError("--seeds: give at least one integer")
+        if not list(self.cfg.ATS.BLOCKS):
+            raise VideoATSError("the config's ATS.BLOCKS is empty: name the blocks every method reduces at")
+        return self
+
+
+def _ats_cfg(cfg, method: str, budget: float, seed: int):
+    run = cfg.clone()
+    run.ATS.ENABLE = True
+    apply_overrides(run, ["ATS.TOKENS", f"[{budget}]", "ATS.SELECTION", method, "ATS.SEED", str(seed)])
+    return run
+
+
+def _correct(results_dir: str) -> np.ndarray:
+    with open(os.path.join(results_dir, "predictions.jsonl")) as f:
+        rows = sorted((json.loads(line) for line in f), key=lambda r: r["video_index"])
+    return np.array([bool(r["correct"]) for r in rows])
+
+
+def _point(cfg, checkpoint: str, out: str, **label) -> dict:
+    started = time.perf_counter()
+    result = evaluate(cfg, checkpoint=checkpoint, output_dir=out, progress=False)
+    g = result["gflops"]
+    spread = (g.get("adaptive") or {}).get("per_view") or dict(mean=g["per_view"], min=g["per_view"],
+                                                               max=g["per_view"])
+    return dict(label, top1=result["metrics"]["video"]["top1"], gflops_mean=spread["mean"],
+                gflops_min=spread["min"], gflops_max=spread["max"], eval_seconds=round(time.perf_counter() - started, 2),
+                correct=_correct(out))
+
+
+def _finetuned(plan: Plan, method: str, seed: int, say) -> str:
+    """The weights fine-tuned with `method` at the fine-tune budget with `seed` (a finished run is reused)."""
+    ft = plan.finetune
+    cfg = _ats_cfg(ft.cfg, method, ft.budget, seed)
+    cfg.OUTPUT_DIR = os.path.join(plan.output, "finetune", f"{method}_seed{seed}")
+    apply_overrides(cfg, ["TRAIN.CHECKPOINT_FILE", plan.checkpoint, "TRAIN.EPOCHS", str(ft.epochs),
+                          "RNG_SEED", str(seed), "TRAIN.FINAL_TEST", "False", "TRAIN.EVAL_PERIOD", "0"])
+    best = os.path.join(cfg.OUTPUT_DIR, "checkpoints", "last.pt")
+    if not os.path.isfile(best):
+        started = time.perf_counter()
+        train(cfg, progress=False, echo=lambda s: None)
+        say(f"fine-tuned {NAMES[method]} (seed {seed}, budget {ft.budget}, {ft.epochs} epochs) in "
+            f"{time.perf_counter() - started:.0f} s")
+    return best
+
+
+def time_forward(model, views: torch.Tensor, repeats: int = 5) -> float:
+    """Seconds per view of the model's forward pass over `views` as one batch: the median of `repeats` timed
+    passes after a warm-up pass (on CUDA, synchronised)."""
+    times = []
+    with torch.inference_mode():
+        model(views)
+        for _ in range(repeats):
+            if views.is_cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            model(views)
+            if views.is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+    return float(np.median(times)) / views.shape[0]
+
+
+def _timing_views(cfg, count: int) -> torch.Tensor:
+    """The first `count` test views (decoded once), the batch every method is timed on."""
+    dataset = build_dataset(cfg, cfg.TEST.SPLIT)
+    views: List[torch.Tensor] = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if not item.get("failed"):
+            views.extend(item["video"])
+        if len(views) >= count:
+            break
+    if not views:
+        raise VideoATSError("no test view could be decoded to time the methods on")
+    return torch.stack(views[:count])
+
+
+def wall_clock(plan: Plan, say) -> List[dict]:
+    """Seconds per view of the dense model and of every method at every budget (the given weights, one batch
+    of test views, on the CPU or the config's device)."""
+    device = torch.device("cuda" if torch.cuda.is_available() and plan.cfg.DEVICE != "cpu" else "cpu")
+    views = _timing_views(plan.cfg, plan.timing_views).to(device)
+    model = build_from_cfg(plan.cfg, with_ats=False).eval()
+    load_weights(model, plan.checkpoint)
+    model.to(device)
+    rows = [dict(method="dense", budget=None, seconds_per_view=time_forward(model, views))]
+    for method in plan.methods:
+        for budget in plan.budgets:
+            apply_ats(model, ats_from_cfg(_ats_cfg(plan.cfg, method, budget, plan.seeds[0])))
+            rows.append(dict(method=method, budget=budget, seconds_per_view=time_forward(model, views)))
+    apply_ats(model, None)
+    say(f"timed the dense model and {len(rows) - 1} settings on {views.shape[0]} views ({device.type})")
+    return rows
+
+
+def _at_gflops(points: List[dict], gflops: float) -> float:
+    """A curve's top-1 at `gflops`, linear between its points (nan outside them)."""
+    xs, ys = zip(*sorted((p["gflops_mean"], p["top1"]) for p in points))
+    return float(np.interp(gflops, xs, ys)) if xs[0] <= gflops <= xs[-1] else float("nan")
+
+
+def _spread(values: Sequence[float]) -> dict:
+    v = [x for x in values if x == x]
+    if not v:
+        return dict(mean=None, min=None, max=None, n=0)
+    return dict(mean=round(float(np.mean(v)), 3), min=round(min(v), 3), max=round(max(v), 3), n=len(v))
+
+
+def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> List[dict]:
+    """For every stage and budget, `reference` against each other method, per seed: the clips only the
+    reference gets right and only the other does (same budget), and reference top-1 minus the other's top-1
+    read at the reference's mean GFLOPs, with the mean and range over seeds. Off the shelf a deterministic
+    method has one point, paired with every seed of a seeded one; fine-tuned, seed s pairs with seed s."""
+    rows = []
+    for stage in STAGES:
+        here = [p for p in points if p["stage"] == stage]
+        if not here:
+            continue
+        budgets = sorted({p["budget"] for p in here})
+        for budget in budgets:
+            refs = [p for p in here if p["method"] == reference and p["budget"] == budget]
+            row = dict(stage=stage, budget=budget, reference=reference,
+                       reference_top1=[r["top1"] for r in refs], reference_gflops=[r["gflops_mean"] for r in refs])
+            for method in methods:
+                if method == reference:
+                    continue
+                pairs = []
+                for other in (p for p in here if p["method"] == method and p["budget"] == budget):
+                    mine = [r for r in refs if r["seed"] == other["seed"]] or refs
+                    curve = [p for p in here if p["method"] == method and p["seed"] == other["seed"]]
+                    for ref in mine[:1]:
+                        pairs.append(dict(seed=other["seed"],
+                                          reference_only=int((ref["correct"] & ~other["correct"]).sum()),
+                                          other_only=int((~ref["correct"] & other["correct"]).sum()),
+                                          difference_at_reference_gflops=round(
+                                              ref["top1"] - _at_gflops(curve, ref["gflops_mean"]), 3)))
+                row[method] = dict(pairs=pairs, difference=_spread([p["difference_at_reference_gflops"]
+                                                                    for p in pairs]))
+            rows.append(row)
+    return rows
+
+
+def plot(doc: dict, path: str) -> str:
+    """Top-1 against mean GFLOPs per view, one panel per stage: a curve per method (mean over seeds, the
+    vertical bar their range), each point's horizontal bar the per-sample GFLOPs range."""
+    plt = _pyplot()
+    stages = [s for s in STAGES if any(p["stage"] == s for p in doc["points"])]
+    fig, axes = plt.subplots(1, len(stages), figsize=(6.4 * len(stages), 4.6), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for i, method in enumerate(doc["methods"]):
+            by_budget: Dict[float, List[dict]] = {}
+            for p in doc["points"]:
+                if p["stage"] == stage and p["method"] == method:
+                    by_budget.setdefault(p["budget"], []).append(p)
+            if not by_budget:
+                continue
+            pts = sorted((np.mean([p["gflops_mean"] for p in v]), np.mean([p["top1"] for p in v]),
+                          min(p["top1"] for p in v), max(p["top1"] for p in v),
+                          min(p["gflops_min"] for p in v), max(p["gflops_max"] for p in v)) for v in by_budget.values())
+            x, y, lo, hi, gmin, gmax = map(np.array, zip(*pts))
+            ax.errorbar(x, y, xerr=[x - gmin, gmax - x], yerr=[y - lo, hi - y], fmt="os^vD"[i % 5] + "-",
+                        capsize=2, elinewidth=0.7, label=NAMES[method])
+        title = f"{stage}; {doc['clips']} test clips; bars: seeds (top-1), per-sample range (GFLOPs)"
+        finish_scaling_plot(plt, fig, ax, (doc["dense"]["gflops_mean"], doc["dense"]["top1"]), title, None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _public(p: dict) -> dict:
+    return {k: v for k, v in p.items() if k != "correct"}
+
+
+def compare(plan: Plan, say: Callable[[str], None] = print) -> dict:
+    """Run the plan (module docstring); writes OUTPUT/comparison.json and OUTPUT/top1_vs_gflops.png."""
+    plan.check()
+    cfg = plan.cfg
+    dense_cfg = cfg.clone()
+    dense_cfg.ATS.ENABLE = False
+    dense = _point(dense_cfg, plan.checkpoint, os.path.join(plan.output, "dense"), method="dense",
+                   stage="off-the-shelf", budget=None, seed=None)
+    say(f"dense: top-1 {dense['top1']:.2f}% at {dense['gflops_mean']:.4f} GFLOPs/view")
+    points = []
+
+    def measure(stage: str, weights: str, method: str, budget: float, seed: int) -> None:
+        out = os.path.join(plan.output, stage, f"{method}_{budget}_seed{seed}")
+        p = _point(_ats_cfg(cfg, method, budget, seed), weights, out, method=method, stage=stage, budget=budget,
+                   seed=seed)
+        points.append(p)
+        say(f"{stage:<13} {NAMES[method]:<6} budget {budget:<4} seed {seed}: top-1 {p['top1']:6.2f}%  GFLOPs/view "
+            f"{p['gflops_mean']:.4f} ({p['gflops_min']:.4f}-{p['gflops_max']:.4f})")
+
+    for method in plan.methods:
+        for budget in plan.budgets:
+            for seed in (plan.seeds if method in SEEDED else plan.seeds[:1]):
+                measure("off-the-shelf", plan.checkpoint, method, budget, seed)
+    if plan.finetune is not None and plan.finetune.epochs > 0:
+        for method in plan.methods:
+            for seed in plan.seeds:
+                weights = _finetuned(plan, method, seed, say)
+                for budget in plan.budgets:
+                    measure("fine-tuned", weights, method, budget, seed)
+    timing = wall_clock(plan, say)
+    doc = dict(checkpoint=plan.checkpoint, data=plan.data, clips=int(len(dense["correct"])),
+               blocks=list(cfg.ATS.BLOCKS), variant=cfg.ATS.VARIANT, methods=list(plan.methods),
+               budgets=list(plan.budgets), seeds=list(plan.seeds),
+               finetune=None if plan.finetune is None or plan.finetune.epochs <= 0 else
+               dict(epochs=plan.finetune.epochs, budget=plan.finetune.budget),
+               dense=_public(dense), points=[_public(p) for p in points], wall_clock=timing,
+               paired=paired_rows(points, plan.methods[0], plan.methods), notes=plan.notes)
+    doc["plot"] = plot(doc, os.path.join(plan.output, "top1_vs_gflops.png"))
+    with open(os.path.join(plan.output, "comparison.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    return doc
