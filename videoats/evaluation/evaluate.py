@@ -3,9 +3,9 @@
 Why it is built this way:
 - Views are forwarded in chunks of TEST.BATCH_SIZE whatever the loader batch, so memory stays bounded for
   any protocol (HR 16x448 at 1x3, 10x3, ...), unlike chunking that only works at batch 1.
-- Every process keeps per-view logits keyed by (video, clip, crop); they are gathered, de-duplicated
-  (DistributedSampler repeats items to even out ranks) and aggregated in key order, so 1 and N processes
-  give the same metrics.
+- Every process keeps per-view logits keyed by (video, clip, crop) in a `runner.ViewTable`; they are gathered,
+  de-duplicated (DistributedSampler repeats items to even out ranks) and aggregated in key order, so 1 and N
+  processes give the same metrics.
 - Videos that cannot be decoded are never replaced: they are listed in `coverage` and metrics say over how
   many videos they were computed, because incomplete Kinetics copies silently lower accuracy.
 """
@@ -26,15 +26,14 @@ from tqdm import tqdm
 
 from .. import zoo
 from ..checkpoint import load_weights
-from ..config import cfg_to_yaml
 from ..data import build_dataset, build_loader
 from ..data.images import build_image_dataset, collate_images
 from ..errors import VideoATSError
 from ..flops import dense_gflops
-from ..models.build import build_from_cfg, model_label
+from ..models.build import build_from_cfg
 from ..models.registry import ImageTransform, family_of_name
 from ..paths import check_output_dir, require_data_dir
-from ..runner import run_views
+from ..runner import Runner, merge
 from ..runtime import compiled_for_inference, inference_autocast, rank_world, resolve_device
 from . import report as reports
 
@@ -89,57 +88,6 @@ def _meta(report, key):
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-class _ViewTable:
-    """Per-view results of one process, in plain tensors so that `all_gather_object` can ship them."""
-
-    def __init__(self):
-        self.keys, self.labels, self.logits = [], [], []
-        self.gflops, self.padded, self.kept = [], [], {}
-        self.failed: List[dict] = []
-
-    def add(self, keys, labels, logits, gflops=None, padded=None, kept=None):
-        self.keys.append(keys.cpu())
-        self.labels.append(labels.cpu())
-        self.logits.append(logits.float().cpu())
-        if gflops is not None:
-            self.gflops.append(torch.as_tensor(gflops, dtype=torch.float64).reshape(-1).cpu())
-            self.padded.append(torch.full((len(keys),), float(padded), dtype=torch.float64))
-        for block, counts in (kept or {}).items():
-            self.kept.setdefault(int(block), []).append(counts.reshape(-1).long().cpu())
-
-    def packed(self) -> dict:
-        cat = lambda xs, **kw: torch.cat(xs) if xs else torch.empty(0, **kw)  # noqa: E731
-        return {"keys": cat(self.keys, dtype=torch.long).reshape(-1, 3), "labels": cat(self.labels, dtype=torch.long),
-                "logits": torch.cat(self.logits) if self.logits else None,
-                "gflops": cat(self.gflops) if self.gflops else None,
-                "padded": cat(self.padded) if self.padded else None,
-                "kept": {b: torch.cat(v) for b, v in self.kept.items()}, "failed": self.failed}
-
-
-def _merge(parts: List[dict]) -> dict:
-    """Concatenate the ranks' tables, keep each (video, clip, crop) once, sort by it."""
-    parts = [p for p in parts if p["logits"] is not None and len(p["keys"])]
-    out = {"keys": torch.empty(0, 3, dtype=torch.long), "labels": torch.empty(0, dtype=torch.long),
-           "logits": None, "gflops": None, "padded": None, "kept": {}}
-    if parts:
-        keys = torch.cat([p["keys"] for p in parts])
-        seen, rows = set(), []
-        for i, k in enumerate(map(tuple, keys.tolist())):
-            if k not in seen:
-                seen.add(k)
-                rows.append((k, i))
-        rows.sort()
-        idx = torch.tensor([i for _, i in rows], dtype=torch.long)
-        out["keys"], out["labels"] = keys[idx], torch.cat([p["labels"] for p in parts])[idx]
-        out["logits"] = torch.cat([p["logits"] for p in parts])[idx]
-        if all(p["gflops"] is not None for p in parts):
-            out["gflops"] = torch.cat([p["gflops"] for p in parts])[idx]
-            out["padded"] = torch.cat([p["padded"] for p in parts])[idx]
-        for b in parts[0]["kept"]:
-            out["kept"][b] = torch.cat([p["kept"][b] for p in parts])[idx]
-    return out
-
-
 def _merge_failed(parts: List[List[dict]]) -> List[dict]:
     seen = {}
     for items in parts:
@@ -148,49 +96,25 @@ def _merge_failed(parts: List[List[dict]]) -> List[dict]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _run_views(model, loader, device, batch_views: int, progress: bool, rank: int, run_model,
-               autocast) -> _ViewTable:
-    """Forward the loader's views in chunks of `batch_views`, carrying leftovers into the next chunk; `run_model`
-    is what runs them (`model` or its compiled self) under `autocast`."""
-    table = _ViewTable()
-    adaptive = getattr(model, "ats", None) is not None
-    pending = []  # (video, keys, labels) pieces waiting for a full chunk
-
-    def forward(video, keys, labels):
-        out = run_views(model, video, batch_views, device, forward=run_model, autocast=autocast)
-        if adaptive:
-            table.add(keys, labels, out.logits, out.gflops, out.padded, out.kept)
-        else:
-            table.add(keys, labels, out.logits)
-
-    def flush(final: bool):
-        while pending and (final or sum(p[0].shape[0] for p in pending) >= batch_views):
-            video = torch.cat([p[0] for p in pending])
-            keys = torch.cat([p[1] for p in pending])
-            labels = torch.cat([p[2] for p in pending])
-            pending.clear()
-            forward(video[:batch_views], keys[:batch_views], labels[:batch_views])
-            if video.shape[0] > batch_views:
-                pending.append((video[batch_views:], keys[batch_views:], labels[batch_views:]))
-
+def _loader_views(loader, failed: List[dict], progress: bool, rank: int):
+    """The loader's (views, (video, clip, crop) keys, labels) for `Runner.collect`; videos that could not be
+    decoded go to `failed`, never replaced."""
     bar = None
     if progress and rank == 0 and sys.stderr.isatty():
         # some pseudo-terminals report 0 columns, which makes tqdm draw nothing
         bar = tqdm(total=len(loader), desc="eval", unit="batch", file=sys.stderr,
                    ncols=min(120, shutil.get_terminal_size((100, 20)).columns))
-    with torch.inference_mode():  # the loader's own work too
+    try:
         for batch in loader:
-            table.failed.extend(batch["failed"])
+            failed.extend(batch["failed"])
             if batch["video"].numel():
                 keys = torch.stack([batch["video_index"], batch["clip_index"], batch["crop_index"]], dim=1)
-                pending.append((batch["video"], keys, batch["label"]))
-                flush(final=False)
+                yield batch["video"], keys, batch["label"]
             if bar is not None:
                 bar.update(1)
-        flush(final=True)
-    if bar is not None:
-        bar.close()
-    return table
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -274,31 +198,30 @@ def evaluate(cfg, checkpoint: Optional[str] = None, output_dir: Optional[str] = 
     else:
         loader = build_loader(dataset, max(1, math.ceil(batch_views / crops)), sampler=sampler,
                               num_workers=int(cfg.DATA.NUM_WORKERS), pin_memory=device.type == "cuda")
+    runner = Runner(net, device, batch_views, forward=compiled_for_inference(net, bool(cfg.TEST.COMPILE)),
+                    autocast=inference_autocast(str(cfg.TEST.PRECISION), device))
+    failed: List[dict] = []
     try:
-        table = _run_views(net, loader, device, batch_views, progress, rank,
-                           compiled_for_inference(net, bool(cfg.TEST.COMPILE)),
-                           inference_autocast(str(cfg.TEST.PRECISION), device))
+        table = runner.collect(_loader_views(loader, failed, progress, rank))
     finally:
         net.train(was_training)
 
-    local = table.packed()
+    local = {"views": table.packed(), "failed": failed}
     if world > 1:
         gathered = [None] * world
         dist.all_gather_object(gathered, local)
     else:
         gathered = [local]
-    views = _merge(gathered)
+    views = merge([g["views"] for g in gathered])
     failed = _merge_failed([g["failed"] for g in gathered])
 
-    doc, predictions = reports.results_document(
-        cfg=cfg, cfg_yaml=cfg_to_yaml(cfg), model=net, model_label=model_label(net),
-        ats=net.ats.to_dict() if net.ats is not None else None,
-        dataset=dataset, split=split, checkpoint=os.path.abspath(checkpoint) if checkpoint else None,
-        load_report=report, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
-        world=world, device=str(device), warnings=warnings,
+    doc, predictions = reports.results_document(reports.EvalRun(
+        cfg=cfg, model=net, dataset=dataset, views=views, failed=failed, dense_gflops=dense, view_shape=view_shape,
+        checkpoint=os.path.abspath(checkpoint) if checkpoint else None, load_report=report, world=world,
+        device=str(device), warnings=warnings,
         image_transform=dict(size=transform.size, resize=transform.resize, crop_fraction=transform.crop_fraction,
                              interpolation=transform.interpolation, mean=list(family.mean), std=list(family.std))
-        if images else None)
+        if images else None))
     doc["label_order"] = label_order
     doc["seconds"] = round(time.perf_counter() - started, 3)
     doc["runtime"] = dict(precision=str(cfg.TEST.PRECISION), compiled=bool(cfg.TEST.COMPILE))

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import yaml
+from torch import nn
 
 from ..atomic import atomic_write_text
+from ..config import cfg_to_yaml
 from ..flops import CONVENTION
+from ..models.build import model_label
+from ..runner import gflops_summary, per_video_gflops
 from ..summary import number_text, stats, top_k
 from . import metrics as M
 from .plots import plot_kept_tokens
@@ -66,7 +71,7 @@ def _coverage(dataset, ids: torch.Tensor, counts: torch.Tensor, failed: List[dic
     }
 
 
-def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) -> dict:
+def _gflops(dense: Optional[float], views: dict, vpv: int, adaptive: bool) -> dict:
     out = {"convention": CONVENTION, "views": vpv,
            "dense_per_view": _r(dense), "dense_total": _r(None if dense is None else dense * vpv),
            "per_view": _r(dense), "total": _r(None if dense is None else dense * vpv), "adaptive": None}
@@ -74,16 +79,14 @@ def _gflops(dense: Optional[float], views: dict, ids, vpv: int, adaptive: bool) 
         out["per_view"] = out["total"] = None
     g = views.get("gflops")
     if adaptive and g is not None and g.numel():
-        video = views["keys"][:, 0]
-        per_video = torch.stack([g[video == v].sum() for v in ids.tolist()])
-        mean = float(g.mean())
-        padded = float(views["padded"].mean())
+        s = gflops_summary(views, (1, vpv))  # runner: the figures `videoats flops` prints for the same views
+        mean, padded = s["per_view"]["mean"], s["padded_per_view"]
         out.update(per_view=_r(mean), total=_r(mean * vpv))
         out["adaptive"] = {
             "what": "per-sample GFLOPs from each view's kept tokens (mean/min/max over evaluated views)",
-            "per_view": {k: _r(v) for k, v in stats(g).items()},
-            "per_video_total": {k: _r(v) for k, v in stats(per_video).items()},
-            "padded_per_view": _r(padded), "padded_total": _r(padded * vpv),
+            "per_view": {k: _r(v) for k, v in s["per_view"].items()},
+            "per_video_total": {k: _r(v) for k, v in s["total"].items()},
+            "padded_per_view": _r(padded), "padded_total": _r(s["padded_total"]),
             "padded_note": "what the padded batches really computed (each batch pads to its largest sample); "
                            "depends on TEST.BATCH_SIZE and on how views were batched",
             "saving_vs_dense": _r(None if not dense else 100.0 * (1 - mean / dense), 2),
@@ -98,12 +101,32 @@ def _kept(views: dict, tokens_per_view: Optional[int]) -> Optional[dict]:
             for b, c in sorted(views["kept"].items())}
 
 
-def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, checkpoint, load_report, views,
-                     failed, dense_gflops, view_shape, world, device, warnings,
-                     image_transform: Optional[dict] = None) -> Tuple[dict, List[dict]]:
+@dataclass
+class EvalRun:
+    """What one evaluation ran with and saw: everything its results document is written from. A record, so
+    that the loop says what it has once and `results_document` alone decides what the file claims."""
+
+    cfg: object
+    model: nn.Module
+    dataset: object
+    views: dict  # the merged per-view table (`runner.merge`): keys (video, clip, crop), labels, logits, GFLOPs
+    failed: List[dict]  # views that could not be decoded, over all processes
+    dense_gflops: float  # fvcore, per view, on `view_shape`
+    view_shape: Tuple[int, ...]
+    checkpoint: Optional[str] = None  # absolute path; None: random weights
+    load_report: object = None  # what loading the checkpoint matched (`checkpoint.load_weights`)
+    world: int = 1
+    device: str = "cpu"
+    warnings: List[str] = field(default_factory=list)
+    image_transform: Optional[dict] = None  # images: size, resize, crop_fraction, interpolation, mean, std
+
+
+def results_document(run: EvalRun) -> Tuple[dict, List[dict]]:
     """(results dict, per-video predictions) from the merged per-view table. An image evaluation gives the
-    test transform it used (`image_transform`: size, resize, crop_fraction, interpolation, mean, std); its
-    images are the file's "videos" of one view each."""
+    test transform it used (`image_transform`); its images are the file's "videos" of one view each."""
+    cfg, model, dataset, views, load_report = run.cfg, run.model, run.dataset, run.views, run.load_report
+    view_shape, image_transform = run.view_shape, run.image_transform
+    ats = model.ats.to_dict() if getattr(model, "ats", None) is not None else None
     method = cfg.TEST.AGGREGATION
     num_classes = int(getattr(model, "num_classes", len(dataset.label_names)))
     logits = views["logits"] if views["logits"] is not None else torch.empty(0, num_classes)
@@ -111,14 +134,14 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
     ev = M.evaluate_views(logits, views["labels"], video, method)
     vpv = dataset.views_per_video
     clips, crops = dataset.clips_per_video, dataset.crops_per_video
-    coverage = _coverage(dataset, ev["ids"], ev["views"], failed)
+    coverage = _coverage(dataset, ev["ids"], ev["views"], run.failed)
     names = list(dataset.label_names)
     patch = getattr(model, "patch_size", None)
     tokens = view_shape[1] * (view_shape[2] // patch) * (view_shape[3] // patch) if patch else None
-    gflops = _gflops(dense_gflops, views, ev["ids"], vpv, ats is not None)
+    gflops = _gflops(run.dense_gflops, views, vpv, ats is not None)
 
     predictions = []
-    g = views.get("gflops")
+    per_video = per_video_gflops(views) if ats is not None else {}
     for row, v in enumerate(ev["ids"].tolist()):
         record = dataset.videos[v]
         label = int(ev["labels"][row])
@@ -128,18 +151,18 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
              "label_name": names[label] if 0 <= label < len(names) else None,
              "top5": top5, "correct": (top5[0]["index"] == label) if label >= 0 else None,
              "views": int(ev["views"][row]), "views_expected": vpv}
-        if g is not None and ats is not None:
-            p["gflops"] = _r(g[video == v].sum())
+        if v in per_video:
+            p["gflops"] = _r(per_video[v])
         predictions.append(p)
 
     vm = ev["video"]
     doc = {
         "schema": SCHEMA,
-        "model": {"name": getattr(model, "model_name", type(model).__name__), "label": model_label,
+        "model": {"name": getattr(model, "model_name", type(model).__name__), "label": model_label(model),
                   "num_classes": num_classes, "ats": ats},
-        "checkpoint": checkpoint,
+        "checkpoint": run.checkpoint,
         "checkpoint_report": load_report.summary() if hasattr(load_report, "summary") else None,
-        "split": split,
+        "split": cfg.TEST.SPLIT,
         "annotation": getattr(getattr(dataset, "annotation", None), "source", None),
         "protocol": {"views": f"{clips}x{crops}", "clips": clips, "crops": crops, "views_per_video": vpv,
                      "num_frames": int(cfg.DATA.NUM_FRAMES), "sampling_rate": int(cfg.DATA.SAMPLING_RATE),
@@ -158,10 +181,10 @@ def results_document(*, cfg, cfg_yaml, model, model_label, ats, dataset, split, 
         "gflops": gflops,
         "kept_tokens": _kept(views, tokens),
         "label_names": names,
-        "world_size": world,
-        "device": device,
-        "warnings": list(warnings),
-        "config": yaml.safe_load(cfg_yaml),
+        "world_size": run.world,
+        "device": run.device,
+        "warnings": list(run.warnings),
+        "config": yaml.safe_load(cfg_to_yaml(cfg)),
     }
     if image_transform is not None:
         doc["protocol"].update(images=True, image_transform=dict(image_transform), mean=list(image_transform["mean"]),

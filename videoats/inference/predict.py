@@ -45,9 +45,9 @@ MIN_CLIPS_FOR_BAR = 32  # a video with more clips than two reads' worth shows a 
 
 
 def run_views(predictor: Predictor, views: Tensor, keep_masks: bool = False) -> ViewOutputs:
-    """Forward views in chunks of TEST.BATCH_SIZE: logits, per-view GFLOPs and kept tokens (`runner.run_views`)."""
-    return runner.run_views(predictor.model, views, int(predictor.cfg.TEST.BATCH_SIZE), predictor.device, keep_masks,
-                            forward=predictor.forward, autocast=predictor.autocast)
+    """Forward views in chunks of TEST.BATCH_SIZE: logits, per-view GFLOPs and kept tokens (`runner.Runner`)."""
+    return runner.Runner(predictor.model, predictor.device, int(predictor.cfg.TEST.BATCH_SIZE), predictor.forward,
+                         predictor.autocast, keep_masks).run(views)
 
 
 def scores_and_probs(view_logits: Tensor, method: str) -> Tuple[Tensor, Tensor]:
