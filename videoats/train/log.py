@@ -72,9 +72,15 @@ def ats_stats(net, video) -> dict:
     Every model the registry builds has a cost model, so an error here is a defect: it is raised, not logged
     as an empty row."""
     out = account(net, video)
-    row = {"gflops_per_sample": float(out.gflops.mean())}
-    if out.kept:
-        row["kept_tokens"] = {f"block{b}": float(k.float().mean()) for b, k in sorted(out.kept.items())}
+    return cost_row(out.gflops, out.kept)
+
+
+def cost_row(gflops, kept) -> dict:
+    """The GFLOPs and kept tokens a log row shows, of a step's batch or of a whole validation (`runner`'s
+    per-view GFLOPs and block -> kept tokens): their means, blocks as "block{b}"."""
+    row = {"gflops_per_sample": float(gflops.mean())}
+    if kept:
+        row["kept_tokens"] = {f"block{b}": float(k.float().mean()) for b, k in sorted(kept.items())}
     return row
 
 

@@ -40,8 +40,9 @@ from ..evaluation.evaluate import evaluate
 from ..evaluation.report import videos_text
 from ..models.build import build_from_cfg
 from ..paths import check_output_dir, require_data_dir
+from ..runner import Runner, merge
 from ..runtime import all_gather_objects, all_reduce_sum, barrier, rank_world, resolve_device
-from .log import RunLog, ats_stats, epoch_line, num, progress_bar
+from .log import RunLog, ats_stats, cost_row, epoch_line, num, progress_bar
 from .optim import WarmupCosine, build_optimizer, precision_setup
 from .seeding import ResumableSampler, SeededItems, rng_state, seed_step, set_rng_state, worker_threads
 from .state import TrainState, read_state
@@ -110,43 +111,25 @@ def model_name(net) -> str:
 
 @torch.no_grad()
 def validate(net: nn.Module, loader, device, autocast) -> dict:
-    """Clip-level top-1 on the val split (one centre clip per video), each video counted once over ranks."""
+    """Clip-level top-1 on the val split (one centre clip per video), each video counted once over ranks.
+    The views go through `runner.Runner` (one pass per loader batch), as evaluation's do."""
     was = net.training
     net.eval()
-    rows, kept_sum, gflops = {}, {}, []
     try:
-        for batch in loader:
-            if not batch["video"].numel():
-                continue
-            video = batch["video"].to(device, non_blocking=True)
-            with autocast():
-                logits = net(video)
-            logits, labels = logits.float().cpu(), batch["label"]
-            losses = F.cross_entropy(logits, labels, reduction="none")
-            stats = ats_stats(net, video)  # runner.account: the one GFLOPs / kept-token bookkeeping
-            per = stats.get("gflops_per_sample")
-            for i, v in enumerate(batch["video_index"].tolist()):
-                rows[v] = (bool(logits[i].argmax() == labels[i]), float(losses[i]))
-            gflops.append((per, video.shape[0]) if per is not None else None)
-            for b, k in stats.get("kept_tokens", {}).items():
-                s, n = kept_sum.get(b, (0.0, 0))
-                kept_sum[b] = (s + k * video.shape[0], n + video.shape[0])
+        table = Runner(net, device, autocast=autocast).collect(
+            (b["video"], b["video_index"], b["label"]) for b in loader if b["video"].numel())
     finally:
         net.train(was)
-    parts = all_gather_objects((rows, kept_sum, gflops))
-    merged, kept, g = {}, {}, []
-    for r, k, gg in parts:
-        merged.update(r)
-        for b, (s, n) in k.items():
-            kept[b] = (kept.get(b, (0.0, 0))[0] + s, kept.get(b, (0.0, 0))[1] + n)
-        g += [x for x in gg if x is not None]
-    n = len(merged)
-    out = {"top1": 100.0 * sum(c for c, _ in merged.values()) / max(n, 1),
-           "loss": sum(l for _, l in merged.values()) / max(n, 1), "videos": n}
-    if kept:
-        out["kept_tokens"] = {b: s / max(c, 1) for b, (s, c) in sorted(kept.items())}
-    if g:
-        out["gflops_per_sample"] = sum(x * c for x, c in g) / sum(c for _, c in g)
+    views = merge(all_gather_objects(table.packed()))
+    n = int(views["labels"].numel())
+    out = {"top1": 0.0, "loss": 0.0, "videos": n}
+    if n:
+        logits, labels = views["logits"], views["labels"]
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        out.update(top1=100.0 * int((logits.argmax(dim=1) == labels).sum()) / n, loss=sum(losses.tolist()) / n)
+        row = cost_row(views["gflops"], views["kept"])
+        out.update({"kept_tokens": dict(sorted(row["kept_tokens"].items()))} if "kept_tokens" in row else {},
+                   gflops_per_sample=row["gflops_per_sample"])
     return out
 
 
