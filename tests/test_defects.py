@@ -11,6 +11,7 @@ from videoats import cli
 from videoats.ats import ATSConfig, kept_tokens
 from videoats.config import load_config
 from videoats import flops
+from videoats.runner import ViewTable, account, gflops_summary
 from functools import partial
 
 from videoats.models.build import build_from_cfg
@@ -65,13 +66,13 @@ def test_ats_accounting_and_records_on_cuda(variant, mode):
         model.cuda()
         out = model(x.cuda())
     assert (out.cpu() - ref).abs().max() < 1e-3
-    meter = flops.GFlopsMeter()
+    table = ViewTable()
     per = flops.sample_gflops(model, x)
-    meter.add(per, flops.padded_gflops(model, x), video_ids=["a", "b"])
+    table.add(account(model, x), keys=torch.tensor([0, 1]))
     assert per.cpu().tolist() == pytest.approx(ref_gflops.tolist(), rel=1e-9)
     assert {b: k.cpu().tolist() for b, k in kept_tokens(model).items()} == \
         {b: k.tolist() for b, k in ref_kept.items()}
-    assert flops.padded_gflops(model, x) > 0 and meter.summary((1, 1))["per_view"]["count"] == 2
+    assert flops.padded_gflops(model, x) > 0 and gflops_summary(table.packed())["per_view"]["count"] == 2
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

@@ -14,7 +14,8 @@ import videoats
 from videoats.ats import stage as ats_stage
 from videoats.cli import main
 from videoats.data.clips import parse_views
-from videoats.flops import GFlopsMeter, analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
+from videoats.flops import analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
+from videoats.runner import ViewTable, account, gflops_summary
 
 TINY_VIDEO = (1, 3, 8, 32, 32)
 
@@ -263,11 +264,11 @@ def test_sample_gflops_dense_model_and_meter():
     model(x)
     assert sample_gflops(model, x).tolist() == pytest.approx([divided_by_hand({})] * 2, rel=1e-12)
     ats = ats_model()
-    meter = GFlopsMeter()
+    table = ViewTable()
     for _ in range(2):
         ats(x)
-        meter.add(sample_gflops(ats, x), padded_gflops(ats, x))
-    s = meter.summary((1, 3))
+        table.add(account(ats, x))
+    s = gflops_summary(table.packed(), (1, 3))
     assert s["per_view"]["count"] == 4
     assert s["per_view"]["min"] <= s["per_view"]["mean"] <= s["per_view"]["max"] < analytic_gflops(ats)
     assert s["total"]["mean"] == pytest.approx(3 * s["per_view"]["mean"])
@@ -349,10 +350,10 @@ def test_cli_bad_arguments_one_line(capsys, argv, needle):
 def test_meter_per_video_totals():
     model = ats_model()
     x = torch.randn(4, *TINY_VIDEO[1:])
-    meter = GFlopsMeter()
+    table = ViewTable()
     model(x)
     per = sample_gflops(model, x)
-    meter.add(per, padded_gflops(model, x), video_ids=["a", "a", "b", "b"])
-    s = meter.summary((1, 2))
+    table.add(account(model, x), keys=torch.tensor([0, 0, 1, 1]))
+    s = gflops_summary(table.packed(), (1, 2))
     assert s["total"]["count"] == 2 and "sum" in s["total_is"]
     assert s["total"]["max"] == pytest.approx(max(per[:2].sum().item(), per[2:].sum().item()))

@@ -26,7 +26,7 @@ from ..flops import input_thw
 from ..inference.predict import make_views, protocol_plan, read_clip_frames
 from ..models import family_of_name
 from ..models.build import view_config_from_model
-from ..runner import account
+from ..runner import Runner, ViewTable, gflops_summary
 from ..summary import number_text, stats
 from ._args import add_common, add_selection_args
 
@@ -219,22 +219,17 @@ def _run_ats(args, model, shape, views, dense) -> dict:
     if files:
         batches = _file_batches(args.input, shape, settings)
         label = f"{len(args.input)} video file(s), every view ({views[0]}x{views[1]}) of each"
-    meter = fl.GFlopsMeter()
-    kept: Dict[int, list] = {}
-    fv_first = None
-    with torch.no_grad():
-        for src, x in batches:
-            model(x)
-            out = account(model, x)
-            meter.add(out.gflops, out.padded, video_ids=[src] * len(x) if files else None)
-            for block, k in out.kept.items():
-                kept.setdefault(block, []).extend(k.tolist())
-            if fv_first is None and args.counter in ("fvcore", "both"):
-                one = x[:1]
-                fv = fl.fvcore_count(model, one).gflops
-                fv_first = dict(fvcore=fv, padded_analytic=fl.padded_gflops(model, one),
-                                sample_analytic=float(fl.sample_gflops(model, one)[0]))
-    summary = meter.summary(views)
+    runner, table = Runner(model), ViewTable()  # each batch in one pass: its padded figure is this batch's
+    fv_first, ids = None, {}  # a file's views are one video (a file given twice: the same one)
+    for src, x in batches:
+        table.add(runner.run(x), keys=torch.full((len(x),), ids.setdefault(src, len(ids))) if files else None)
+        if fv_first is None and args.counter in ("fvcore", "both"):
+            one = x[:1]
+            fv = fl.fvcore_count(model, one).gflops
+            fv_first = dict(fvcore=fv, padded_analytic=fl.padded_gflops(model, one),
+                            sample_analytic=float(fl.sample_gflops(model, one)[0]))
+    views_table = table.packed()
+    summary = gflops_summary(views_table, views)
     base = dense.get("analytic", dense.get("fvcore"))
     cfg = model.ats
     setting = cfg.to_dict()
@@ -247,7 +242,7 @@ def _run_ats(args, model, shape, views, dense) -> dict:
                per_sample_total=summary["total"], total_is=summary["total_is"],
                padded_per_view=summary["padded_per_view"], padded_total=summary["padded_total"],
                saving_vs_dense_pct=100.0 * (1.0 - summary["per_view"]["mean"] / base),
-               kept_tokens={str(b): stats(v) for b, v in sorted(kept.items())})
+               kept_tokens={str(b): stats(v) for b, v in sorted(views_table["kept"].items())})
     if fv_first is not None:
         out["fvcore_check_first_sample"] = fv_first
     return out
