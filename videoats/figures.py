@@ -21,12 +21,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .ats import kept_tokens
 from .data import build_dataset
 from .errors import VideoATSError
 from .evaluation.plots import _pyplot
-from .flops import dense_gflops, sample_gflops
+from .flops import dense_gflops
 from .models import apply_ats
+from .runner import Runner
 
 # every numeric factor of scenes.csv; the first is the one that should matter most for a `tube` sample: the
 # locations that anything moves through are the ones a motion classifier has to look at
@@ -92,22 +92,15 @@ def load_test_clips(cfg) -> dict:
 
 
 def run_setting(model, clips: dict, batch: int = 16, reverse: bool = False) -> dict:
-    """Predictions, per-stage kept tokens and GFLOPs of every clip (frames reversed if asked)."""
+    """Predictions, per-stage kept tokens and GFLOPs of every clip (frames reversed if asked), through
+    `runner.Runner` as every job that forwards views; a dense model's GFLOPs are the fvcore count."""
     video = clips["video"].flip(2) if reverse else clips["video"]
-    preds, gflops, kept = [], [], {}
-    adaptive = getattr(model, "ats", None) is not None
     dense = dense_gflops(model, input_shape=tuple(video.shape[1:]))
-    with torch.inference_mode():
-        for start in range(0, len(video), batch):
-            x = video[start:start + batch]
-            preds.append(model(x).argmax(dim=1))
-            if adaptive:
-                for block, counts in kept_tokens(model).items():
-                    kept.setdefault(block, []).append(counts.cpu())
-                gflops.append(sample_gflops(model, x).double().cpu())
-    pred = torch.cat(preds)
-    g = torch.cat(gflops) if adaptive else torch.full((len(pred),), float(dense), dtype=torch.float64)
-    return {"pred": pred, "gflops": g, "kept": {b: torch.cat(v) for b, v in kept.items()},
+    out = Runner(model, batch_size=batch).run(video)
+    pred = out.logits.argmax(dim=1)
+    adaptive = getattr(model, "ats", None) is not None
+    g = out.gflops if adaptive else torch.full((len(pred),), float(dense), dtype=torch.float64)
+    return {"pred": pred, "gflops": g, "kept": out.kept,
             "top1": 100.0 * float((pred == clips["label"]).double().mean()), "dense_gflops": float(dense)}
 
 
@@ -206,15 +199,18 @@ def plot_scaling(doc: dict, path: str) -> str:
                                f"ATS vs a fixed top-k count by the same score; budgets {doc['budgets']}", path)
 
 
-def finish_scaling_plot(plt, fig, ax, dense: Tuple[float, float], title: str, path: str) -> str:
+def finish_scaling_plot(plt, fig, ax, dense: Tuple[float, float], title: str, path: Optional[str]) -> Optional[str]:
     """A top-1 against GFLOPs-per-view plot's common end: the dense model's point (GFLOPs, top-1) as a star,
-    the axes' names, `title`, grid and legend; saved to `path` (returned)."""
+    the axes' names, `title`, grid and legend; saved to `path` (returned; None: one panel of several, the caller
+    saves the figure)."""
     ax.plot([dense[0]], [dense[1]], "k*", markersize=12, label="dense")
     ax.set_xlabel("GFLOPs per view (mean over the test clips)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    if path is None:
+        return None
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
