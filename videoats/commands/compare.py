@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--budgets", default=BUDGETS, metavar="R,R,...", help="token ratios (default: %(default)s)")
     p.add_argument("--seeds", default="0,1,2", metavar="S,S,...",
                    help="seeds of the random selection and of each fine-tune (default: %(default)s)")
-    p.add_argument("--finetune-epochs", type=float, default=0.0, metavar="E",
+    p.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
                    help="fine-tune each method for E epochs per seed before evaluating it again (default 0: off)")
     p.add_argument("--finetune-budget", type=float, default=0.5, metavar="R",
                    help="the budget every method is fine-tuned at (default: %(default)s)")
