@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .ats.core import SELECTIONS
+from .ats.core import METHOD_NAMES, SELECTIONS
 from .checkpoint import load_weights
 from .config import apply_overrides, ats_from_cfg
 from .data import build_dataset
@@ -34,7 +34,7 @@ from .models.ats_patch import apply_ats
 from .models.build import build_from_cfg
 from .train.loop import train
 
-NAMES = {"inverse_transform": "ATS", "top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}
+NAMES = METHOD_NAMES
 SEEDED = ("random",)  # off the shelf, only the random draw depends on a seed
 STAGES = ("off-the-shelf", "fine-tuned")
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -59,7 +59,6 @@ from torch import Tensor
 from .errors import VideoATSError
 from .models.cost import CostSpec, plain_cost as _plain
 from .models.registry import family_of
-from .summary import stats
 
 CONVENTION = ("fvcore convention: 1 fused multiply-add = 1 flop; counts linear/conv layers, attention matmuls "
               "(q.k^T, attn.v, the ATS scoring row) and LayerNorm (5/element); GELU, softmax, adds not counted")
@@ -383,46 +382,3 @@ def padded_gflops(model: nn.Module, inputs: Union[Tensor, Sequence[int], None] =
     """GFLOPs per sample the last batch actually computed, padding included (attention on the padded
     rectangle); equals the mean of `sample_gflops` for dense models and at batch 1 with tube ATS."""
     return float(_from_trace(model, inputs, padded=True).mean())
-
-
-# ---------------------------------------------------------------------------------------------- reporting
-
-
-def _spread(values) -> Dict[str, float]:
-    return stats(values) or dict(mean=float("nan"), min=float("nan"), max=float("nan"), count=0)
-
-
-@dataclass
-class GFlopsMeter:
-    """Accumulates per-sample and padded GFLOPs over an evaluation (call `add` after every batch).
-
-    Every sample of a batch is one view. Give `video_ids` (one per sample) to also get per-video totals
-    (the sum over that video's views, which is what the papers' "GFLOPs" column means for ATS);
-    without them the totals are the per-view figures x clips x crops.
-    """
-
-    samples: list = field(default_factory=list)
-    padded_sum: float = 0.0
-    per_video: Dict[object, float] = field(default_factory=dict)
-
-    def add(self, per: Tensor, padded: float, video_ids: Optional[Sequence[object]] = None) -> None:
-        """Add a batch's per-sample and padded GFLOPs (as `runner.account` gives them)."""
-        self.samples.extend(per.tolist())
-        self.padded_sum += padded * len(per)
-        if video_ids is not None:
-            if len(video_ids) != len(per):
-                raise VideoATSError(f"{len(video_ids)} video ids for a batch of {len(per)} samples")
-            for vid, g in zip(video_ids, per.tolist()):
-                self.per_video[vid] = self.per_video.get(vid, 0.0) + g
-
-    def summary(self, views: Tuple[int, int] = (1, 1)) -> Dict[str, object]:
-        per_view = _spread(self.samples)
-        n = views[0] * views[1]
-        padded = self.padded_sum / len(self.samples) if self.samples else float("nan")
-        if self.per_video:
-            total, how = _spread(self.per_video.values()), "sum over each video's views"
-        else:
-            total = {k: (v * n if k != "count" else v) for k, v in per_view.items()}
-            how = "per view x clips x crops"
-        return dict(convention=CONVENTION, views=f"{views[0]}x{views[1]}", per_view=per_view, total=total,
-                    total_is=how, padded_per_view=padded, padded_total=padded * n)

@@ -45,6 +45,8 @@ SAMPLERS = ("eager", "compiled")
 SELECTIONS = ("inverse_transform", "top_k", "random", "evit", "tome")
 # selections that let a block attend over every token and reduce them after attention, before the MLP
 AFTER_ATTENTION = ("evit", "tome")
+# how tables, plots and messages name a selection
+METHOD_NAMES = {"inverse_transform": "ATS", "top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}
 OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection", "seed")
 
 
@@ -137,7 +139,7 @@ class ATSConfig:
         b = list(self.blocks)
         blocks = f"{b[0]}-{b[-1]}" if b == list(range(b[0], b[-1] + 1)) and len(b) > 1 else ",".join(map(str, b))
         tokens = self.tokens if not isinstance(self.tokens, (list, tuple)) else "/".join(map(str, self.tokens))
-        method = {"top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}.get(self.selection, "ATS")
+        method = METHOD_NAMES[self.selection]
         return f"{method} {self.variant} b{blocks} k{tokens}"
 
 

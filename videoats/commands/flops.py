@@ -14,7 +14,7 @@ import torch
 
 from .. import create_model, load_checkpoint
 from .. import flops as fl
-from ..ats.core import MODES
+from ..ats.core import METHOD_NAMES, MODES
 from ..config import get_cfg
 from ..data import ClipSettings
 from ..data.clips import parse_views
@@ -267,15 +267,15 @@ def format_flops(r: dict) -> str:
     if ats:
         c = ats["config"]
         ps, pt = ats["per_sample_per_view"], ats["per_sample_total"]
-        picked = {"top_k": ", top-k selection", "random": f", random selection (seed {c['seed']})"}.get(
-            c["selection"], "")
-        lines += ["", f"  ATS blocks {c['blocks']}, tokens {c['tokens']}, variant {c['variant']}{picked}, "
+        name = METHOD_NAMES[c["selection"]]
+        seed = f" (seed {c['seed']})" if c["selection"] == "random" else ""
+        lines += ["", f"  {name}{seed} at blocks {c['blocks']}, tokens {c['tokens']}, variant {c['variant']}, "
                       f"{c['layout']} layout; {ats['samples']} samples", f"  input: {ats['input']}",
                   f"  weights: {ats['weights']}"]
         lines.append(f"  total = {ats['total_is']}")
         for key in ("mean", "min", "max"):
-            lines.append(f"  {'ATS per sample, ' + key:<34} {_g(ps[key]):>12} {_g(pt[key]):>14}")
-        lines.append(f"  {'ATS padded batch (what it computed)':<34} {_g(ats['padded_per_view']):>12} "
+            lines.append(f"  {name + ' per sample, ' + key:<34} {_g(ps[key]):>12} {_g(pt[key]):>14}")
+        lines.append(f"  {name + ' padded batch (what it computed)':<34} {_g(ats['padded_per_view']):>12} "
                      f"{_g(ats['padded_total']):>14}")
         lines.append(f"  saving vs dense (per-sample mean): {ats['saving_vs_dense_pct']:.1f}%")
         kt = ", ".join(f"{b}: {v['mean']:.1f} [{v['min']:.0f}-{v['max']:.0f}]" for b, v in ats["kept_tokens"].items())
