@@ -24,26 +24,31 @@ def _p(method, budget, seed, top1, gflops, correct, stage="off-the-shelf"):
 
 def test_paired_rows_by_hand():
     points = [
+        _p("inverse_transform", 0.3, 0, 50.0, 0.09, [1, 1, 0, 0]),
         _p("inverse_transform", 0.5, 0, 75.0, 0.10, [1, 1, 1, 0]),
         _p("top_k", 0.3, 0, 25.0, 0.08, [1, 0, 0, 0]),
         _p("top_k", 0.5, 0, 50.0, 0.12, [1, 0, 0, 1]),
-        # random: seed 0 right where ATS is wrong, seed 1 never; off the shelf both pair with ATS's only point
+        # random: off the shelf both seeds pair with ATS's only seed
         _p("random", 0.3, 0, 25.0, 0.09, [0, 0, 0, 1]),
         _p("random", 0.5, 0, 50.0, 0.11, [0, 0, 1, 1]),
         _p("random", 0.3, 1, 0.0, 0.09, [0, 0, 0, 0]),
         _p("random", 0.5, 1, 0.0, 0.11, [0, 0, 0, 0]),
     ]
-    rows = paired_rows(points, "inverse_transform", ["inverse_transform", "top_k", "random"])
-    row = next(r for r in rows if r["budget"] == 0.5)
-    # top-k at 0.5: ATS alone right on clips 1, 2; top-k alone on clip 3. At ATS's 0.10 GFLOPs top-k's curve is
-    # half way from (0.08, 25) to (0.12, 50): 37.5, so ATS leads by 37.5
-    assert row["top_k"]["pairs"] == [dict(seed=0, reference_only=2, other_only=1, difference_at_reference_gflops=37.5)]
-    # random: 0.10 is half way from 0.09 to 0.11: seed 0 reads 37.5 (ATS +37.5), seed 1 reads 0 (ATS +75)
-    assert [(p["seed"], p["reference_only"], p["other_only"], p["difference_at_reference_gflops"])
-            for p in row["random"]["pairs"]] == [(0, 2, 1, 37.5), (1, 3, 0, 75.0)]
-    assert row["random"]["difference"] == dict(mean=56.25, min=37.5, max=75.0, n=2)
-    # at 0.3 ATS has no point: nothing to pair
-    assert next(r for r in rows if r["budget"] == 0.3)["top_k"]["pairs"] == []
+    rows = {r["budget"]: r for r in paired_rows(points, "inverse_transform", ["inverse_transform", "top_k", "random"])}
+    pairs = lambda budget, m: [(p["seed"], p["reference_only"], p["other_only"], p["difference_at_reference_gflops"],  # noqa
+                                p["difference_at_other_gflops"]) for p in rows[budget][m]["pairs"]]
+    # budget 0.5. top-k: ATS alone right on clips 1, 2, top-k alone on clip 3; at ATS's 0.10 GFLOPs top-k's curve
+    # is half way from (0.08, 25) to (0.12, 50): 37.5, so ATS leads by 37.5; top-k's 0.12 is beyond ATS's curve
+    assert pairs(0.5, "top_k") == [(0, 2, 1, 37.5, None)]
+    # random seed 0 reads 37.5 half way from 0.09 to 0.11 (ATS +37.5), seed 1 reads 0 (ATS +75)
+    assert pairs(0.5, "random") == [(0, 2, 1, 37.5, None), (1, 3, 0, 75.0, None)]
+    assert rows[0.5]["random"]["difference"] == dict(mean=56.25, min=37.5, max=75.0, n=2)
+    # budget 0.3: top-k's curve at 0.09 is a quarter of the way: 31.25 (ATS +18.75); its 0.08 is below ATS's curve.
+    # random's points sit at ATS's 0.09, where ATS's curve reads 50: +25 and +50 both ways
+    assert pairs(0.3, "top_k") == [(0, 1, 0, 18.75, None)]
+    assert pairs(0.3, "random") == [(0, 2, 1, 25.0, 25.0), (1, 2, 0, 50.0, 50.0)]
+    assert rows[0.3]["random"]["difference_at_other"] == dict(mean=37.5, min=25.0, max=50.0, n=2)
+    assert rows[0.3]["top_k"]["difference_at_other"] == dict(mean=None, min=None, max=None, n=0)
 
 
 def test_a_fine_tuned_seed_pairs_with_the_same_seed():
@@ -52,6 +57,7 @@ def test_a_fine_tuned_seed_pairs_with_the_same_seed():
     pairs = paired_rows(points, "inverse_transform", ["inverse_transform", "evit"])[0]["evit"]["pairs"]
     assert [(p["seed"], p["reference_only"], p["other_only"]) for p in pairs] == [(0, 0, 1), (1, 1, 0)]
     assert [p["difference_at_reference_gflops"] for p in pairs] == [0.0, 1.0]
+    assert [p["difference_at_other_gflops"] for p in pairs] == [0.0, 1.0]
 
 
 def _predictions(folder):
@@ -100,6 +106,12 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     assert len(doc["wall_clock"]) == 1 + len(methods) * 2
     assert all(t["seconds_per_view"] > 0 for t in doc["wall_clock"])
     assert os.path.getsize(doc["plot"]) > 0
+    # a second run reads every evaluation and fine-tune back: the same points, no weights written again
+    written = {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("last.pt")}
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["points"] == doc["points"] and again["paired"] == doc["paired"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("last.pt")} == written
 
 
 @pytest.mark.parametrize("flag,value,message", [("--methods", "ats,evit", "choose from"),

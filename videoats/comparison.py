@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .ats.core import METHOD_NAMES, SELECTIONS
+from .atomic import atomic_write_text
 from .checkpoint import load_weights
 from .config import apply_overrides, ats_from_cfg
 from .data import build_dataset
@@ -89,14 +90,29 @@ def _correct(results_dir: str) -> np.ndarray:
 
 
 def _point(cfg, checkpoint: str, out: str, **label) -> dict:
+    """One evaluation's point; a folder that holds the same evaluation (the same config and the same weights
+    file, unchanged) is read back instead, so an interrupted or extended comparison redoes nothing."""
+    stat = os.stat(checkpoint) if os.path.isfile(checkpoint) else None
+    key = dict(config=cfg.dump(), checkpoint=os.path.abspath(checkpoint),
+               weights=None if stat is None else [stat.st_size, stat.st_mtime_ns])
+    marker = os.path.join(out, "point.json")
+    try:
+        with open(marker) as f:
+            done = json.load(f)
+        if done["key"] == key:
+            return dict(done["point"], correct=_correct(out))
+    except (OSError, ValueError, KeyError):
+        pass
     started = time.perf_counter()
     result = evaluate(cfg, checkpoint=checkpoint, output_dir=out, progress=False)
     g = result["gflops"]
     spread = (g.get("adaptive") or {}).get("per_view") or dict(mean=g["per_view"], min=g["per_view"],
                                                                max=g["per_view"])
-    return dict(label, top1=result["metrics"]["video"]["top1"], gflops_mean=spread["mean"],
-                gflops_min=spread["min"], gflops_max=spread["max"], eval_seconds=round(time.perf_counter() - started, 2),
-                correct=_correct(out))
+    point = dict(label, top1=result["metrics"]["video"]["top1"], gflops_mean=spread["mean"],
+                 gflops_min=spread["min"], gflops_max=spread["max"],
+                 eval_seconds=round(time.perf_counter() - started, 2))
+    atomic_write_text(marker, json.dumps(dict(key=key, point=point)))
+    return dict(point, correct=_correct(out))
 
 
 def _finetuned(plan: Plan, method: str, seed: int, say) -> str:
@@ -166,14 +182,14 @@ def wall_clock(plan: Plan, say) -> List[dict]:
     return rows
 
 
-def _at_gflops(points: List[dict], gflops: float) -> float:
-    """A curve's top-1 at `gflops`, linear between its points (nan outside them)."""
-    xs, ys = zip(*sorted((p["gflops_mean"], p["top1"]) for p in points))
-    return float(np.interp(gflops, xs, ys)) if xs[0] <= gflops <= xs[-1] else float("nan")
+def _gap(top1: float, curve: List[dict], gflops: float) -> Optional[float]:
+    """`top1` minus the curve's top-1 at `gflops` (linear between its points); None outside the curve."""
+    xs, ys = zip(*sorted((p["gflops_mean"], p["top1"]) for p in curve))
+    return round(top1 - float(np.interp(gflops, xs, ys)), 3) if xs[0] <= gflops <= xs[-1] else None
 
 
 def _spread(values: Sequence[float]) -> dict:
-    v = [x for x in values if x == x]
+    v = [x for x in values if x is not None]
     if not v:
         return dict(mean=None, min=None, max=None, n=0)
     return dict(mean=round(float(np.mean(v)), 3), min=round(min(v), 3), max=round(max(v), 3), n=len(v))
@@ -181,9 +197,11 @@ def _spread(values: Sequence[float]) -> dict:
 
 def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> List[dict]:
     """For every stage and budget, `reference` against each other method, per seed: the clips only the
-    reference gets right and only the other does (same budget), and reference top-1 minus the other's top-1
-    read at the reference's mean GFLOPs, with the mean and range over seeds. Off the shelf a deterministic
-    method has one point, paired with every seed of a seeded one; fine-tuned, seed s pairs with seed s."""
+    reference gets right and only the other does (same budget), and the reference's top-1 minus the other's at
+    equal GFLOPs, both ways: the other's curve read at the reference point's mean GFLOPs, and the other's point
+    against the reference's curve (None where a point lies outside the other curve), with the mean and range
+    over seeds. Off the shelf a deterministic method has one point, paired with every seed of a seeded one;
+    fine-tuned, seed s pairs with seed s."""
     rows = []
     for stage in STAGES:
         here = [p for p in points if p["stage"] == stage]
@@ -202,13 +220,16 @@ def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> L
                     mine = [r for r in refs if r["seed"] == other["seed"]] or refs
                     curve = [p for p in here if p["method"] == method and p["seed"] == other["seed"]]
                     for ref in mine[:1]:
+                        ref_curve = [p for p in here if p["method"] == reference and p["seed"] == ref["seed"]]
+                        at_other = _gap(other["top1"], ref_curve, other["gflops_mean"])
                         pairs.append(dict(seed=other["seed"],
                                           reference_only=int((ref["correct"] & ~other["correct"]).sum()),
                                           other_only=int((~ref["correct"] & other["correct"]).sum()),
-                                          difference_at_reference_gflops=round(
-                                              ref["top1"] - _at_gflops(curve, ref["gflops_mean"]), 3)))
-                row[method] = dict(pairs=pairs, difference=_spread([p["difference_at_reference_gflops"]
-                                                                    for p in pairs]))
+                                          difference_at_reference_gflops=_gap(ref["top1"], curve, ref["gflops_mean"]),
+                                          difference_at_other_gflops=None if at_other is None else -at_other))
+                row[method] = dict(pairs=pairs,
+                                   difference=_spread([p["difference_at_reference_gflops"] for p in pairs]),
+                                   difference_at_other=_spread([p["difference_at_other_gflops"] for p in pairs]))
             rows.append(row)
     return rows
 

@@ -117,7 +117,8 @@ def human(doc: dict) -> str:
     d, ref = doc["dense"], doc["methods"][0]
     lines = [f"dense: top-1 {d['top1']:.2f}% at {d['gflops_mean']:.4f} GFLOPs/view; {doc['clips']} test clips",
              f"{NAMES[ref]} against each method: clips only {NAMES[ref]} / only the other gets right (same budget, "
-             f"per seed); {NAMES[ref]} top-1 minus the other's at {NAMES[ref]}'s GFLOPs (mean [min, max] over seeds)"]
+             f"per seed); {NAMES[ref]} top-1 minus the other's at equal GFLOPs, read at {NAMES[ref]}'s point | at "
+             "the other's (mean [min, max] over seeds; n/a: outside the other curve)"]
     for row in doc["paired"]:
         parts = []
         for method in doc["methods"][1:]:
@@ -125,9 +126,9 @@ def human(doc: dict) -> str:
             if not r or not r["pairs"]:
                 continue
             counts = " ".join(f"{p['reference_only']}/{p['other_only']}" for p in r["pairs"])
-            diff = r["difference"]
-            gap = "n/a" if diff["mean"] is None else f"{diff['mean']:+.2f} [{diff['min']:+.2f}, {diff['max']:+.2f}]"
-            parts.append(f"{NAMES[method]} {counts} {gap}")
+            gaps = " | ".join("n/a" if d["mean"] is None else f"{d['mean']:+.2f} [{d['min']:+.2f}, {d['max']:+.2f}]"
+                              for d in (r["difference"], r["difference_at_other"]))
+            parts.append(f"{NAMES[method]} {counts} {gaps}")
         lines.append(f"{row['stage']:<13} budget {row['budget']:<4} " + "; ".join(parts))
     lines.append("seconds per view (forward pass, one batch): " + ", ".join(
         f"{NAMES.get(t['method'], t['method'])}" + ("" if t["budget"] is None else f"@{t['budget']}") +
