@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import videoats  # noqa: E402
 from videoats import apply_ats  # noqa: E402
 from videoats.ats import kept_tokens  # noqa: E402
+from videoats.ats.core import SELECTIONS  # noqa: E402
 from videoats.flops import dense_gflops, fvcore_count, padded_gflops, sample_gflops  # noqa: E402
 from videoats.profiling import count_ops, profile_ops  # noqa: E402
 
@@ -169,7 +170,10 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="timesformer_8x224")
     p.add_argument("--variant", default=None, help="tube | frame | joint (video), image (image models)")
     p.add_argument("--blocks", default=None, help="comma-separated ATS blocks (default: 4..11, DeiT 3..11)")
-    p.add_argument("--tokens", type=float, default=0.7, help="budget: ratio <= 1 or a count (CLS included)")
+    p.add_argument("--tokens", default="0.7",
+                   help="budget: ratio <= 1 or a count (CLS included); one, or one per block, comma-separated")
+    p.add_argument("--selection", choices=SELECTIONS, default="inverse_transform",
+                   help="how the blocks reduce tokens: ATS, top_k, random, evit or tome")
     p.add_argument("--mode", choices=("trim", "static"), default="trim",
                    help="pruned layout: trim (pad to the batch's largest count, one device read per stage) or "
                         "static (widths from the budget: no device read, compiles as one graph)")
@@ -213,8 +217,9 @@ def main(argv=None) -> dict:
     size = model.img_size if video else model.patch_embed.img_size[0]
     shape = (3, model.num_frames, size, size) if video else (3, size, size)
     dense_g = dense_gflops(model, shape)
-    ats = dict(blocks=blocks, tokens=args.tokens if args.tokens <= 1 else int(args.tokens), variant=args.variant,
-               mode=args.mode, sampler=args.sampler)
+    tokens = [float(t) if float(t) <= 1 else int(float(t)) for t in args.tokens.split(",")]
+    ats = dict(blocks=blocks, tokens=tokens[0] if len(tokens) == 1 else tokens, variant=args.variant,
+               mode=args.mode, sampler=args.sampler, selection=args.selection)
     dense_model = model.to(device)
     ats_model = apply_ats(copy.deepcopy(model), ats)
     dtype = DTYPES[args.dtype]

@@ -6,6 +6,9 @@
 #                                      a minute or two, and one command gets at most 10 minutes)
 #   tools/gpu_checks.sh trim           bench_ats, trim mode, eager (one device read per stage)
 #   tools/gpu_checks.sh sampler        bench_ats, trim mode, each stage compiled (ATS.SAMPLER compiled)
+#   tools/gpu_checks.sh reducers       bench_ats, trim mode: ATS, top-k, random, EViT and ToMe at the same blocks and
+#                                      budget (TimeSformer tube), EViT and ToMe at their DeiT-S settings; then
+#                                      `videoats compare` on the embedded benchmark (wall clock next to GFLOPs)
 # Results go to $OUT (or ./gpu_out): logs and one JSON line per bench_ats run. Python packages missing on
 # the GPU machine (fvcore and its needs, av, decord) travel as wheels in .whl (see the device README).
 set -uo pipefail
@@ -53,8 +56,19 @@ case "${1:-tests}" in
         done
         bench --model deit_small_patch16_224 --mode trim --sampler compiled --batch-sizes 1,64,256
         ;;
+    reducers)
+        for s in inverse_transform top_k random evit tome; do
+            bench --model timesformer_8x224 --variant tube --mode trim --selection "$s" --batch-sizes 1,8,32
+        done
+        bench --model deit_small_patch16_224 --mode trim --selection evit --blocks 3,6,9 --tokens 0.7 \
+            --batch-sizes 1,64,256
+        bench --model deit_small_patch16_224 --mode trim --selection tome --blocks 0,1,2,3,4,5,6,7,8,9,10,11 \
+            --tokens 184,171,158,145,132,119,106,93,80,67,54,41 --batch-sizes 1,64,256
+        python3 -m videoats.cli compare --budgets 0.3,0.5,0.7 --seeds 0 --output "$out/compare" \
+            > "$out/compare.txt" 2>&1 || echo "failed: compare" | tee -a "$out/bench.err"
+        ;;
     *)
-        echo "usage: tools/gpu_checks.sh tests|static|static-xvit|trim|sampler" >&2
+        echo "usage: tools/gpu_checks.sh tests|static|static-xvit|trim|sampler|reducers" >&2
         exit 2
         ;;
 esac

@@ -33,6 +33,7 @@ from .evaluation.plots import _pyplot
 from .figures import finish_scaling_plot
 from .models.ats_patch import apply_ats
 from .models.build import build_from_cfg
+from .runtime import resolve_device
 from .train.loop import train
 
 NAMES = METHOD_NAMES
@@ -167,7 +168,7 @@ def _timing_views(cfg, count: int) -> torch.Tensor:
 def wall_clock(plan: Plan, say) -> List[dict]:
     """Seconds per view of the dense model and of every method at every budget (the given weights, one batch
     of test views, on the CPU or the config's device)."""
-    device = torch.device("cuda" if torch.cuda.is_available() and plan.cfg.DEVICE != "cpu" else "cpu")
+    device = resolve_device(plan.cfg)
     views = _timing_views(plan.cfg, plan.timing_views).to(device)
     model = build_from_cfg(plan.cfg, with_ats=False).eval()
     load_weights(model, plan.checkpoint)

@@ -20,7 +20,7 @@ from ..inference.shipped import CHECKPOINT, ats_overrides, provenance
 from ..paths import cache_dir, check_output_dir, declare_outputs
 
 METHODS = ",".join(SELECTIONS)
-BUDGETS = "0.3,0.4,0.5,0.6,0.7"
+BUDGETS = "0.1,0.2,0.3,0.5,0.7"
 
 
 def register(subparsers) -> None:
