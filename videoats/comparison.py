@@ -123,13 +123,13 @@ def _finetuned(plan: Plan, method: str, seed: int, say) -> str:
     cfg.OUTPUT_DIR = os.path.join(plan.output, "finetune", f"{method}_seed{seed}")
     apply_overrides(cfg, ["TRAIN.CHECKPOINT_FILE", plan.checkpoint, "TRAIN.EPOCHS", str(ft.epochs),
                           "SEED", str(seed), "TRAIN.FINAL_TEST", "False", "TRAIN.EVAL_PERIOD", "0"])
-    best = os.path.join(cfg.OUTPUT_DIR, "checkpoints", "last.pt")
-    if not os.path.isfile(best):
+    weights = os.path.join(cfg.OUTPUT_DIR, "checkpoints", "last.pt")  # no validation split: the last weights
+    if not os.path.isfile(weights):
         started = time.perf_counter()
         train(cfg, progress=False, echo=lambda s: None)
         say(f"fine-tuned {NAMES[method]} (seed {seed}, budget {ft.budget}, {ft.epochs} epochs) in "
             f"{time.perf_counter() - started:.0f} s")
-    return best
+    return weights
 
 
 def time_forward(model, views: torch.Tensor, repeats: int = 7) -> float:

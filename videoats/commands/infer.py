@@ -17,6 +17,7 @@ import sys
 from tqdm import tqdm
 
 from ._args import accept_overrides, add_common, add_inference_args, inference_overrides
+from ..ats.core import METHOD_NAMES
 from ..errors import VideoATSError
 from ..inference.predict import describe_run, infer_videos
 from ..data.decoding import DecodeFailure
@@ -196,7 +197,7 @@ def header_lines(run: dict) -> list:
     """The setting and views every answer of a run shares."""
     ats = run.get("ats")
     tokens = ats["tokens"] if ats and isinstance(ats["tokens"], (list, tuple)) else [ats["tokens"]] if ats else []
-    ats_text = (f"ATS {ats['variant']} at blocks {', '.join(str(b) for b in ats['blocks'])}, budget "
+    ats_text = (f"{METHOD_NAMES[ats.get('selection', 'inverse_transform')]} {ats['variant']} at blocks {', '.join(str(b) for b in ats['blocks'])}, budget "
                 f"{', '.join(f'{t:g}' for t in tokens)} (--ats off: dense)" if ats else "dense (no ATS)")
     lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})",
              ats_text]

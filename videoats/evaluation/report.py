@@ -14,6 +14,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..ats.core import METHOD_NAMES
 from ..atomic import atomic_write_text
 from ..config import cfg_to_yaml
 from ..flops import CONVENTION
@@ -240,9 +241,10 @@ def format_summary(doc: dict) -> str:
         a = g.get("adaptive")
         if a:
             pv, pt = a["per_view"], a["per_video_total"]
-            lines += [f"{'  ATS per view mean/min/max':<38}{number_text(pv['mean'])} / {number_text(pv['min'])} / "
-                      f"{number_text(pv['max'])}",
-                      f"{'  ATS per video (all views) mean':<38}{number_text(pt['mean'])}   "
+            name = METHOD_NAMES[(doc["model"].get("ats") or {}).get("selection", "inverse_transform")]
+            lines += [f"{'  ' + name + ' per view mean/min/max':<38}{number_text(pv['mean'])} / "
+                      f"{number_text(pv['min'])} / {number_text(pv['max'])}",
+                      f"{'  ' + name + ' per video (all views) mean':<38}{number_text(pt['mean'])}   "
                       f"(min {number_text(pt['min'])}, max {number_text(pt['max'])})",
                       f"{'  dense per view / total':<38}{number_text(g['dense_per_view'])} / "
                       f"{number_text(g['dense_total'])}"
