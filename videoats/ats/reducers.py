@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .sampler import budget_count
-from .stage import select_keep
+from .stage import select_keep, tube_scores
 
 
 class MergePlan(NamedTuple):
@@ -63,11 +63,6 @@ def cls_attention(q_cls: Tensor, k: Tensor, scale: float, key_valid: Optional[Te
     return logits.softmax(dim=-1).mean(dim=1)[:, 1:]
 
 
-def _frame_tube_scores(attn: Tensor) -> Tensor:
-    """(B, T, L) attention -> (B, L): normalised over each frame's tokens, summed over frames (the tube rule)."""
-    return (attn / attn.sum(dim=2, keepdim=True).clamp_min(1e-12)).sum(dim=1)
-
-
 def evit_plan(attn: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
               min_tokens: int) -> MergePlan:
     """EViT on a grid: attn (B, T, L) is `cls_attention` per frame (0 where absent; it may carry autograd, which
@@ -82,7 +77,7 @@ def evit_plan(attn: Tensor, valid: Optional[Tensor], variant: str, budget: float
         a = torch.where(present, attn.detach().clamp_min(torch.finfo(attn.dtype).tiny), 0.0)
         kept = select_keep(a, valid, variant, budget, slots0, min_tokens, selection="top_k")
         dropped = present & ~kept
-        rank = _frame_tube_scores(a)[:, None, :].expand(b, t, l) if variant == "tube" else a
+        rank = tube_scores(a)[:, None, :].expand(b, t, l) if variant == "tube" else a
         fused = rank.masked_fill(~dropped, float("-inf")).argmax(dim=2, keepdim=True)  # (B, T, 1)
         fuses = dropped.any(dim=2, keepdim=True)
         slot = torch.arange(l, device=a.device).expand(b, t, l)

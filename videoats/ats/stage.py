@@ -19,6 +19,13 @@ from .sampler import (cls_significance, host_draws, inverse_transform_sample, ne
                       top_k_sample)
 
 
+def tube_scores(scores: Tensor) -> Tensor:
+    """The `tube` rule: per-frame scores (B, T, L) (0 for absent tokens), each frame's normalised to sum 1 so that
+    every frame has the same say, summed over frames -> (B, L), one score per location."""
+    per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
+    return per_frame.sum(dim=1)
+
+
 def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: float, slots0: int,
                 min_tokens: int, selection: str = "inverse_transform") -> Tensor:
     """Sample one stage: significance scores (B, T, L) (0 for absent tokens), or with `selection="random"`
@@ -34,8 +41,7 @@ def select_keep(scores: Tensor, valid: Optional[Tensor], variant: str, budget: f
         if by_keys:  # a location's key is the same in every frame where it is present (absent: -1)
             rows, ref = scores.amax(dim=1), slots0 + 1
         else:
-            per_frame = scores / scores.sum(dim=2, keepdim=True).clamp_min(1e-12)
-            rows, ref = per_frame.sum(dim=1), slots0 + 1
+            rows, ref = tube_scores(scores), slots0 + 1
         present = None if valid is None else valid.any(dim=1)
     elif variant == "joint":
         rows, ref = scores.reshape(b, t * l), t * slots0 + 1
