@@ -235,6 +235,12 @@ def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> L
     return rows
 
 
+def _bars(centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """matplotlib's error bar lengths (below, above), never negative: the mean of equal floats can miss them by
+    a rounding step."""
+    return np.maximum(0.0, [centre - low, high - centre])
+
+
 def plot(doc: dict, path: str) -> str:
     """Top-1 against mean GFLOPs per view, one panel per stage: a curve per method (mean over seeds, the
     vertical bar their range), each point's horizontal bar the per-sample GFLOPs range."""
@@ -253,7 +259,7 @@ def plot(doc: dict, path: str) -> str:
                           min(p["top1"] for p in v), max(p["top1"] for p in v),
                           min(p["gflops_min"] for p in v), max(p["gflops_max"] for p in v)) for v in by_budget.values())
             x, y, lo, hi, gmin, gmax = map(np.array, zip(*pts))
-            ax.errorbar(x, y, xerr=[x - gmin, gmax - x], yerr=[y - lo, hi - y], fmt="os^vD"[i % 5] + "-",
+            ax.errorbar(x, y, xerr=_bars(x, gmin, gmax), yerr=_bars(y, lo, hi), fmt="os^vD"[i % 5] + "-",
                         capsize=2, elinewidth=0.7, label=NAMES[method])
         title = f"{stage}; {doc['clips']} test clips; bars: seeds (top-1), per-sample range (GFLOPs)"
         finish_scaling_plot(plt, fig, ax, (doc["dense"]["gflops_mean"], doc["dense"]["top1"]), title, None)
@@ -304,7 +310,8 @@ def compare(plan: Plan, say: Callable[[str], None] = print) -> dict:
                dict(epochs=plan.finetune.epochs, budget=plan.finetune.budget),
                dense=_public(dense), points=[_public(p) for p in points], wall_clock=timing,
                paired=paired_rows(points, plan.methods[0], plan.methods), notes=plan.notes)
+    document = os.path.join(plan.output, "comparison.json")
+    atomic_write_text(document, json.dumps(doc, indent=1))  # first, so that no measurement waits on the plot
     doc["plot"] = plot(doc, os.path.join(plan.output, "top1_vs_gflops.png"))
-    with open(os.path.join(plan.output, "comparison.json"), "w") as f:
-        json.dump(doc, f, indent=1)
+    atomic_write_text(document, json.dumps(doc, indent=1))
     return doc
