@@ -134,3 +134,19 @@ def test_reasons_are_true(tmp_path, bad_videos):
         with pytest.raises(DecodeFailure) as e:
             refuse_truncated(meta)
         assert e.value.reason == "corrupt" and e.value.detail == "truncated: the file ends inside a packet (12 of 40 frames decodable)"
+
+
+def test_after_a_decord_failure_the_process_ends_without_native_teardown():
+    """A decord reader that failed mid-decode can abort the interpreter's teardown (exit -6, "terminate called
+    without an active exception") after the command reported the file: `console_main` then ends the process
+    with the command's own code, its output flushed, and no teardown (an atexit handler shows whether it ran).
+    Without a failure the teardown runs as usual."""
+    script = ("import atexit, sys; from videoats import cli; from videoats.data import decoding; "
+              "atexit.register(lambda: print('teardown', flush=True)); "
+              "cli.main = lambda: (print('answer', end=''), 7)[1]; "
+              "decoding._DECORD_FAILED.set() if sys.argv[1] == 'failed' else None; cli.console_main()")
+    for state, teardown in (("failed", False), ("fine", True)):
+        proc = subprocess.run([sys.executable, "-c", script, state], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        assert proc.returncode == 7 and proc.stdout.startswith("answer")
+        assert ("teardown" in proc.stdout) == teardown

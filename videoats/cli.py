@@ -23,6 +23,7 @@ from . import __version__
 from .commands import compare, convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd, visualize
 from .commands import prepare_kinetics
 from .config import get_cfg
+from .data.decoding import decord_failed
 from .errors import VideoATSError
 from .paths import check_declared
 
@@ -206,5 +207,19 @@ def train_net_main(argv=None) -> int:
     return main(["train"] + list(sys.argv[1:] if argv is None else argv))
 
 
+def console_main() -> None:
+    """The `videoats` executable: `main`, then exit with its code. After decord failed on a file, the process
+    ends without the interpreter's native teardown (output and logs flushed first): a decord reader that failed
+    mid-decode can leave a native thread that aborts that teardown ("terminate called without an active
+    exception", exit -6) after the command has already reported the file."""
+    code = main()
+    if decord_failed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -267,6 +267,16 @@ def scan_container(path: str) -> Optional[ContainerScan]:
         return ContainerScan(times - first, count, int(stream.frames or 0), damage)
 
 
+_DECORD_FAILED = threading.Event()  # set once a decord call raised in this process (`decord_failed`)
+
+
+def decord_failed() -> bool:
+    """Whether a decord call raised in this process. A reader that failed mid-decode can leave a native thread
+    that aborts the interpreter's teardown ("terminate called without an active exception", exit -6) after the
+    command has finished; the CLI then ends the process without that teardown (`cli.console_main`)."""
+    return _DECORD_FAILED.is_set()
+
+
 def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int,
                  transform: Optional["FrameTransform"] = None):
     """decord's get_batch in chunks of at most DECORD_CHUNK_BYTES of frames.
@@ -289,6 +299,7 @@ def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int
             return _decord.VideoReader(path, ctx=_decord.cpu(0), width=width, height=height,
                                        num_threads=num_threads)
         except decoder_errors() + (RuntimeError,) as e:  # decord says "Error reading" with a bare RuntimeError
+            _DECORD_FAILED.set()
             raise DecodeFailure("corrupt", f"decord cannot open it ({_first_line(e)})") from None
 
     reader = open_reader()
@@ -307,6 +318,7 @@ def _read_decord(path: str, pick: IndexPicker, short_side: int, num_threads: int
         try:
             batch = reader.get_batch(wanted).asnumpy()
         except decoder_errors() + (RuntimeError,) as e:
+            _DECORD_FAILED.set()
             raise DecodeFailure("corrupt", f"decord get_batch failed ({_first_line(e)})") from None
         if batch.shape[0] != len(wanted):
             raise DecodeFailure("corrupt", f"decord returned {batch.shape[0]} of {len(wanted)} frames")
