@@ -2,9 +2,9 @@
 their papers' schedules and against the published figures, fvcore against the analytic count in every layout,
 and the static layout captured whole.
 
-Published: EViT DeiT-S, keep rate 0.7 at blocks 4, 7 and 10 (0-based 3, 6, 9): 3.0 GFLOPs (Liang et al., ICLR
-2022, Table 1; the EViT README); ToMe DeiT-S r = 13: 2.7 GFLOPs (Bolya et al., ICLR 2023, the off-the-shelf
-DeiT rows; paperswithcode lists 79.4% at 2.7 G).
+Published: EViT DeiT-S, keep rate 0.7 at blocks 4, 7 and 10 (0-based 3, 6, 9): 79.5% at 3.0 GFLOPs (Liang et
+al., ICLR 2022, and its README); ToMe DeiT-S r = 13: 79.4% at 2.7 GFLOPs (Bolya et al., ICLR 2023, as
+paperswithcode lists it). See ../shared/reference/token-reduction-peers.md.
 """
 from __future__ import annotations
 
