@@ -34,7 +34,6 @@ from .figures import finish_scaling_plot
 from .models.ats_patch import apply_ats
 from .models.build import build_from_cfg
 from .runtime import resolve_device
-from .train.loop import train
 
 NAMES = METHOD_NAMES
 SEEDED = ("random",)  # off the shelf, only the random draw depends on a seed
@@ -125,6 +124,10 @@ def _finetuned(plan: Plan, method: str, seed: int, say) -> str:
                           "SEED", str(seed), "TRAIN.FINAL_TEST", "False", "TRAIN.EVAL_PERIOD", "0"])
     weights = os.path.join(cfg.OUTPUT_DIR, "checkpoints", "last.pt")  # no validation split: the last weights
     if not os.path.isfile(weights):
+        # imported here, as `videoats train` does: the training loop brings TensorBoard, which nothing else of a
+        # comparison (nor the CLI's start) needs
+        from .train.loop import train
+
         started = time.perf_counter()
         train(cfg, progress=False, echo=lambda s: None)
         say(f"fine-tuned {NAMES[method]} (seed {seed}, budget {ft.budget}, {ft.epochs} epochs) in "
