@@ -327,3 +327,21 @@ def test_evit_tome_that_keep_everything_are_the_dense_model(name, mode, selectio
     expected = analytic_gflops(model) + extra / 1e9
     assert torch.allclose(sample_gflops(model, x), torch.tensor(expected, dtype=torch.float64),
                           rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("selection", ["evit", "tome"])
+@pytest.mark.parametrize("name", MODELS)
+def test_activation_checkpointing_reruns_a_reducing_block_alike(name, selection):
+    """Training with activation checkpointing runs every block again in backward, after the later blocks moved
+    ToMe's host state (token count, sizes) on: the re-run must start from the state its first run had, so the
+    gradients are those of training without checkpointing."""
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = videoats.create_model(name)
+        videoats.apply_ats(model, dict(blocks=[1, 2, 3], tokens=0.6, selection=selection, variant="frame"))
+        model.train().set_grad_checkpointing(checkpointing)
+        torch.manual_seed(1)
+        model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)

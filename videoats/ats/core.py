@@ -264,6 +264,9 @@ class SamplingRun:
         # known on the host; and the tokens' sizes (B, T, W) once a merge has made them differ (None before)
         self.count = int(slots)  # a traced shape (torch.jit.trace, fvcore) is a tensor: `-=` would change `slots0`
         self.sizes: Optional[Tensor] = None
+        # (count, sizes) entering each ToMe block: activation checkpointing runs a block again in backward, long
+        # after later blocks moved the state on, and the re-run must start where the first run did
+        self._entering: Dict[int, Tuple[int, Optional[Tensor]]] = {}
         self._records: Dict[int, StageRecord] = {}  # by block: a re-run (activation checkpointing) overwrites
 
     @classmethod
@@ -366,6 +369,9 @@ class SamplingRun:
             attn = cls_attention(q_cls, k, scale, layout.frame_keys).reshape(b, t, l)
             plan = evit_plan(attn, layout.valid, cfg.variant, cfg.budget(block), self.slots0, cfg.min_tokens)
         else:
+            if block in self._entering:  # a re-run (activation checkpointing): start from the first run's state
+                self.count, self.sizes = self._entering[block]
+            self._entering[block] = (self.count, self.sizes)
             r = tome_merge_count(self.count, cfg.budget(block), cfg.min_tokens)
             with torch.no_grad():
                 metric = k[:, :, 1:].mean(dim=1).float().reshape(b, t, l, -1)
