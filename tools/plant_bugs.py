@@ -110,7 +110,7 @@ PLANTS = [
     Plant("tome_partition_by_location", "ToMe splits sources and destinations by location, not by present rank",
           (("videoats/ats/reducers.py", "number = here.long().cumsum(dim=2) - 1", "number = slot"),)),
     Plant("tome_no_proportional_attention", "ToMe's merged tokens get no log(size) bias in frame attention",
-          (("videoats/ats/core.py", "sizes.reshape(b * t, w)], dim=1).log()",
+          (("videoats/ats/reducers.py", "sizes.reshape(b * t, w)], dim=1).log()",
             "sizes.reshape(b * t, w)], dim=1).clamp_max(1).log()"),)),
     Plant("tome_no_temporal_sizes", "ToMe's sizes do not bias TimeSformer's temporal attention",
           (("videoats/ats/core.py", "temporal=self.divided and t > 1)", "temporal=False)"),)),

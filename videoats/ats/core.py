@@ -27,17 +27,18 @@ A budget ("tokens") always counts the CLS token too, as in the official code (De
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from ..errors import VideoATSError
-from .reducers import MergePlan, cls_attention, evit_plan, merge, tome_merge_count, tome_plan
+from .layout import GATHER_BELOW, Layout, SlotGather, gather_slots
+from .reducers import (Reduction, cls_attention, evit_plan, size_biased, tome_merge_count,
+                       tome_plan)
 from .sampler import max_kept, random_keys
-from .stage import (Rows, arrange, key_masks, maybe_compiled, plan_layout, present_rows, score_and_select,
-                    temporal_mask)
+from .stage import arrange, key_masks, maybe_compiled, plan_layout, present_rows, score_and_select, temporal_mask
 
 VARIANTS = ("image", "tube", "frame", "joint")
 MODES = ("trim", "static")
@@ -149,73 +150,6 @@ def group_size(variant: str, num_frames: int, num_patches: int) -> int:
 
 
 RAGGED = ("frame", "joint")
-
-
-# Token-wise layers gather the present tokens of a pruned layout when at most this share of its slots hold one
-# (in `static`: may hold one); above it (the usual case: `tube`, `frame`) computing the padding costs less than
-# moving the tokens about.
-GATHER_BELOW = 0.9
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What a token grid (B, T, W, ...) holds between blocks: `valid` (B, T, W) marks present tokens (None:
-    all are). In the ragged layout, `column` (B, T, W, 1) gives each slot's column in the location-aligned
-    grid (B, T, U) (U for a padding slot), `source` the same clamped to U - 1 (where a padding slot reads
-    from), and `aligned_valid` (B, T, U) what is present there.
-
-    Token-wise layers compute every slot (`token_rows` None: no token is absent, or a pruned layout whose
-    slots are nearly all present, or may be) or gather the present tokens (`token_rows`, and `key_rows` for
-    the frame rows with their CLS, those `frame_keys` marks; `stage.present_rows`): in a trim layout exactly
-    those, whose number the host read with the widths; in a static one padded to the most a sample can keep;
-    in the masked layout of training found on the device."""
-    valid: Optional[Tensor] = None
-    column: Optional[Tensor] = None
-    source: Optional[Tensor] = None
-    aligned_valid: Optional[Tensor] = None
-    # of `valid` (`key_masks`, made once with the layout): frame attention's present keys, each frame's CLS
-    # first (B*T, 1 + W), and its attention mask (B*T, 1, 1, 1 + W); None when every token is present
-    frame_keys: Optional[Tensor] = None
-    frame_mask: Optional[Tensor] = None
-    # the attention mask over each location's frames on the grid `aligned(x)` gives (`temporal_mask`), None when
-    # every token there is present
-    temporal_mask: Optional[Tensor] = None
-    token_rows: Optional[Rows] = None
-    key_rows: Optional[Rows] = None
-
-    def aligned(self, x: Tensor) -> Tensor:
-        """(B, T, W, C) slots -> (B, T, U, C) where a column is one location in every frame (absent: 0)."""
-        if self.column is None:
-            return x
-        b, t, u = self.aligned_valid.shape
-        out = x.new_zeros(b, t, u + 1, x.shape[3])  # column U collects the padding slots, then goes
-        return out.scatter_(2, self.column.expand(-1, -1, -1, x.shape[3]), x)[:, :, :u]
-
-    def unaligned(self, y: Tensor) -> Tensor:
-        """The inverse of `aligned`: (B, T, U, C) -> (B, T, W, C); padding slots get some present value."""
-        if self.column is None:
-            return y
-        return y.gather(2, self.source.expand(-1, -1, -1, y.shape[3]))
-
-
-class SlotGather(NamedTuple):
-    """Where every slot of the grid after a pruning stage comes from, with the index views the blocks'
-    gathers take, made once per stage (by the compiled layout, with `sampler="compiled"`): each block's
-    gather is then one op and a view."""
-    index: Tensor  # (B, W) the same slots in every frame (aligned), or (B, T, W) per frame (ragged)
-    slots: Tensor  # (B, T, W, 1): the old slot of every new slot, per frame
-    rows: Tensor  # (B*T, 1 + W, 1): the same over a frame's rows, its CLS row first
-
-    def grid(self, x: Tensor) -> Tensor:
-        """(B, T, L, D) grid -> (B, T, W, D)."""
-        return x.gather(2, self.slots.expand(-1, -1, -1, x.shape[-1]))
-
-    def frame_rows(self, x: Tensor) -> Tensor:
-        """Frame rows with the CLS first, (B*T, 1 + L, D) -> (B*T, 1 + W, D), or per head (B*T, H, 1 + L, d)
-        -> (B*T, H, 1 + W, d)."""
-        if x.dim() == 4:
-            return x.gather(2, self.rows[:, None].expand(-1, x.shape[1], -1, x.shape[-1]))
-        return x.gather(1, self.rows.expand(-1, -1, x.shape[-1]))
 
 
 @dataclass
@@ -383,44 +317,6 @@ class SamplingRun:
             self.sizes = gather_slots(plan.sizes[..., None], gather)[..., 0]
             layout = size_biased(layout, self.sizes, temporal=self.divided and t > 1)
         return Reduction(plan, gather), layout
-
-
-def gather_slots(x: Tensor, gather: Optional[SlotGather]) -> Tensor:
-    """Select the slots of a grid tensor (B, T, L, D) a pruning stage kept (none: x as it is)."""
-    return x if gather is None else gather.grid(x)
-
-
-class Reduction(NamedTuple):
-    """What a block that reduces after attention (EViT, ToMe) does to its tokens once the attention residual is
-    added: merge them by the plan, then keep the new grid's slots (`gather` None: the grid stays)."""
-    plan: MergePlan
-    gather: Optional[SlotGather]
-
-    def grid(self, x: Tensor) -> Tensor:
-        """(B, T, L, D) -> (B, T, W, D)."""
-        return gather_slots(merge(x, self.plan), self.gather)
-
-    def frame_rows(self, xs: Tensor) -> Tensor:
-        """Frame rows with the CLS first, (B*T, 1 + L, D) -> (B*T, 1 + W, D)."""
-        b, t, l = self.plan.keep.shape
-        patches = self.grid(xs[:, 1:].reshape(b, t, l, xs.shape[-1]))
-        return torch.cat([xs[:, :1], patches.reshape(b * t, -1, xs.shape[-1])], dim=1)
-
-
-def size_biased(layout: Layout, sizes: Tensor, temporal: bool) -> Layout:
-    """ToMe's proportional attention: the layout's attention masks become additive biases, log(size) of every
-    key (-inf where absent: a gone token has size 0), in frame attention (the CLS has size 1) and in temporal
-    attention over a location's frames (`temporal`: TimeSformer's; a location no frame holds attends to all, as
-    `temporal_mask` has it)."""
-    if layout.valid is not None:
-        sizes = sizes * layout.valid
-    b, t, w = sizes.shape
-    frame = torch.cat([sizes.new_ones(b * t, 1), sizes.reshape(b * t, w)], dim=1).log()[:, None, None, :]
-    bias = None
-    if temporal:
-        aligned = layout.aligned(sizes[..., None])[..., 0].transpose(1, 2).reshape(-1, t)
-        bias = torch.where(aligned.any(dim=-1, keepdim=True), aligned.log(), 0.0)[:, None, None, :]
-    return replace(layout, frame_mask=frame, temporal_mask=bias)
 
 
 def kept_tokens(model) -> Dict[int, Tensor]:

@@ -21,11 +21,13 @@ in EViT's weights, as EViT trains through them).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
+from .layout import Layout, SlotGather, gather_slots
 from .sampler import budget_count
 from .stage import select_keep, tube_scores
 
@@ -135,3 +137,36 @@ def tome_plan(metric: Tensor, valid: Optional[Tensor], sizes: Tensor, variant: s
         weight = torch.where(here, sizes, torch.ones_like(sizes))
         new_sizes = torch.zeros_like(weight).scatter_add(2, dest, weight) * keep
     return MergePlan(keep, dest, weight, normalise=True, sizes=new_sizes)
+
+
+class Reduction(NamedTuple):
+    """What a block that reduces after attention (EViT, ToMe) does to its tokens once the attention residual is
+    added: merge them by the plan, then keep the new grid's slots (`gather` None: the grid stays)."""
+    plan: MergePlan
+    gather: Optional[SlotGather]
+
+    def grid(self, x: Tensor) -> Tensor:
+        """(B, T, L, D) -> (B, T, W, D)."""
+        return gather_slots(merge(x, self.plan), self.gather)
+
+    def frame_rows(self, xs: Tensor) -> Tensor:
+        """Frame rows with the CLS first, (B*T, 1 + L, D) -> (B*T, 1 + W, D)."""
+        b, t, l = self.plan.keep.shape
+        patches = self.grid(xs[:, 1:].reshape(b, t, l, xs.shape[-1]))
+        return torch.cat([xs[:, :1], patches.reshape(b * t, -1, xs.shape[-1])], dim=1)
+
+
+def size_biased(layout: Layout, sizes: Tensor, temporal: bool) -> Layout:
+    """ToMe's proportional attention: the layout's attention masks become additive biases, log(size) of every
+    key (-inf where absent: a gone token has size 0), in frame attention (the CLS has size 1) and in temporal
+    attention over a location's frames (`temporal`: TimeSformer's; a location no frame holds attends to all, as
+    `temporal_mask` has it)."""
+    if layout.valid is not None:
+        sizes = sizes * layout.valid
+    b, t, w = sizes.shape
+    frame = torch.cat([sizes.new_ones(b * t, 1), sizes.reshape(b * t, w)], dim=1).log()[:, None, None, :]
+    bias = None
+    if temporal:
+        aligned = layout.aligned(sizes[..., None])[..., 0].transpose(1, 2).reshape(-1, t)
+        bias = torch.where(aligned.any(dim=-1, keepdim=True), aligned.log(), 0.0)[:, None, None, :]
+    return replace(layout, frame_mask=frame, temporal_mask=bias)

@@ -16,7 +16,8 @@ from typing import Dict
 
 from torch import Tensor
 
-from ..ats.core import AFTER_ATTENTION, ATSConfig, Layout, SamplingRun
+from ..ats.core import AFTER_ATTENTION, ATSConfig, SamplingRun
+from ..ats.layout import Layout
 from ..errors import VideoATSError
 from .layers import call_block, grid_block
 

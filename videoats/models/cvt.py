@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun
+from ..ats.core import SamplingRun
+from ..ats.layout import Layout
 from ..errors import VideoATSError
 from .cost import BlockCost, CostSpec, lin, ln
 from .layers import call_block, drop_path, tokenwise

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun
+from ..ats.core import SamplingRun
+from ..ats.layout import Layout
 from ..ats.stage import Rows
 
 

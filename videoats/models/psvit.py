@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun
+from ..ats.core import SamplingRun
+from ..ats.layout import Layout
 from ..errors import VideoATSError
 from .cost import CostSpec, attn_block_cost, lin, ln, plain_cost
 from .layers import PlainBlock, call_block, grid_block

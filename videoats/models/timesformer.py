@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun, gather_slots
+from ..ats.core import SamplingRun
+from ..ats.layout import Layout, gather_slots
 from ..errors import VideoATSError
 from .layers import (Attention, Mlp, PlainBlock, attend, call_block, drop_path, frame_attention, grid_block,
                      split_heads, tokenwise, with_cls)

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ats.core import Layout, SamplingRun
+from ..ats.core import SamplingRun
+from ..ats.layout import Layout
 from ..errors import VideoATSError
 from .layers import PlainBlock, call_block, grid_block
 from .cost import CostSpec, attn_block_cost, lin, ln, patch_cost
