@@ -11,7 +11,8 @@ import torch
 
 import videoats
 from videoats.cli import main
-from videoats.comparison import paired_rows, plot
+from videoats.comparison import _identity, code_digest, paired_rows, plot
+from videoats.config import load_config
 from videoats.data.synthetic import make_synthetic
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "benchmark_ats.yaml")
@@ -35,8 +36,11 @@ def test_paired_rows_by_hand():
         _p("random", 0.5, 1, 0.0, 0.11, [0, 0, 0, 0]),
     ]
     rows = {r["budget"]: r for r in paired_rows(points, "inverse_transform", ["inverse_transform", "top_k", "random"])}
-    pairs = lambda budget, m: [(p["seed"], p["reference_only"], p["other_only"], p["difference_at_reference_gflops"],  # noqa
-                                p["difference_at_other_gflops"]) for p in rows[budget][m]["pairs"]]
+
+    def pairs(budget, method):
+        return [(p["seed"], p["reference_only"], p["other_only"], p["difference_at_reference_gflops"],
+                 p["difference_at_other_gflops"]) for p in rows[budget][method]["pairs"]]
+
     # budget 0.5. top-k: ATS alone right on clips 1, 2, top-k alone on clip 3; at ATS's 0.10 GFLOPs top-k's curve
     # is half way from (0.08, 25) to (0.12, 50): 37.5, so ATS leads by 37.5; top-k's 0.12 is beyond ATS's curve
     assert pairs(0.5, "top_k") == [(0, 2, 1, 37.5, None)]
@@ -75,6 +79,24 @@ def _public_point(method, budget, seed, top1, gflops):
     return {k: v for k, v in _p(method, budget, seed, top1, gflops, []).items() if k != "correct"}
 
 
+def test_a_result_is_read_back_only_for_the_same_config_weights_data_and_code(tmp_path):
+    data, weights = tmp_path / "data", tmp_path / "w.pt"
+    data.mkdir()
+    (data / "test.csv").write_text("label,youtube_id,time_start,time_end,split\n")
+    weights.write_bytes(b"1")
+    cfg = load_config(CONFIG, ["DATA.PATH_TO_DATA_DIR", str(data)])
+    first = _identity(cfg, str(weights))
+    assert _identity(cfg, str(weights)) == first and first["code"] == code_digest()
+    (data / "test.csv").write_text("label,youtube_id,time_start,time_end,split\nx,y,0,10,test\n")
+    assert _identity(cfg, str(weights)) != first
+    second = _identity(cfg, str(weights))
+    weights.write_bytes(b"22")
+    assert _identity(cfg, str(weights)) != second
+    other = cfg.clone()
+    other.ATS.SELECTION = "tome"
+    assert _identity(other, str(weights))["config"] != _identity(cfg, str(weights))["config"]
+
+
 def _predictions(folder):
     with open(os.path.join(folder, "predictions.jsonl")) as f:
         rows = sorted((json.loads(line) for line in f), key=lambda r: r["video_index"])
@@ -106,7 +128,8 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     before = torch.load(ckpt)
     for m in methods:
         for s in (0, 1):
-            saved = torch.load(out / "finetune" / f"{m}_seed{s}" / "checkpoints" / "last.pt", weights_only=False)
+            [path] = (out / "finetune").glob(f"{m}_seed{s}_*/checkpoints/last.pt")
+            saved = torch.load(path, weights_only=False)
             assert f"SELECTION: {m}" in saved["config"] and "TOKENS:\n  - 0.5" in saved["config"]
             assert any(not torch.equal(before[k], v) for k, v in saved["state_dict"].items() if k in before)
     # the paired counts, recounted from the evaluations' own predictions
@@ -127,12 +150,24 @@ def test_compare_command_end_to_end(tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["points"] == doc["points"] and again["paired"] == doc["paired"]
     assert {p: p.stat().st_mtime_ns for p in (out / "finetune").rglob("last.pt")} == written
+    # another fine-tune budget is another fine-tune: new weights, the fine-tuned points measured again, the
+    # off-the-shelf ones read back
+    shelf = {p: p.stat().st_mtime_ns for p in (out / "off-the-shelf").rglob("point.json")}
+    assert main(args + ["--finetune-budget", "0.7"]) == 0
+    third = json.loads(capsys.readouterr().out)
+    assert len(list((out / "finetune").rglob("last.pt"))) == 2 * len(written)
+    assert {p: p.stat().st_mtime_ns for p in (out / "off-the-shelf").rglob("point.json")} == shelf
+    assert third["finetune"] == dict(epochs=1, budget=0.7)
 
 
-@pytest.mark.parametrize("flag,value,message", [("--methods", "ats,evit", "choose from"),
-                                                 ("--budgets", "0.5,1.5", "ratios in (0, 1]"),
-                                                 ("--seeds", "x", "comma-separated")])
-def test_compare_refuses_bad_lists_in_one_line(flag, value, message, capsys):
-    assert main(["compare", flag, value]) != 0
+@pytest.mark.parametrize("argv,message", [(["--methods", "ats,evit"], "choose from"),
+                                          (["--budgets", "0.5,1.5"], "ratios in (0, 1]"),
+                                          (["--seeds", "x"], "comma-separated"),
+                                          (["--timing-views", "0"], "at least 1 view"),
+                                          (["--methods", "inverse_transform,tome", "ATS.VARIANT", "joint"],
+                                           "'joint' would merge across frames")])
+def test_compare_refuses_bad_input_in_one_line_before_any_work(argv, message, tmp_path, capsys):
+    assert main(["compare", "--output", str(tmp_path / "out")] + argv) != 0
+    assert not (tmp_path / "out" / "dense").exists()
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err

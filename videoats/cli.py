@@ -20,7 +20,8 @@ from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
 from . import __version__
-from .commands import compare, convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd, visualize
+from .commands import (compare, convert, data_cmds, demo, eval_cmd, figures, flops, infer, models, plot, train_cmd,
+                       visualize)
 from .commands import prepare_kinetics
 from .config import get_cfg
 from .data.decoding import decord_failed

@@ -13,10 +13,12 @@ gets right and the other wrong and the reverse, and the other method's top-1 rea
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -33,9 +35,9 @@ from .evaluation.plots import _pyplot
 from .figures import finish_scaling_plot
 from .models.ats_patch import apply_ats
 from .models.build import build_from_cfg
-from .runtime import resolve_device
+from .runner import Runner
+from .runtime import compiled_for_inference, inference_autocast, resolve_device
 
-NAMES = METHOD_NAMES
 SEEDED = ("random",)  # off the shelf, only the random draw depends on a seed
 STAGES = ("off-the-shelf", "fine-tuned")
 
@@ -73,6 +75,13 @@ class Plan:
             raise VideoATSError("--seeds: give at least one integer")
         if not list(self.cfg.ATS.BLOCKS):
             raise VideoATSError("the config's ATS.BLOCKS is empty: name the blocks every method reduces at")
+        if self.timing_views < 1:
+            raise VideoATSError(f"--timing-views {self.timing_views}: time the methods on at least 1 view")
+        # every method on this model and variant, before any long work (ToMe refuses `joint`, CvT EViT and ToMe)
+        with torch.device("meta"):
+            model = build_from_cfg(self.cfg, with_ats=False)
+        for method in self.methods:
+            apply_ats(model, ats_from_cfg(_ats_cfg(self.cfg, method, self.budgets[0], self.seeds[0])))
         return self
 
 
@@ -89,12 +98,39 @@ def _correct(results_dir: str) -> np.ndarray:
     return np.array([bool(r["correct"]) for r in rows])
 
 
+@lru_cache(maxsize=None)
+def code_digest() -> str:
+    """A digest of videoats' own source: a result that other code made is never read back as this code's."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, _, names in sorted(os.walk(root)):
+        for name in sorted(n for n in names if n.endswith((".py", ".yaml"))):
+            path = os.path.join(folder, name)
+            digest.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def _stat(path: str) -> Optional[List[int]]:
+    return [os.stat(path).st_size, os.stat(path).st_mtime_ns] if os.path.isfile(path) else None
+
+
+def _identity(cfg, checkpoint: str) -> dict:
+    """What a result depends on: the config, the weights file, the annotation and label files of the data
+    folder (a video changed in place under the same name is not noticed) and the code."""
+    data = cfg.DATA.PATH_TO_DATA_DIR
+    listed = {} if not os.path.isdir(data) else {
+        name: _stat(os.path.join(data, name)) for name in sorted(os.listdir(data))
+        if os.path.isfile(os.path.join(data, name))}
+    return dict(config=cfg.dump(), checkpoint=os.path.abspath(checkpoint), weights=_stat(checkpoint), data=listed,
+                code=code_digest())
+
+
 def _point(cfg, checkpoint: str, out: str, **label) -> dict:
-    """One evaluation's point; a folder that holds the same evaluation (the same config and the same weights
-    file, unchanged) is read back instead, so an interrupted or extended comparison redoes nothing."""
-    stat = os.stat(checkpoint) if os.path.isfile(checkpoint) else None
-    key = dict(config=cfg.dump(), checkpoint=os.path.abspath(checkpoint),
-               weights=None if stat is None else [stat.st_size, stat.st_mtime_ns])
+    """One evaluation's point; a folder that holds the same evaluation (`_identity`) is read back instead, so an
+    interrupted or extended comparison redoes nothing."""
+    key = _identity(cfg, checkpoint)
     marker = os.path.join(out, "point.json")
     try:
         with open(marker) as f:
@@ -116,35 +152,37 @@ def _point(cfg, checkpoint: str, out: str, **label) -> dict:
 
 
 def _finetuned(plan: Plan, method: str, seed: int, say) -> str:
-    """The weights fine-tuned with `method` at the fine-tune budget with `seed` (a finished run is reused)."""
+    """The weights fine-tuned with `method` at the fine-tune budget with `seed`. Each fine-tune has a folder of
+    its own identity (config, starting weights, data, code): the training run resumes there (a finished one
+    trains nothing more, an interrupted one goes on), and a changed setting gets a new folder."""
+    # imported here, as `videoats train` does: the training loop brings TensorBoard, which nothing else of a
+    # comparison (nor the CLI's start) needs
+    from .train.loop import train
+
     ft = plan.finetune
     cfg = _ats_cfg(ft.cfg, method, ft.budget, seed)
-    cfg.OUTPUT_DIR = os.path.join(plan.output, "finetune", f"{method}_seed{seed}")
-    apply_overrides(cfg, ["TRAIN.CHECKPOINT_FILE", plan.checkpoint, "TRAIN.EPOCHS", str(ft.epochs),
-                          "SEED", str(seed), "TRAIN.FINAL_TEST", "False", "TRAIN.EVAL_PERIOD", "0"])
-    weights = os.path.join(cfg.OUTPUT_DIR, "checkpoints", "last.pt")  # no validation split: the last weights
-    if not os.path.isfile(weights):
-        # imported here, as `videoats train` does: the training loop brings TensorBoard, which nothing else of a
-        # comparison (nor the CLI's start) needs
-        from .train.loop import train
-
-        started = time.perf_counter()
-        train(cfg, progress=False, echo=lambda s: None)
-        say(f"fine-tuned {NAMES[method]} (seed {seed}, budget {ft.budget}, {ft.epochs} epochs) in "
+    apply_overrides(cfg, ["TRAIN.CHECKPOINT_FILE", plan.checkpoint, "TRAIN.EPOCHS", str(ft.epochs), "SEED", str(seed),
+                          "TRAIN.FINAL_TEST", "False", "TRAIN.EVAL_PERIOD", "0", "TRAIN.AUTO_RESUME", "True"])
+    identity = hashlib.sha256(json.dumps(_identity(cfg, plan.checkpoint), sort_keys=True).encode()).hexdigest()
+    cfg.OUTPUT_DIR = os.path.join(plan.output, "finetune", f"{method}_seed{seed}_{identity[:10]}")
+    started = time.perf_counter()
+    done = train(cfg, progress=False, echo=lambda s: None)
+    if done["steps_this_run"]:
+        say(f"fine-tuned {METHOD_NAMES[method]} (seed {seed}, budget {ft.budget}, {ft.epochs} epochs) in "
             f"{time.perf_counter() - started:.0f} s")
-    return weights
+    return done["last_checkpoint"]  # no validation split: the last weights
 
 
-def timed_pass(model, views: torch.Tensor) -> float:
-    """Seconds of one forward pass of `model` over `views` as one batch (on CUDA, synchronised)."""
-    with torch.inference_mode():
-        if views.is_cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model(views)
-        if views.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
+def timed_pass(runner: Runner, views: torch.Tensor) -> float:
+    """Seconds of one batch through `runner`, as the evaluation runs it (its forward, autocast and accounting;
+    on CUDA, synchronised)."""
+    if views.is_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    runner.run(views)
+    if views.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
 
 
 def _timing_views(cfg, count: int) -> torch.Tensor:
@@ -164,9 +202,10 @@ def _timing_views(cfg, count: int) -> torch.Tensor:
 
 def wall_clock(plan: Plan, say, repeats: int = 7) -> List[dict]:
     """Seconds per view of the dense model and of every method at every budget (the given weights, one batch
-    of test views, on the config's device): after a warm-up pass of each, `repeats` rounds that time every
-    setting once in turn, and the fastest pass of each. In turn, so that a slow spell of a shared machine
-    falls on every setting alike; the fastest, because the slower passes measure the neighbours too."""
+    of test views, on the config's device, with the evaluation's TEST.PRECISION and TEST.COMPILE): after a
+    warm-up pass of each, `repeats` rounds that time every setting once in turn, and the fastest pass of each.
+    In turn, so that a slow spell of a shared machine falls on every setting alike; the fastest, because the
+    slower passes measure the neighbours too."""
     device = resolve_device(plan.cfg)
     views = _timing_views(plan.cfg, plan.timing_views).to(device)
     model = build_from_cfg(plan.cfg, with_ats=False).eval()
@@ -176,11 +215,17 @@ def wall_clock(plan: Plan, say, repeats: int = 7) -> List[dict]:
                                                       for b in plan.budgets]
     configs = [None] + [ats_from_cfg(_ats_cfg(plan.cfg, s["method"], s["budget"], plan.seeds[0]))
                         for s in settings[1:]]
+    autocast = inference_autocast(str(plan.cfg.TEST.PRECISION), device)
+    runners = []
+    for ats in configs:  # each with its own forward (a compiled one is compiled for its ATS setting)
+        apply_ats(model, ats)
+        runners.append(Runner(model, device, forward=compiled_for_inference(model, bool(plan.cfg.TEST.COMPILE)),
+                              autocast=autocast))
     best = [float("inf")] * len(settings)
     for round_ in range(repeats + 1):
-        for i, ats in enumerate(configs):
+        for i, (ats, runner) in enumerate(zip(configs, runners)):
             apply_ats(model, ats)
-            seconds = timed_pass(model, views)
+            seconds = timed_pass(runner, views)
             best[i] = best[i] if round_ == 0 else min(best[i], seconds)  # round 0 warms up
     apply_ats(model, None)
     say(f"timed the dense model and {len(settings) - 1} settings on {views.shape[0]} views ({device.type})")
@@ -205,8 +250,8 @@ def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> L
     reference gets right and only the other does (same budget), and the reference's top-1 minus the other's at
     equal GFLOPs, both ways: the other's curve read at the reference point's mean GFLOPs, and the other's point
     against the reference's curve (None where a point lies outside the other curve), with the mean and range
-    over seeds. Off the shelf a deterministic method has one point, paired with every seed of a seeded one;
-    fine-tuned, seed s pairs with seed s."""
+    over seeds. A method with one point at a budget (off the shelf, all but random) pairs with every seed of
+    the other; fine-tuned, seed s pairs with seed s."""
     rows = []
     for stage in STAGES:
         here = [p for p in points if p["stage"] == stage]
@@ -221,17 +266,17 @@ def paired_rows(points: List[dict], reference: str, methods: Sequence[str]) -> L
                 if method == reference:
                     continue
                 pairs = []
-                for other in (p for p in here if p["method"] == method and p["budget"] == budget):
-                    mine = [r for r in refs if r["seed"] == other["seed"]] or refs
+                others = [p for p in here if p["method"] == method and p["budget"] == budget]
+                for ref, other in ((r, o) for r in refs for o in others
+                                   if r["seed"] == o["seed"] or len(refs) == 1 or len(others) == 1):
                     curve = [p for p in here if p["method"] == method and p["seed"] == other["seed"]]
-                    for ref in mine[:1]:
-                        ref_curve = [p for p in here if p["method"] == reference and p["seed"] == ref["seed"]]
-                        at_other = _gap(other["top1"], ref_curve, other["gflops_mean"])
-                        pairs.append(dict(seed=other["seed"],
-                                          reference_only=int((ref["correct"] & ~other["correct"]).sum()),
-                                          other_only=int((~ref["correct"] & other["correct"]).sum()),
-                                          difference_at_reference_gflops=_gap(ref["top1"], curve, ref["gflops_mean"]),
-                                          difference_at_other_gflops=None if at_other is None else -at_other))
+                    ref_curve = [p for p in here if p["method"] == reference and p["seed"] == ref["seed"]]
+                    at_other = _gap(other["top1"], ref_curve, other["gflops_mean"])
+                    pairs.append(dict(seed=other["seed"] if len(others) > 1 else ref["seed"],
+                                      reference_only=int((ref["correct"] & ~other["correct"]).sum()),
+                                      other_only=int((~ref["correct"] & other["correct"]).sum()),
+                                      difference_at_reference_gflops=_gap(ref["top1"], curve, ref["gflops_mean"]),
+                                      difference_at_other_gflops=None if at_other is None else -at_other))
                 row[method] = dict(pairs=pairs,
                                    difference=_spread([p["difference_at_reference_gflops"] for p in pairs]),
                                    difference_at_other=_spread([p["difference_at_other_gflops"] for p in pairs]))
@@ -264,7 +309,7 @@ def plot(doc: dict, path: str) -> str:
                           min(p["gflops_min"] for p in v), max(p["gflops_max"] for p in v)) for v in by_budget.values())
             x, y, lo, hi, gmin, gmax = map(np.array, zip(*pts))
             ax.errorbar(x, y, xerr=_bars(x, gmin, gmax), yerr=_bars(y, lo, hi), fmt="os^vD"[i % 5] + "-",
-                        capsize=2, elinewidth=0.7, label=NAMES[method])
+                        capsize=2, elinewidth=0.7, label=METHOD_NAMES[method])
         title = f"{stage}; {doc['clips']} test clips; bars: seeds (top-1), per-sample range (GFLOPs)"
         finish_scaling_plot(plt, fig, ax, (doc["dense"]["gflops_mean"], doc["dense"]["top1"]), title, None)
     fig.tight_layout()
@@ -293,8 +338,8 @@ def compare(plan: Plan, say: Callable[[str], None] = print) -> dict:
         p = _point(_ats_cfg(cfg, method, budget, seed), weights, out, method=method, stage=stage, budget=budget,
                    seed=seed)
         points.append(p)
-        say(f"{stage:<13} {NAMES[method]:<6} budget {budget:<4} seed {seed}: top-1 {p['top1']:6.2f}%  GFLOPs/view "
-            f"{p['gflops_mean']:.4f} ({p['gflops_min']:.4f}-{p['gflops_max']:.4f})")
+        say(f"{stage:<13} {METHOD_NAMES[method]:<6} budget {budget:<4} seed {seed}: top-1 {p['top1']:6.2f}%  "
+            f"GFLOPs/view {p['gflops_mean']:.4f} ({p['gflops_min']:.4f}-{p['gflops_max']:.4f})")
 
     for method in plan.methods:
         for budget in plan.budgets:

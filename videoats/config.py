@@ -86,7 +86,7 @@ _C.ATS.DROP_TOKENS = True  # inference: really remove tokens (padded to the batc
 _C.ATS.MIN_TOKENS = 8  # no stage keeps fewer tokens than this (CLS included), whatever the budget
 _C.ATS.MODE = "trim"  # pruned layout: trim (pad to the batch's largest count) | static (widths from the budget)
 _C.ATS.SAMPLER = "eager"  # eager | compiled (each stage's tensor work as torch.compile'd functions)
-_C.ATS.SELECTION = "inverse_transform"  # inverse_transform (ATS) | top_k (the fixed-count baseline) | random | evit | tome
+_C.ATS.SELECTION = "inverse_transform"  # inverse_transform (ATS) | top_k (fixed count) | random | evit | tome
 _C.ATS.SEED = 0  # which tokens ATS.SELECTION random draws (the same tokens in every layout and on every device)
 
 _C.DATA = CfgNode()

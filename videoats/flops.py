@@ -56,6 +56,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .ats.core import AFTER_ATTENTION, SCORED
 from .errors import VideoATSError
 from .models.cost import CostSpec, plain_cost as _plain
 from .models.registry import family_of
@@ -255,8 +256,8 @@ def _count(spec: CostSpec, batch: int, frames: int, locations: int,
     `random` only the kept queries; EViT and ToMe compute every query (the reduction follows attention), EViT
     the CLS attention row once more, ToMe its matching (|A| x |B| pairs of head-wide keys per frame, where it
     merges)."""
-    scored = selection not in ("random", "tome")
-    after = selection in ("evit", "tome")
+    scored = selection in SCORED
+    after = selection in AFTER_ATTENTION
     b, t, l0 = batch, frames, locations
     device = next(iter(stages.values()))[0].device if stages else None
     f64 = dict(dtype=torch.float64, device=device)

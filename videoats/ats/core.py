@@ -46,6 +46,9 @@ SAMPLERS = ("eager", "compiled")
 SELECTIONS = ("inverse_transform", "top_k", "random", "evit", "tome")
 # selections that let a block attend over every token and reduce them after attention, before the MLP
 AFTER_ATTENTION = ("evit", "tome")
+# selections that compute the CLS attention row at a stage block to decide (ATS and top-k score with it, EViT
+# ranks by it); random draws and ToMe matches keys without it
+SCORED = ("inverse_transform", "top_k", "evit")
 # how tables, plots and messages name a selection
 METHOD_NAMES = {"inverse_transform": "ATS", "top_k": "top-k", "random": "random", "evit": "EViT", "tome": "ToMe"}
 OPTIONS = ("blocks", "tokens", "variant", "drop_tokens", "min_tokens", "mode", "sampler", "selection", "seed")

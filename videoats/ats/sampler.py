@@ -63,7 +63,8 @@ def num_samples(tokens: float, present: Tensor, reference: int, min_tokens: int 
 
 
 def budget_count(tokens: float, present: int, min_tokens: int) -> int:
-    """The budget's token count (CLS included) for a row of `present` tokens: `num_samples`' k for one row in plain Python (float64 and half-to-even rounding, as torch's)."""
+    """The budget's token count (CLS included) for a row of `present` tokens: `num_samples`' k for one row in
+    plain Python (float64 and half-to-even rounding, as torch's)."""
     present = int(present)  # a traced shape (torch.jit.trace, fvcore) arrives as a tensor
     k = present * float(tokens) if tokens <= 1 else min(float(present), float(tokens))
     return round(max(k, float(min_tokens)))

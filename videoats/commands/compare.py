@@ -11,8 +11,8 @@ import os
 
 from ._args import add_common, add_config_args
 from .demo import shipped_test_config
-from ..ats.core import SELECTIONS
-from ..comparison import NAMES, Finetune, Plan, compare
+from ..ats.core import METHOD_NAMES, SELECTIONS
+from ..comparison import Finetune, Plan, compare
 from ..config import apply_overrides, load_config
 from ..data.synthetic import make_synthetic
 from ..errors import VideoATSError
@@ -114,11 +114,11 @@ def run(args) -> dict:
 
 
 def human(doc: dict) -> str:
-    d, ref = doc["dense"], doc["methods"][0]
+    d, ref = doc["dense"], METHOD_NAMES[doc["methods"][0]]
     lines = [f"dense: top-1 {d['top1']:.2f}% at {d['gflops_mean']:.4f} GFLOPs/view; {doc['clips']} test clips",
-             f"{NAMES[ref]} against each method: clips only {NAMES[ref]} / only the other gets right (same budget, "
-             f"per seed); {NAMES[ref]} top-1 minus the other's at equal GFLOPs, read at {NAMES[ref]}'s point | at "
-             "the other's (mean [min, max] over seeds; n/a: outside the other curve)"]
+             f"{ref} against each method: clips only {ref} / only the other gets right (same budget, per seed); "
+             f"{ref} top-1 minus the other's at equal GFLOPs, read at {ref}'s point | at the other's (mean [min, max] "
+             "over seeds; n/a: outside the other curve)"]
     for row in doc["paired"]:
         parts = []
         for method in doc["methods"][1:]:
@@ -128,10 +128,10 @@ def human(doc: dict) -> str:
             counts = " ".join(f"{p['reference_only']}/{p['other_only']}" for p in r["pairs"])
             gaps = " | ".join("n/a" if d["mean"] is None else f"{d['mean']:+.2f} [{d['min']:+.2f}, {d['max']:+.2f}]"
                               for d in (r["difference"], r["difference_at_other"]))
-            parts.append(f"{NAMES[method]} {counts} {gaps}")
+            parts.append(f"{METHOD_NAMES[method]} {counts} {gaps}")
         lines.append(f"{row['stage']:<13} budget {row['budget']:<4} " + "; ".join(parts))
     lines.append("seconds per view (forward pass, one batch): " + ", ".join(
-        f"{NAMES.get(t['method'], t['method'])}" + ("" if t["budget"] is None else f"@{t['budget']}") +
+        f"{METHOD_NAMES.get(t['method'], t['method'])}" + ("" if t["budget"] is None else f"@{t['budget']}") +
         f" {t['seconds_per_view'] * 1e3:.2f} ms" for t in doc["wall_clock"]))
     lines += [f"note: {n}" for n in doc["notes"]]
     lines.append(f"files: {os.path.dirname(doc['plot'])}")

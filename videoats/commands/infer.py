@@ -197,7 +197,8 @@ def header_lines(run: dict) -> list:
     """The setting and views every answer of a run shares."""
     ats = run.get("ats")
     tokens = ats["tokens"] if ats and isinstance(ats["tokens"], (list, tuple)) else [ats["tokens"]] if ats else []
-    ats_text = (f"{METHOD_NAMES[ats.get('selection', 'inverse_transform')]} {ats['variant']} at blocks {', '.join(str(b) for b in ats['blocks'])}, budget "
+    method = METHOD_NAMES[ats.get("selection", "inverse_transform")] if ats else None
+    ats_text = (f"{method} {ats['variant']} at blocks {', '.join(str(b) for b in ats['blocks'])}, budget "
                 f"{', '.join(f'{t:g}' for t in tokens)} (--ats off: dense)" if ats else "dense (no ATS)")
     lines = [f"{run['setting']}  ({run['checkpoint'] or 'random weights'}; labels from {run['label_source']})",
              ats_text]
