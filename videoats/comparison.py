@@ -7,9 +7,10 @@ test split, GFLOPs per view as each sample's own count (mean, and the min-max sp
 - fine-tuned (`finetune.epochs` > 0): the weights fine-tuned briefly with each method at one budget, once per
   seed, then evaluated at every budget, so the spread over fine-tuning seeds is measured, not assumed;
 - the wall clock of each method's forward pass on this machine, on one batch of test views, next to its GFLOPs.
-Differences are paired, because a small test split moves in steps of one clip: at each budget, the clips ATS
-gets right and the other wrong and the reverse, and the other method's top-1 read at ATS's mean GFLOPs
-(linear along its curve, as ATS keeps fewer tokens than the budget), per seed, with their mean and range.
+Differences are paired, because a small test split moves in steps of one clip: at each budget, the clips the
+reference method (the first; ATS by default) gets right and the other wrong and the reverse, and the top-1
+difference at equal GFLOPs, read both ways along the curves (methods spend differently at one budget: ATS
+keeps fewer tokens than it, EViT more), per seed, with their mean and range.
 """
 from __future__ import annotations
 
