@@ -15,6 +15,14 @@ from videoats.ats.reference import official_ats_forward
 VIDEO_MODELS = ["timesformer_tiny_8x32", "xvit_tiny_8x32"]
 
 
+def keep_every_candidate(scores, n_samples, present=None, width=None):
+    """`inverse_transform_sample`'s contract, keeping every present candidate: monkeypatched into the stage, it
+    turns any ATS model into the dense one plus the scoring rows (what the keep-all tests check)."""
+    r, m = scores.shape
+    index = torch.arange(m, device=scores.device).expand(r, m)
+    return index, torch.ones(r, m, dtype=torch.bool) if present is None else present.bool()
+
+
 def peaky(model, std=0.2, seed=0):
     """Random weights large enough for attention to be uneven (trunc-normal 0.02 is nearly uniform)."""
     g = torch.Generator().manual_seed(seed)
@@ -188,12 +196,7 @@ def test_a_sample_does_not_depend_on_its_batch():
 @pytest.mark.parametrize("name", VIDEO_MODELS + ["deit_tiny_patch8_32"])
 @pytest.mark.parametrize("drop_tokens", [True, False])
 def test_keeping_every_token_equals_the_dense_model(name, drop_tokens, monkeypatch):
-    def keep_all(scores, n_samples, present=None, width=None):
-        r, m = scores.shape
-        index = torch.arange(m).expand(r, m)
-        return index, (present if present is not None else torch.ones(r, m, dtype=torch.bool))
-
-    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_all)
+    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_every_candidate)
     model = peaky(videoats.create_model(name).eval())
     x = video() if model.is_video else torch.randn(3, 3, 32, 32)
     with torch.no_grad():

@@ -17,6 +17,8 @@ from videoats.data.clips import parse_views
 from videoats.flops import analytic_gflops, dense_gflops, fvcore_count, padded_gflops, sample_gflops
 from videoats.runner import ViewTable, account, gflops_summary
 
+from test_ats import keep_every_candidate
+
 TINY_VIDEO = (1, 3, 8, 32, 32)
 
 
@@ -219,19 +221,12 @@ def test_padded_equals_what_a_batch_computes(variant, drop):
     assert float(sample_gflops(model, x).mean()) <= padded_gflops(model, x) + 1e-12
 
 
-def _keep_all(scores, n_samples, present=None, width=None):
-    r, m = scores.shape
-    index = torch.arange(m, device=scores.device).expand(r, m)
-    keep = torch.ones(r, m, dtype=torch.bool) if present is None else present.bool()
-    return index, keep
-
-
 def _keep_top(scores, n_samples, present=None, width=None):
     return scores.argmax(dim=1, keepdim=True), torch.ones(scores.shape[0], 1, dtype=torch.bool)
 
 
 def test_keep_everything_costs_dense_plus_scoring_rows(monkeypatch):
-    monkeypatch.setattr(ats_stage, "inverse_transform_sample", _keep_all)
+    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_every_candidate)
     model = ats_model(blocks=(1, 2))
     x = torch.randn(2, *TINY_VIDEO[1:])
     model(x)

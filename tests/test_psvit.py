@@ -15,7 +15,7 @@ from videoats.checkpoint.layouts import from_official_psvit, to_official_psvit
 from videoats.flops import analytic_gflops, fvcore_count, padded_gflops, sample_gflops
 from videoats.models.psvit import sample_points
 
-from test_ats import peaky
+from test_ats import keep_every_candidate, peaky
 from test_fake_cuda import fake_cuda_run, replayed_on_fake_cuda
 from test_static import assert_pruned_equals_masked
 
@@ -154,11 +154,7 @@ def test_pruned_static_and_masked_keep_the_same_tokens_and_logits(peaked):
 
 @pytest.mark.parametrize("drop", [True, False])
 def test_keeping_every_token_equals_the_dense_model(peaked, drop, monkeypatch):
-    def keep_all(scores, n_samples, present=None, width=None):
-        r, m = scores.shape
-        return torch.arange(m).expand(r, m), (torch.ones(r, m, dtype=torch.bool) if present is None else present)
-
-    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_all)
+    monkeypatch.setattr(ats_stage, "inverse_transform_sample", keep_every_candidate)
     x = images()
     with torch.no_grad():
         dense = peaked(x)
