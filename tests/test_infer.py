@@ -189,13 +189,13 @@ def test_infer_with_the_shipped_model_by_name_gives_its_recorded_accuracy(tmp_pa
     recipe: 300 videos, 1x1 views) must give the recorded ATS top-1 and GFLOPs exactly: the model, its label
     names, the ATS budget it is run at (0.7, not the 0.5 it was fine-tuned at) and the test protocol all
     enter that number, so a change to any of them shows here."""
-    from videoats.commands.demo import ensure_test_split
+    from videoats.commands.demo import ensure_split
     from videoats.inference.shipped import provenance
 
     record = provenance()
     recorded = record["metrics_at_training"]["ats_finetuned"]
     assert record["metrics_at_training"]["split"].startswith(f"test ({recorded['videos']} videos, 1x1 views")
-    data = ensure_test_split(str(tmp_path / "split"), record["synthetic"])
+    data = ensure_split(str(tmp_path / "split"), record["synthetic"])
     code, out, err = run(capsys, "infer", os.path.join(data, "test"), "--checkpoint", "demo", "--views", "1x1",
                          "--topk", "1", "--json")
     assert code == 0 and out["errors"] == [] and len(out["results"]) == recorded["videos"]

@@ -114,7 +114,10 @@ def code_digest() -> str:
 
 
 def _stat(path: str) -> Optional[List[int]]:
-    return [os.stat(path).st_size, os.stat(path).st_mtime_ns] if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def _identity(cfg, checkpoint: str) -> dict:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 
 from ._args import add_common, add_config_args
-from .demo import shipped_test_config
+from .demo import ensure_split, shipped_test_config
 from ..ats.core import METHOD_NAMES, SELECTIONS
 from ..comparison import Finetune, Plan, compare
 from ..config import apply_overrides, load_config
-from ..data.synthetic import make_synthetic
 from ..errors import VideoATSError
 from ..inference.shipped import CHECKPOINT, ats_overrides, provenance
 from ..paths import cache_dir, check_output_dir, declare_outputs
@@ -67,13 +66,8 @@ def _list(text: str, kind, flag: str) -> list:
 def _benchmark_train_split(per_class: int) -> str:
     """A training split of the embedded benchmark (the first `per_class` training clips of every class of the
     recipe the shipped model was trained on), generated once into the cache."""
-    recipe = provenance()["synthetic"]
     folder = check_output_dir(cache_dir(f"compare_train_{per_class}"), "the comparison's data cache")
-    if not os.path.isfile(os.path.join(folder, "train.csv")):
-        make_synthetic(folder, num_classes=recipe["num_classes"], videos_per_class={"train": per_class},
-                       num_frames=recipe["num_frames"], size=recipe["size"], seed=recipe["seed"],
-                       workers=min(2, os.cpu_count() or 1))
-    return folder
+    return ensure_split(folder, provenance()["synthetic"], "train", per_class)
 
 
 def plan_from_args(args, say) -> Plan:

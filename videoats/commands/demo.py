@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Optional
 
 from ._args import add_common
 from ..checkpoint import inspect_checkpoint
@@ -39,22 +40,25 @@ def register(sub) -> None:
     p.set_defaults(func=run, human=human)
 
 
-def ensure_test_split(data_dir: str, recipe: dict) -> str:
-    """Generate the synthetic test split unless the cache already holds the very same one."""
+def ensure_split(data_dir: str, recipe: dict, split: str = "test", per_class: Optional[int] = None) -> str:
+    """Generate one split of the shipped model's synthetic recipe (`per_class` clips of every class; default the
+    recipe's test count) unless the cache already holds the very same one. The clips are the recipe's own: the
+    first `per_class` of each class, whatever else was generated."""
+    per_class = recipe["test_per_class"] if per_class is None else int(per_class)
     wanted = dict({k: recipe[k] for k in ("num_classes", "num_frames", "size", "seed")}, storage=STORAGE,
-                  scenes=SCENES)
+                  scenes=SCENES, **{f"{split}_per_class": per_class})
     marker = os.path.join(data_dir, "demo_split.json")
     try:
         with open(marker) as f:
-            if json.load(f) == dict(wanted, test_per_class=recipe["test_per_class"]):
+            if json.load(f) == wanted:
                 return data_dir
     except (OSError, ValueError):
         pass
-    make_synthetic(data_dir, num_classes=recipe["num_classes"], videos_per_class={"test": recipe["test_per_class"]},
+    make_synthetic(data_dir, num_classes=recipe["num_classes"], videos_per_class={split: per_class},
                    num_frames=recipe["num_frames"], size=recipe["size"], seed=recipe["seed"],
                    workers=min(2, os.cpu_count() or 1))
     with open(marker, "w") as f:
-        json.dump(dict(wanted, test_per_class=recipe["test_per_class"]), f)
+        json.dump(wanted, f)
     return data_dir
 
 
@@ -63,7 +67,7 @@ def shipped_test_config(data: str = None):
     split generated (once, cached) in `data` or the cache folder, as `videoats demo` and the tools use it."""
     data_dir = os.path.expanduser(data) if data else check_output_dir(cache_dir("demo_synthetic"), "the "
                                                                       "demo's data cache ($VIDEOATS_HOME)")
-    ensure_test_split(data_dir, provenance()["synthetic"])
+    ensure_split(data_dir, provenance()["synthetic"])
     cfg = config_from_yaml(inspect_checkpoint(str(CHECKPOINT))["metadata"]["config"])
     cfg.DATA.PATH_TO_DATA_DIR = data_dir
     cfg.DATA.LABELS_FILE = "labels.txt"
