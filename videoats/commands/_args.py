@@ -6,6 +6,7 @@ from typing import List
 
 from ..ats.core import SELECTIONS
 from ..inference.shipped import config_path
+from ..errors import VideoATSError
 from ..runtime import PRECISIONS
 
 
@@ -63,3 +64,15 @@ def inference_overrides(args) -> List[str]:
     opts += ["ATS.SELECTION", args.ats_selection] if args.ats_selection else []
     opts += ["ATS.SEED", str(args.ats_seed)] if args.ats_seed is not None else []
     return opts + (["TEST.PRECISION", args.precision] if args.precision else [])
+
+
+def parse_ratios(text: str, flag: str, example: str) -> List[float]:
+    """A comma-separated list of token ratios in (0, 1] (`--budgets`), sorted and without repeats; anything else
+    is one line naming the flag and an example."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise VideoATSError(f"{flag} {text!r}: give comma-separated ratios in (0, 1], e.g. {example}")
+    return sorted(set(values))

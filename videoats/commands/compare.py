@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._args import add_common, add_config_args
+from ._args import add_common, add_config_args, parse_ratios
 from .demo import ensure_split, shipped_test_config
 from ..ats.core import METHOD_NAMES, SELECTIONS
 from ..comparison import Finetune, Plan, compare
@@ -52,14 +52,14 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, human=human)
 
 
-def _list(text: str, kind, flag: str) -> list:
+def _list(text: str, kind, flag: str, example: str) -> list:
+    """A comma-separated list of `kind`, in the order given, without repeats (methods, seeds)."""
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if not values:
-        raise VideoATSError(f"{flag} {text!r}: give a comma-separated list, e.g. {flag} "
-                            f"{dict(budgets=BUDGETS, seeds='0,1,2').get(flag[2:], METHODS)}")
+        raise VideoATSError(f"{flag} {text!r}: give a comma-separated list, e.g. {flag} {example}")
     return list(dict.fromkeys(values))
 
 
@@ -71,9 +71,9 @@ def _benchmark_train_split(per_class: int) -> str:
 
 
 def plan_from_args(args, say) -> Plan:
-    methods = _list(args.methods, str, "--methods")
-    budgets = sorted(_list(args.budgets, float, "--budgets"))
-    seeds = _list(args.seeds, int, "--seeds")
+    methods = _list(args.methods, str, "--methods", METHODS)
+    budgets = parse_ratios(args.budgets, "--budgets", BUDGETS)
+    seeds = _list(args.seeds, int, "--seeds", "0,1,2")
     output = os.path.abspath(args.output)
     if args.config:
         cfg = load_config(args.config, args.opts)

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from ._args import add_common, add_config_args
+from ._args import add_common, add_config_args, parse_ratios
 from .. import create_model, load_checkpoint
 from ..atomic import atomic_write_text
 from ..config import ats_from_cfg, load_config
@@ -45,23 +45,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run, human=human)
 
 
-def _budgets(text: str) -> list:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(not 0 < v <= 1 for v in values):
-        raise VideoATSError(f"--budgets {text!r}: give comma-separated ratios in (0, 1], e.g. {BUDGETS}")
-    return sorted(set(values))
-
-
 def run(args) -> dict:
     cfg = load_config(args.config, args.opts)
     ats = ats_from_cfg(cfg)
     if ats is None or isinstance(ats["tokens"], list) or ats["tokens"] > 1:
         raise VideoATSError(f"{args.config}: the figures need ATS enabled with one token ratio (ATS.ENABLE True, "
                             "ATS.TOKENS [0.5]), the fine-tuned setting")
-    budgets = _budgets(args.budgets)
+    budgets = parse_ratios(args.budgets, "--budgets", BUDGETS)
     for path in (args.dense, args.finetuned):
         if not os.path.isfile(path):
             raise VideoATSError(f"checkpoint not found: {path}")
